@@ -1,0 +1,44 @@
+"""Prepare tiny Shakespeare for character-level training.
+
+    python data/shakespeare_char/prepare.py [--input=PATH] [--out_dir=FOLDER]
+
+Reads data/shakespeare_char/input.txt (downloading it when it is missing, or taking the offline copy
+in ../shared/data), maps each distinct character to an id, and writes train.bin / val.bin (the first
+90% / last 10% of the text, as uint16) and meta.json (the characters, in id order) next to this file.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
+
+from nanogpt.data import find_source_text, write_dataset  # noqa: E402
+from nanogpt.errors import run_main  # noqa: E402
+from nanogpt.tokenizer import CharTokenizer  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="text file to use instead of input.txt")
+    parser.add_argument("--out_dir", default=str(HERE), help="where to write train.bin, val.bin, meta.json")
+    args = parser.parse_args()
+
+    text = find_source_text(args.input, HERE / "input.txt", "tinyshakespeare/input.txt", URL)
+    chars = sorted(set(text))
+    tokenizer = CharTokenizer(chars)
+    print(f"{len(text):,} characters, vocabulary of {len(chars)}: {''.join(chars)!r}")
+
+    n = len(text)
+    train_ids = tokenizer.encode(text[: int(n * 0.9)])
+    val_ids = tokenizer.encode(text[int(n * 0.9) :])
+    write_dataset(args.out_dir, train_ids, val_ids, {"tokenizer": "char", "vocab_size": len(chars), "chars": chars})
+    print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens; written to {os.path.relpath(args.out_dir)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,73 @@
+"""Saving and loading checkpoints: atomically, and without unpickling arbitrary objects.
+
+A checkpoint is a dict of tensors and plain Python values (numbers, strings, lists, dicts), written
+with torch.save and read back with torch.load(weights_only=True), which refuses anything else, so a
+checkpoint from a stranger cannot run code on load.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from nanogpt.errors import UserError
+
+CHECKPOINT_NAME = "ckpt.pt"
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(out_dir, checkpoint):
+    """Write to a temporary file, flush it to disk, then rename over the old one: a crash at any
+    moment leaves either the old checkpoint or the new one, never a torn file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CHECKPOINT_NAME
+    tmp = out_dir / (CHECKPOINT_NAME + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(out_dir)
+    return path
+
+
+def strip_compile_prefix(state_dict):
+    """torch.compile wraps the model and prefixes its keys with '_orig_mod.'; accept such files."""
+    prefix = "_orig_mod."
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def load_checkpoint(out_dir, device="cpu"):
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py config/train_shakespeare_char.py, or pass --out_dir=FOLDER")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line})") from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
+        raise UserError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
+    checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, **overrides):
+    """Rebuild the GPT a checkpoint was saved from; overrides may change e.g. dropout."""
+    from nanogpt.model import GPT, GPTConfig
+
+    try:
+        model = GPT(GPTConfig(**dict(checkpoint["model_args"], **overrides)))
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise UserError(f"the checkpoint's weights do not fit its model settings ({first_line}); it is damaged or from another program") from None
+    return model

@@ -1,0 +1,189 @@
+"""Settings for train.py and sample.py: defaults, config files and --key=value overrides.
+
+A config file is plain Python that assigns some of the keys below, e.g. `batch_size = 32`.
+Files and overrides apply left to right, each checked against the key's type; an unknown key is
+an error naming the closest known one.
+"""
+
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from nanogpt.errors import UserError
+
+
+def setting(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = setting("out", "folder for the checkpoint, metrics.jsonl and loss-curve PNG")
+    overwrite: bool = setting(False, "start from scratch even if out_dir already holds a checkpoint (it is replaced)")
+    eval_interval: int = setting(2000, "evaluate train/val loss every this many iterations")
+    log_interval: int = setting(1, "print and record the training loss every this many iterations")
+    eval_iters: int = setting(200, "batches averaged for each loss estimate")
+    eval_only: bool = setting(False, "evaluate once and exit")
+    always_save_checkpoint: bool = setting(True, "save at every eval, not only when val loss improves")
+    init_from: str = setting("scratch", "'scratch', 'resume' (from out_dir) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    # logging
+    wandb_log: bool = setting(False, "log to Weights & Biases (pip install wandb)")
+    wandb_project: str = setting("owt", "wandb project name")
+    wandb_run_name: str = setting("gpt2", "wandb run name")
+    # data
+    dataset: str = setting("openwebtext", "dataset folder under data_dir holding train.bin, val.bin, meta.json")
+    data_dir: str = setting("data", "folder that holds the dataset folders")
+    gradient_accumulation_steps: int = setting(40, "micro-batches per optimizer step, summed over all processes")
+    batch_size: int = setting(12, "sequences per micro-batch")
+    block_size: int = setting(1024, "context length in tokens")
+    # model
+    n_layer: int = setting(12, "transformer blocks")
+    n_head: int = setting(12, "attention heads per block")
+    n_embd: int = setting(768, "embedding width")
+    dropout: float = setting(0.0, "dropout probability (0 for pretraining, ~0.1+ for fine-tuning small data)")
+    bias: bool = setting(False, "biases in Linear and LayerNorm layers")
+    # optimizer
+    learning_rate: float = setting(6e-4, "peak learning rate")
+    max_iters: int = setting(600000, "total optimizer steps")
+    weight_decay: float = setting(1e-1, "AdamW weight decay on matrices")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this value; 0 disables")
+    # learning rate schedule
+    decay_lr: bool = setting(True, "cosine-decay the learning rate after warmup")
+    warmup_iters: int = setting(2000, "linear warmup steps")
+    lr_decay_iters: int = setting(600000, "step where the cosine decay reaches min_lr (usually max_iters)")
+    min_lr: float = setting(6e-5, "floor of the learning rate (usually learning_rate / 10)")
+    # system
+    backend: str = setting("nccl", "torch.distributed backend under torchrun: nccl (GPUs) or gloo (CPU)")
+    device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
+    dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'")
+    compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")
+    seed: int = setting(1337, "random seed")
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = setting("out", "folder holding the checkpoint to sample from (with init_from='resume')")
+    init_from: str = setting("resume", "'resume' (checkpoint in out_dir) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    start: str = setting("\n", "prompt text, or FILE:path to read the prompt from a file")
+    num_samples: int = setting(10, "how many samples to draw")
+    max_new_tokens: int = setting(500, "tokens generated per sample")
+    temperature: float = setting(0.8, "1.0 samples the model as is; lower is more conservative; 0 is greedy")
+    top_k: typing.Optional[int] = setting(200, "sample only among the top_k most likely tokens; None for all")
+    seed: int = setting(1337, "random seed; the same seed gives the same samples")
+    device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'mps'")
+    dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'")
+
+
+def _unwrap_optional(hint):
+    """Optional[X] -> (X, True); X -> (X, False)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def _type_name(hint):
+    base, optional = _unwrap_optional(hint)
+    return base.__name__ + (" or None" if optional else "")
+
+
+def parse_text(key, text, hint):
+    """Turn the text of a --key=value override into the key's type."""
+    base, optional = _unwrap_optional(hint)
+    if optional and text == "None":
+        return None
+    try:
+        if base is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+    except ValueError:
+        raise UserError(f"--{key} expects {_type_name(hint)}, got {text!r}") from None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]  # quotes kept by the shell, as in --init_from="'gpt2'"
+    return text
+
+
+def check_value(key, value, hint, where):
+    """Check a value set in a config file against the key's type. An int is fine where a float is wanted."""
+    base, optional = _unwrap_optional(hint)
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{key} in {where} must be {_type_name(hint)}, got {value!r}")
+
+
+def _unknown_key(key, config_cls, where):
+    names = [f.name for f in fields(config_cls)]
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else "; run with --help to list the keys"
+    return UserError(f"unknown config key {key!r} in {where}{hint}")
+
+
+def _read_config_file(path):
+    """Run a config file and return the settings it assigns (module-level names without a leading _)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path} not found (config files live in config/, e.g. config/train_shakespeare_char.py)")
+    namespace = {}
+    try:
+        exec(compile(p.read_text(), str(p), "exec"), namespace)
+    except Exception as e:
+        raise UserError(f"config file {path} could not be run: {type(e).__name__}: {e}") from None
+    return {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+    }
+
+
+def help_text(config_cls, script):
+    lines = [
+        f"usage: python {script} [config/file.py ...] [--key=value ...]",
+        "",
+        "Config files and overrides apply left to right. Keys, defaults and meanings:",
+    ]
+    hints = typing.get_type_hints(config_cls)
+    for f in fields(config_cls):
+        lines.append(f"  --{f.name}={f.default!r}  ({_type_name(hints[f.name])})")
+        lines.append(f"      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def load_config(config_cls, argv, script="train.py"):
+    """Build a config from defaults, then each config file / --key=value in argv, in order."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(config_cls, script))
+        sys.exit(0)
+    hints = typing.get_type_hints(config_cls)
+    values = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            for key, value in _read_config_file(arg).items():
+                if key not in hints:
+                    raise _unknown_key(key, config_cls, arg)
+                values[key] = check_value(key, value, hints[key], arg)
+            continue
+        if "=" not in arg:
+            raise UserError(f"override {arg} needs a value: write it as {arg}=VALUE")
+        key, text = arg[2:].split("=", 1)
+        if key not in hints:
+            raise _unknown_key(key, config_cls, "the command line")
+        values[key] = parse_text(key, text, hints[key])
+    return config_cls(**values)

@@ -1,0 +1,133 @@
+"""Datasets on disk and the batches drawn from them.
+
+A prepared dataset is a folder with
+    train.bin, val.bin   token ids, one after another, as raw unsigned integers
+    meta.json            the tokenizer ("char" with its characters, or "gpt2") and the id dtype
+Training reads the .bin files through np.memmap, so a dataset larger than memory works.
+"""
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanogpt.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir():
+    """The offline copy of public data ($NANOGPT_SHARED_DATA, or ../shared/data beside the repo), if any."""
+    env = os.environ.get("NANOGPT_SHARED_DATA")
+    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def find_source_text(given, local_path, shared_relative, url):
+    """Text to prepare a dataset from: the --input path if given, else the local copy, else the
+    offline shared copy, else a download (saved to local_path so it happens once)."""
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise UserError(f"input file {given} not found")
+        return read_text(path)
+    if local_path.is_file():
+        return read_text(local_path)
+    shared = shared_data_dir()
+    if shared is not None and (shared / shared_relative).is_file():
+        print(f"using the offline copy {shared / shared_relative}")
+        return read_text(shared / shared_relative)
+    print(f"downloading {url} ...")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except OSError as e:
+        raise UserError(f"could not download {url} ({e}); put the text at {local_path} or pass --input=PATH") from None
+    local_path.write_bytes(data)
+    return read_text(local_path)
+
+
+def read_text(path):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    if not text:
+        raise UserError(f"{path} is empty; put the training text in it")
+    return text
+
+
+def token_dtype(vocab_size):
+    """The smallest unsigned integer type that holds every id: uint16 up to 65,536 tokens."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def write_dataset(out_dir, train_ids, val_ids, meta):
+    """Write train.bin, val.bin and meta.json; meta gets the id dtype added."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta, dtype=token_dtype(meta["vocab_size"]))
+    np.asarray(train_ids, dtype=meta["dtype"]).tofile(out_dir / "train.bin")
+    np.asarray(val_ids, dtype=meta["dtype"]).tofile(out_dir / "val.bin")
+    (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    return meta
+
+
+def prepare_command(dataset):
+    script = REPO_ROOT / "data" / dataset / "prepare.py"
+    return f"python data/{dataset}/prepare.py" if script.is_file() else f"a prepare script for data/{dataset}"
+
+
+def load_meta(dataset_dir):
+    """Read and check meta.json. A folder without one holds GPT-2 token ids (as nanoGPT's openwebtext)."""
+    path = Path(dataset_dir) / "meta.json"
+    if not path.is_file():
+        return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); prepare the dataset again") from None
+    if not isinstance(meta, dict) or meta.get("tokenizer") not in ("char", "gpt2") or not isinstance(meta.get("vocab_size"), int):
+        raise UserError(f"{path} must give 'tokenizer' ('char' or 'gpt2') and an integer 'vocab_size'; prepare the dataset again")
+    if meta["tokenizer"] == "char" and len(meta.get("chars", [])) != meta["vocab_size"]:
+        raise UserError(f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; prepare the dataset again")
+    meta.setdefault("dtype", token_dtype(meta["vocab_size"]))
+    return meta
+
+
+class Dataset:
+    """train.bin / val.bin of one prepared dataset, with random (x, y) batches for training."""
+
+    def __init__(self, data_dir, name):
+        self.dir = Path(data_dir) / name
+        for split in ("train", "val"):
+            if not (self.dir / f"{split}.bin").is_file():
+                raise UserError(f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run {prepare_command(name)}")
+        self.meta = load_meta(self.dir)
+        self.dtype = np.dtype(self.meta["dtype"])
+
+    def tokens(self, split):
+        # a fresh memmap per call: a long-lived one keeps every page it touched and slowly fills RAM
+        return np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
+
+    def check_length(self, block_size):
+        for split in ("train", "val"):
+            n = len(self.tokens(split))
+            if n <= block_size:
+                raise UserError(f"the {split} split of {self.dir} has {n} tokens, not more than block_size {block_size}; use a smaller --block_size or more text")
+
+    def get_batch(self, split, batch_size, block_size, device, generator):
+        """batch_size random windows: x is block_size tokens, y the same shifted one to the right."""
+        data = self.tokens(split)
+        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+        # one copy of block_size + 1 tokens per row; x and y are views into it
+        rows = torch.from_numpy(np.stack([data[i : i + block_size + 1] for i in starts]).astype(np.int64))
+        if device.startswith("cuda"):
+            # pinned memory lets the copy run asynchronously while the GPU is busy
+            rows = rows.pin_memory().to(device, non_blocking=True)
+        elif device != "cpu":
+            rows = rows.to(device)
+        return rows[:, :-1], rows[:, 1:]

@@ -1,0 +1,92 @@
+"""Choosing the device, the number format and whether to compile, for the machine at hand."""
+
+import contextlib
+import warnings
+
+import torch
+
+from nanogpt.errors import UserError
+
+
+def resolve_device(name):
+    """'auto' -> the best device present: cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = name.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --device=cpu or --device=auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name!r} asked for, but MPS is not available here; use --device=cpu or --device=auto")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def resolve_dtype(name, device):
+    """'auto' -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 elsewhere.
+
+    Half precision on the CPU is slower than float32 on most processors, so 'auto' keeps float32 there.
+    """
+    if name == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return name
+
+
+def autocast_context(device, dtype):
+    """Mixed precision for the forward pass; a no-op for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    device_type = device.split(":")[0]
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+def compile_model(model, compile_flag, device):
+    """torch.compile where it pays off: by default on CUDA only (on the CPU the start-up cost of
+    compiling outweighs the gain for the small models people train there). Falls back to eager with a
+    warning where the compiler backend is missing (e.g. no Triton on Windows)."""
+    device_type = device.split(":")[0]
+    if compile_flag is None:
+        compile_flag = device_type == "cuda"
+    if not compile_flag:
+        return model
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            warnings.warn("compile=True but Triton is not installed; running without torch.compile")
+            return model
+    return torch.compile(model)
+
+
+# Dense matmul peak, in FLOPS, of the GPUs people train on, for the MFU estimate. Bfloat16 / float16
+# tensor-core figures without sparsity, from the vendors' data sheets.
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "V100": 125e12,
+    "T4": 65e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
+
+
+def peak_flops(device):
+    """Peak FLOPS of the GPU in use, or None where it is not known (CPUs, unlisted GPUs)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS.items():
+        if key in name:
+            return flops
+    return None

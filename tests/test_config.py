@@ -1,0 +1,116 @@
+import pytest
+
+from nanogpt.config import SampleConfig, TrainConfig, help_text, load_config
+from nanogpt.errors import UserError
+
+
+def write(tmp_path, text, name="cfg.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_file_then_overrides_apply_in_order(tmp_path):
+    cfg_file = write(tmp_path, "batch_size = 32\nlearning_rate = 1e-3\nimport math\n_private = 1\n")
+    cfg = load_config(TrainConfig, [cfg_file, "--batch_size=8", "--dataset=custom"])
+    assert cfg.batch_size == 8  # the override comes after the file
+    assert cfg.learning_rate == 1e-3
+    assert cfg.dataset == "custom"
+    assert cfg.n_layer == TrainConfig().n_layer  # untouched keys keep their defaults
+    # later files win over earlier ones, and overrides before a file are overridden by it
+    second = write(tmp_path, "batch_size = 4\n", "second.py")
+    assert load_config(TrainConfig, ["--batch_size=2", cfg_file, second]).batch_size == 4
+
+
+def test_int_is_accepted_for_float():
+    cfg = load_config(TrainConfig, ["--dropout=0", "--learning_rate=1"])
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
+    assert isinstance(cfg.learning_rate, float)
+
+
+def test_int_is_accepted_for_float_in_a_file(tmp_path):
+    cfg = load_config(TrainConfig, [write(tmp_path, "dropout = 0\nmin_lr = 0\n")])
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
+
+
+@pytest.mark.parametrize("text,expected", [("True", True), ("False", False), ("true", True), ("0", False), ("1", True)])
+def test_booleans(text, expected):
+    assert load_config(TrainConfig, [f"--compile={text}"]).compile is expected
+    assert load_config(TrainConfig, [f"--eval_only={text}"]).eval_only is expected
+
+
+def test_optional_keys_take_none():
+    assert load_config(TrainConfig, ["--compile=None"]).compile is None
+    assert load_config(SampleConfig, ["--top_k=None"]).top_k is None
+    assert load_config(SampleConfig, ["--top_k=5"]).top_k == 5
+
+
+def test_strings_keep_their_text_and_drop_shell_quotes():
+    assert load_config(SampleConfig, ["--start=ROMEO: 3 = x"]).start == "ROMEO: 3 = x"
+    assert load_config(TrainConfig, ["--init_from='resume'"]).init_from == "resume"
+
+
+@pytest.mark.parametrize(
+    "arg,fragment",
+    [
+        ("--batch_size=abc", "--batch_size expects int, got 'abc'"),
+        ("--batch_size=1.5", "--batch_size expects int"),
+        ("--compile=maybe", "--compile expects bool or None"),
+        ("--learning_rate=fast", "--learning_rate expects float"),
+    ],
+)
+def test_ill_typed_overrides_are_errors(arg, fragment):
+    with pytest.raises(UserError, match=fragment.replace("?", r"\?")):
+        load_config(TrainConfig, [arg])
+
+
+def test_ill_typed_file_values_are_errors(tmp_path):
+    with pytest.raises(UserError, match="batch_size in .* must be int, got 'big'"):
+        load_config(TrainConfig, [write(tmp_path, "batch_size = 'big'\n")])
+    with pytest.raises(UserError, match="max_iters .* must be int, got 5000.0"):
+        load_config(TrainConfig, [write(tmp_path, "max_iters = 5000.0\n")])
+    with pytest.raises(UserError, match="bias .* must be bool"):
+        load_config(TrainConfig, [write(tmp_path, "bias = 1\n")])
+
+
+def test_unknown_keys_suggest_the_closest():
+    with pytest.raises(UserError, match="unknown config key 'learning_rat' .*did you mean learning_rate"):
+        load_config(TrainConfig, ["--learning_rat=1e-3"])
+
+
+def test_unknown_key_in_a_file(tmp_path):
+    with pytest.raises(UserError, match="unknown config key 'n_layers' in .*cfg.py; did you mean n_layer"):
+        load_config(TrainConfig, [write(tmp_path, "n_layers = 4\n")])
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file config/nope.py not found"):
+        load_config(TrainConfig, ["config/nope.py"])
+
+
+def test_broken_config_file(tmp_path):
+    with pytest.raises(UserError, match="could not be run: SyntaxError"):
+        load_config(TrainConfig, [write(tmp_path, "batch_size = = 3\n")])
+
+
+def test_override_without_value():
+    with pytest.raises(UserError, match="needs a value"):
+        load_config(TrainConfig, ["--compile"])
+
+
+def test_help_lists_every_key_with_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(TrainConfig, ["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed == help_text(TrainConfig, "train.py") + "\n"
+    for name, value in vars(TrainConfig()).items():
+        assert f"--{name}={value!r}" in printed
+    assert "peak learning rate" in printed
+
+
+def test_shipped_configs_load():
+    from conftest import REPO
+
+    for path in sorted((REPO / "config").glob("*.py")):
+        load_config(TrainConfig, [str(path)])

@@ -1,0 +1,53 @@
+import json
+
+import numpy as np
+
+from conftest import REPO, assert_user_error, run_script
+from nanogpt.data import shared_data_dir
+from nanogpt.tokenizer import CharTokenizer
+
+
+def test_tiny_shakespeare_counts_and_roundtrip(data_dir):
+    folder = data_dir / "shakespeare_char"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["tokenizer"] == "char" and meta["dtype"] == "uint16"
+    assert meta["vocab_size"] == 65 == len(meta["chars"])
+    train = np.fromfile(folder / "train.bin", dtype=np.uint16)
+    val = np.fromfile(folder / "val.bin", dtype=np.uint16)
+    assert (len(train), len(val)) == (1_003_854, 111_540)
+
+    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()
+    tokenizer = CharTokenizer(meta["chars"])
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    # the files hold exactly the encoded text, split 90/10
+    assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == text
+
+
+def test_prepare_from_given_input(tmp_path):
+    source = tmp_path / "mine.txt"
+    source.write_text("abcabc\nhello world\n" * 50)
+    out = tmp_path / "prepared"
+    result = run_script("data/shakespeare_char/prepare.py", f"--input={source}", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert "".join(meta["chars"]) == "\n abcdehlorw"
+    assert "vocabulary of 11" in result.stdout
+
+
+def test_prepare_empty_input_is_a_clear_error(tmp_path):
+    empty = tmp_path / "input.txt"
+    empty.write_text("")
+    result = run_script("data/shakespeare_char/prepare.py", f"--input={empty}", f"--out_dir={tmp_path / 'x'}")
+    assert_user_error(result, "is empty")
+    assert not (tmp_path / "x").exists()
+
+
+def test_prepare_missing_input_is_a_clear_error(tmp_path):
+    result = run_script("data/shakespeare_char/prepare.py", f"--input={tmp_path / 'nope.txt'}")
+    assert_user_error(result, "not found")
+
+
+def test_prepare_runs_from_any_directory(tmp_path):
+    result = run_script(REPO / "data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854

@@ -1,0 +1,72 @@
+import torch
+
+from conftest import assert_user_error, run_script
+
+SEP = "---------------\n"
+
+
+def sample(out_dir, *args):
+    return run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu", *args)
+
+
+def test_sampling_is_deterministic_per_seed(trained_run):
+    out_dir, _ = trained_run
+    args = ("--num_samples=2", "--max_new_tokens=100", "--start=ROMEO:")
+    first, again, other = sample(out_dir, *args, "--seed=7"), sample(out_dir, *args, "--seed=7"), sample(out_dir, *args, "--seed=8")
+    for result in (first, again, other):
+        assert result.returncode == 0, result.stderr
+    assert first.stdout == again.stdout
+    assert first.stdout != other.stdout
+    samples = first.stdout.split(SEP)[:-1]
+    assert len(samples) == 2 and samples[0] != samples[1]
+    assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 100 + 1 for s in samples)  # + print's newline
+
+
+def test_samples_only_use_the_vocabulary(trained_run):
+    out_dir, _ = trained_run
+    chars = set(torch.load(out_dir / "ckpt.pt", weights_only=True)["tokenizer"]["chars"])
+    result = sample(out_dir, "--num_samples=3", "--max_new_tokens=300", "--temperature=1.5", "--top_k=None")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.replace(SEP, "")
+    assert set(text) <= chars
+    assert len(text) > 900
+
+
+def test_file_prompt(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("KING HENRY:\nWhat is")
+    from_file = sample(out_dir, f"--start=FILE:{prompt}", "--num_samples=1", "--max_new_tokens=50")
+    inline = sample(out_dir, "--start=KING HENRY:\nWhat is", "--num_samples=1", "--max_new_tokens=50")
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout.startswith("KING HENRY:\nWhat is")
+    assert from_file.stdout == inline.stdout
+
+
+def test_greedy_sampling_ignores_the_seed(trained_run):
+    out_dir, _ = trained_run
+    a = sample(out_dir, "--temperature=0", "--num_samples=1", "--max_new_tokens=40", "--seed=1")
+    b = sample(out_dir, "--temperature=0", "--num_samples=1", "--max_new_tokens=40", "--seed=2")
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+def test_prompt_outside_vocabulary(trained_run):
+    out_dir, _ = trained_run
+    result = sample(out_dir, "--start=Hello 🙂 world #")
+    assert_user_error(result, "outside the model's vocabulary", "'#'", "'🙂'")
+
+
+def test_missing_prompt_file(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    assert_user_error(sample(out_dir, f"--start=FILE:{tmp_path / 'none.txt'}"), "prompt file", "not found")
+
+
+def test_out_dir_without_checkpoint(tmp_path):
+    assert_user_error(sample(tmp_path), "no checkpoint in", "train one first")
+
+
+def test_corrupt_checkpoint(tmp_path, trained_run):
+    out_dir, _ = trained_run
+    data = (out_dir / "ckpt.pt").read_bytes()
+    (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])
+    assert_user_error(sample(tmp_path), "could not be loaded safely")

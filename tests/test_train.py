@@ -1,0 +1,95 @@
+import json
+import math
+
+import torch
+
+from conftest import TINY_MODEL, TINY_TRAIN, assert_user_error, run_script
+from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+# The tiny run (conftest.TINY_TRAIN, 300 steps) reached val loss 2.35-2.40 when measured; uniform
+# guessing over 65 characters is ln(65) = 4.17. The bound leaves room for other CPUs and torch builds.
+TINY_RUN_VAL_LOSS_BOUND = 2.6
+
+
+def eval_records(out_dir):
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "eval"], [r for r in records if r["kind"] == "train"]
+
+
+def test_short_cpu_training_lowers_val_loss(trained_run):
+    out_dir, stdout = trained_run
+    evals, _ = eval_records(out_dir)
+    assert [r["iter"] for r in evals] == [0, 150, 300]
+    assert abs(evals[0]["val_loss"] - math.log(65)) < 0.15  # an untrained model guesses uniformly
+    assert evals[-1]["val_loss"] < TINY_RUN_VAL_LOSS_BOUND
+    assert "val loss" in stdout
+
+
+def test_log_reports_speed_and_eta(trained_run):
+    _, stdout = trained_run
+    step_lines = [line for line in stdout.splitlines() if line.startswith("iter ")]
+    assert len(step_lines) == 30  # every log_interval=10 of 300 steps
+    assert all(" ms/iter" in line and " tok/s" in line and "ETA " in line for line in step_lines)
+    assert "tokens per iteration: 512 = 1 accumulation steps x 1 processes x 16 sequences x 32 tokens" in stdout
+
+
+def test_metrics_and_plot_are_written(trained_run):
+    out_dir, _ = trained_run
+    evals, steps = eval_records(out_dir)
+    assert [r["iter"] for r in steps] == list(range(10, 301, 10))
+    assert all(r["tokens_per_sec"] > 0 and r["loss"] > 0 for r in steps)
+    png = (out_dir / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_checkpoint_loads_safely_and_holds_the_run(trained_run):
+    out_dir, _ = trained_run
+    # the file must load with weights_only=True: no pickled objects inside
+    raw = torch.load(out_dir / CHECKPOINT_NAME, weights_only=True)
+    assert raw["iter_num"] == 300
+    assert raw["model_args"]["vocab_size"] == 65 and raw["model_args"]["n_layer"] == 2
+    assert raw["tokenizer"]["tokenizer"] == "char"
+    assert not any(k.startswith("_orig_mod.") for k in raw["model"])
+    assert load_checkpoint(out_dir)["best_val_loss"] < TINY_RUN_VAL_LOSS_BOUND
+
+
+def test_training_the_same_out_dir_again_keeps_the_checkpoint(trained_run, data_dir):
+    out_dir, _ = trained_run
+    before = (out_dir / CHECKPOINT_NAME).read_bytes()
+    result = run_script("train.py", *TINY_TRAIN, f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={out_dir}")
+    assert_user_error(result, "already holds a checkpoint", "--init_from=resume", "--overwrite=True")
+    assert (out_dir / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_resume_continues_from_the_checkpoint(trained_run, data_dir, tmp_path):
+    out_dir, _ = trained_run
+    copy = tmp_path / "resumed"
+    copy.mkdir()
+    for name in (CHECKPOINT_NAME, "metrics.jsonl"):
+        (copy / name).write_bytes((out_dir / name).read_bytes())
+    result = run_script(
+        "train.py", *TINY_TRAIN, "--max_iters=320", f"--data_dir={data_dir}", "--dataset=shakespeare_char",
+        f"--out_dir={copy}", "--init_from=resume", "--always_save_checkpoint=True",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "iter 310/320" in result.stdout and "iter 10/" not in result.stdout
+    assert load_checkpoint(copy)["iter_num"] == 320
+    evals, _ = eval_records(copy)
+    assert [r["iter"] for r in evals] == [0, 150, 300, 320]  # the resumed run's log continues the old one
+
+
+def test_dataset_not_prepared(tmp_path):
+    result = run_script("train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'o'}")
+    assert_user_error(result, "dataset 'shakespeare_char' is not prepared", "run python data/shakespeare_char/prepare.py")
+
+
+def test_bad_config_inputs_fail_cleanly():
+    assert_user_error(run_script("train.py", "config/nope.py"), "config file config/nope.py not found")
+    assert_user_error(run_script("train.py", "--batch_sise=3"), "did you mean batch_size")
+    assert_user_error(run_script("train.py", "--batch_size=three"), "--batch_size expects int")
+
+
+def test_help_lists_keys():
+    result = run_script("train.py", "--help")
+    assert result.returncode == 0
+    assert "--gradient_accumulation_steps=40" in result.stdout and "--init_from='scratch'" in result.stdout

@@ -1,0 +1,269 @@
+"""Train a GPT. Runs on one CPU, one GPU, or many GPUs with DDP.
+
+    python train.py config/train_shakespeare_char.py
+    python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+
+python train.py --help lists every setting.
+"""
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
+from nanogpt.config import TrainConfig, load_config
+from nanogpt.data import Dataset
+from nanogpt.errors import UserError, run_main
+from nanogpt.metrics import append_record, keep_records_before, plot_loss_curve, METRICS_NAME
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.schedule import cosine_lr
+from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def main():
+    cfg = load_config(TrainConfig, sys.argv[1:])
+
+    # -- processes and devices ------------------------------------------------------------------
+    ddp = int(os.environ.get("RANK", -1)) != -1  # started by torchrun?
+    if ddp:
+        init_process_group(backend=cfg.backend)
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        device = resolve_device(cfg.device)
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        if cfg.gradient_accumulation_steps % world_size != 0:
+            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of processes ({world_size})")
+        grad_accum = cfg.gradient_accumulation_steps // world_size
+    else:
+        rank, world_size = 0, 1
+        device = resolve_device(cfg.device)
+        grad_accum = cfg.gradient_accumulation_steps
+    master = rank == 0  # this process logs and saves
+    dtype = resolve_dtype(cfg.dtype, device)
+    device_type = device.split(":")[0]
+    tokens_per_iter = grad_accum * world_size * cfg.batch_size * cfg.block_size
+    if master:
+        print(f"device {device}, dtype {dtype}, {world_size} process(es)")
+        print(
+            f"tokens per iteration: {tokens_per_iter:,} = {grad_accum} accumulation steps x {world_size} processes"
+            f" x {cfg.batch_size} sequences x {cfg.block_size} tokens"
+        )
+
+    torch.manual_seed(cfg.seed + rank)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: much faster, accuracy unchanged in practice
+        torch.backends.cudnn.allow_tf32 = True
+    ctx = autocast_context(device, dtype)
+
+    # -- data -----------------------------------------------------------------------------------
+    data = Dataset(cfg.data_dir, cfg.dataset)
+    data.check_length(cfg.block_size)
+    batch_generator = torch.Generator().manual_seed(cfg.seed + rank)
+
+    # -- model ----------------------------------------------------------------------------------
+    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    model_args = dict(
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+        bias=cfg.bias, vocab_size=data.meta["vocab_size"], dropout=cfg.dropout,
+    )
+    if cfg.init_from == "scratch":
+        has_checkpoint = os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME))
+        if has_checkpoint and not cfg.overwrite:
+            raise UserError(
+                f"{cfg.out_dir} already holds a checkpoint; continue it with --init_from=resume,"
+                f" choose another --out_dir, or replace it with --overwrite=True"
+            )
+        if master:
+            print("training a new model from scratch")
+        model = GPT(GPTConfig(**model_args))
+    elif cfg.init_from == "resume":
+        if master:
+            print(f"resuming from {cfg.out_dir}")
+        checkpoint = load_checkpoint(cfg.out_dir, device)
+        # the architecture comes from the checkpoint; only dropout may change on resume
+        model_args = dict(checkpoint["model_args"], dropout=cfg.dropout)
+        if model_args["vocab_size"] != data.meta["vocab_size"]:
+            raise UserError(
+                f"the checkpoint in {cfg.out_dir} has a vocabulary of {model_args['vocab_size']} tokens but dataset"
+                f" {cfg.dataset!r} has {data.meta['vocab_size']}; resume with the dataset it was trained on"
+            )
+        model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    else:
+        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'scratch' or 'resume'")
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)
+        model_args["block_size"] = cfg.block_size
+    model.to(device)
+    if master:
+        print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
+
+    # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if "scaler" in checkpoint:
+            scaler.load_state_dict(checkpoint["scaler"])
+        # continue the random streams exactly where the saved run was
+        batch_generator.set_state(checkpoint["batch_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        if device_type == "cuda" and "cuda_rng" in checkpoint:
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"])
+    checkpoint = None  # free it: on a GPU it would otherwise hold a second copy of the model
+
+    raw_model = model  # the plain module: what gets saved, free of compile/DDP wrappers
+    model = compile_model(model, cfg.compile, device)
+    if ddp:
+        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+
+    # -- logging --------------------------------------------------------------------------------
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if iter_num == 0:
+            open(os.path.join(cfg.out_dir, METRICS_NAME), "w").close()
+        else:
+            keep_records_before(cfg.out_dir, iter_num)
+    if cfg.wandb_log and master:
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=True needs wandb: pip install wandb (or pip install -e '.[wandb]')") from None
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
+    flops_per_iter = raw_model.estimate_flops_per_token() * tokens_per_iter
+    device_peak = peak_flops(device)
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches per split. The batches are the same at every eval
+        (a fixed seed), so the curve shows the model changing, not the batches."""
+        out = {}
+        model.eval()
+        for split in ("train", "val"):
+            generator = torch.Generator().manual_seed(cfg.seed + 1)
+            losses = torch.zeros(cfg.eval_iters)
+            for k in range(cfg.eval_iters):
+                X, Y = data.get_batch(split, cfg.batch_size, cfg.block_size, device, generator)
+                with ctx:
+                    _, loss = model(X, Y)
+                losses[k] = loss.item()
+            out[split] = losses.mean().item()
+        model.train()
+        return out
+
+    def get_lr(it):
+        if not cfg.decay_lr:
+            return cfg.learning_rate
+        return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+
+    # -- training loop --------------------------------------------------------------------------
+    # the generator state before the next batch is drawn goes into checkpoints, for an exact resume
+    batch_rng = batch_generator.get_state()
+    X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator)
+    t_log, iters_since_log, ms_per_iter = time.time(), 0, None
+    while True:
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only) and master:
+            losses = estimate_loss()
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            append_record(cfg.out_dir, dict(kind="eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
+            plot_loss_curve(cfg.out_dir)
+            if cfg.wandb_log:
+                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            if not math.isfinite(losses["val"]):
+                raise UserError(f"val loss is {losses['val']} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+            if iter_num > 0 and not cfg.eval_only and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
+                best_val_loss = min(best_val_loss, losses["val"])
+                checkpoint = {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "model_args": model_args,
+                    "iter_num": iter_num,
+                    "best_val_loss": best_val_loss,
+                    "config": asdict(cfg),
+                    "tokenizer": data.meta,
+                    "batch_rng": batch_rng,
+                    "torch_rng": torch.get_rng_state(),
+                }
+                if device_type == "cuda":
+                    checkpoint["cuda_rng"] = torch.cuda.get_rng_state()
+                path = save_checkpoint(cfg.out_dir, checkpoint)
+                checkpoint = None
+                print(f"saved checkpoint to {path}")
+            t_log = time.time()  # leave eval time out of ms/iter
+        if cfg.eval_only or iter_num >= cfg.max_iters:
+            break
+
+        # one optimizer step over grad_accum micro-batches
+        for micro_step in range(grad_accum):
+            last_micro_step = micro_step == grad_accum - 1
+            # under DDP, all-reduce the gradients only once, after the last micro-batch
+            sync = model.no_sync() if ddp and not last_micro_step else contextlib.nullcontext()
+            with sync:
+                with ctx:
+                    _, loss = model(X, Y)
+                    loss = loss / grad_accum  # the gradients sum over micro-batches; average them
+                # draw the next batch while the GPU works on this one
+                batch_rng = batch_generator.get_state()
+                X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator)
+                scaler.scale(loss).backward()
+        if cfg.grad_clip != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        iters_since_log += 1
+
+        if iter_num % cfg.log_interval == 0 and master:
+            loss_value = loss.item() * grad_accum  # .item() waits for the GPU, so only at log time
+            if not math.isfinite(loss_value):
+                raise UserError(f"training loss is {loss_value} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+            now = time.time()
+            dt = (now - t_log) / iters_since_log
+            t_log, iters_since_log = now, 0
+            # smooth the step time for the ETA; the first steps include warm-up and compilation
+            ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
+            tokens_per_sec = tokens_per_iter / dt
+            eta = format_duration((cfg.max_iters - iter_num) * ms_per_iter / 1000)
+            line = f"iter {iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, ETA {eta}"
+            record = dict(kind="train", iter=iter_num, loss=loss_value, lr=lr, ms_per_iter=dt * 1000, tokens_per_sec=tokens_per_sec)
+            if device_peak is not None:
+                record["mfu"] = flops_per_iter / dt / device_peak
+                line += f", MFU {record['mfu'] * 100:.1f}%"
+            print(line)
+            append_record(cfg.out_dir, record)
+            if cfg.wandb_log:
+                wandb.log({"iter": iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec})
+
+    if master:
+        print(f"done: best val loss {best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
+    if ddp:
+        destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_main(main)
