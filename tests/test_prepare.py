@@ -31,7 +31,7 @@ def test_prepare_from_given_input(tmp_path):
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert "".join(meta["chars"]) == "\n abcdehlorw"
-    assert "vocabulary of 11" in result.stdout
+    assert "vocabulary of 12" in result.stdout
 
 
 def test_prepare_empty_input_is_a_clear_error(tmp_path):

@@ -22,6 +22,12 @@ HERE = Path(__file__).resolve().parent
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
+def shown_path(path):
+    """Relative to the current folder when inside it, else absolute: whichever reads better."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else os.path.abspath(path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", help="text file to use instead of input.txt")
@@ -37,7 +43,7 @@ def main():
     train_ids = tokenizer.encode(text[: int(n * 0.9)])
     val_ids = tokenizer.encode(text[int(n * 0.9) :])
     write_dataset(args.out_dir, train_ids, val_ids, {"tokenizer": "char", "vocab_size": len(chars), "chars": chars})
-    print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens; written to {os.path.relpath(args.out_dir)}")
+    print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens; written to {shown_path(args.out_dir)}")
 
 
 if __name__ == "__main__":
