@@ -10,6 +10,7 @@ python train.py --help lists every setting.
 import contextlib
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -18,11 +19,13 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint, save_checkpoint
+from nanogpt.checkpoint import (
+    CHECKPOINT_NAME, capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state, save_checkpoint,
+)
 from nanogpt.config import TrainConfig, load_config
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
-from nanogpt.metrics import append_record, keep_records_before, plot_loss_curve, METRICS_NAME
+from nanogpt.metrics import METRICS_NAME, append_record, keep_records_through, plot_loss_curve
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.schedule import cosine_lr
 from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
@@ -37,8 +40,48 @@ def format_duration(seconds):
     return f"{seconds}s"
 
 
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias")
+
+
+def check_resume_config(cfg, checkpoint):
+    """Refuse settings that cannot continue the saved run; report the ones that change it."""
+    defaults = TrainConfig()
+    saved_args = checkpoint["model_args"]
+    for key in MODEL_SHAPE_KEYS:
+        if getattr(cfg, key) != getattr(defaults, key) and getattr(cfg, key) != saved_args[key]:
+            raise UserError(
+                f"cannot resume with {key}={getattr(cfg, key)}: the checkpoint in {cfg.out_dir} has {key}={saved_args[key]};"
+                f" drop the setting, or train a new model in another --out_dir"
+            )
+    saved_config = checkpoint.get("config", {})
+    changed = [
+        f"{k} {saved_config[k]!r} -> {v!r}"
+        for k, v in asdict(cfg).items()
+        if k in saved_config and saved_config[k] != v and k not in ("init_from", "overwrite")
+    ]
+    if changed:
+        print("settings changed since the checkpoint: " + ", ".join(changed))
+
+
+def resume_command():
+    """The command line that continues this run."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("--init_from=", "--overwrite="))]
+    return " ".join(["python", "train.py", *args, "--init_from=resume"])
+
+
 def main():
     cfg = load_config(TrainConfig, sys.argv[1:])
+
+    # SIGINT (Ctrl-C) and SIGTERM (e.g. a cluster pre-empting the job) finish the current step and save
+    stop_signals = []
+
+    def request_stop(signum, frame):
+        if stop_signals and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+        stop_signals.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
 
     # -- processes and devices ------------------------------------------------------------------
     ddp = int(os.environ.get("RANK", -1)) != -1  # started by torchrun?
@@ -97,7 +140,9 @@ def main():
     elif cfg.init_from == "resume":
         if master:
             print(f"resuming from {cfg.out_dir}")
-        checkpoint = load_checkpoint(cfg.out_dir, device)
+        # loaded into CPU memory: on a GPU a second copy of the model and optimizer could run it out of memory
+        checkpoint = load_checkpoint(cfg.out_dir)
+        check_resume_config(cfg, checkpoint)
         # the architecture comes from the checkpoint; only dropout may change on resume
         model_args = dict(checkpoint["model_args"], dropout=cfg.dropout)
         if model_args["vocab_size"] != data.meta["vocab_size"]:
@@ -123,12 +168,13 @@ def main():
         optimizer.load_state_dict(checkpoint["optimizer"])
         if "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
-        # continue the random streams exactly where the saved run was
-        batch_generator.set_state(checkpoint["batch_rng"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        if device_type == "cuda" and "cuda_rng" in checkpoint:
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"])
-    checkpoint = None  # free it: on a GPU it would otherwise hold a second copy of the model
+        # continue every random stream exactly where the saved run was: an exact resume
+        if "rng" in checkpoint:
+            restore_rng_state(checkpoint["rng"], batch_generator)
+        elif master:
+            print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
+    checkpoint = None  # free it before training: it holds a second copy of the model and optimizer
+    resumed_at = iter_num if cfg.init_from == "resume" else None  # its eval is already in the log
 
     raw_model = model  # the plain module: what gets saved, free of compile/DDP wrappers
     model = compile_model(model, cfg.compile, device)
@@ -141,7 +187,7 @@ def main():
         if iter_num == 0:
             open(os.path.join(cfg.out_dir, METRICS_NAME), "w").close()
         else:
-            keep_records_before(cfg.out_dir, iter_num)
+            keep_records_through(cfg.out_dir, iter_num)
     if cfg.wandb_log and master:
         try:
             import wandb
@@ -174,17 +220,33 @@ def main():
             return cfg.learning_rate
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
 
+    def save():
+        checkpoint = {
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "model_args": model_args,
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": asdict(cfg),
+            "tokenizer": data.meta,
+            "rng": rng_before_batch,
+        }
+        print(f"saved checkpoint to {save_checkpoint(cfg.out_dir, checkpoint)}")
+
     # -- training loop --------------------------------------------------------------------------
-    # the generator state before the next batch is drawn goes into checkpoints, for an exact resume
-    batch_rng = batch_generator.get_state()
+    # the random state from before the next batch was drawn goes into checkpoints, for an exact resume
+    rng_before_batch = capture_rng_state(batch_generator)
     X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator)
     t_log, iters_since_log, ms_per_iter = time.time(), 0, None
+    stop = False
     while True:
         lr = get_lr(iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        if (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only) and master:
+        eval_due = (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at
+        if (eval_due or cfg.eval_only) and master:
             losses = estimate_loss()
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             append_record(cfg.out_dir, dict(kind="eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
@@ -195,23 +257,7 @@ def main():
                 raise UserError(f"val loss is {losses['val']} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
             if iter_num > 0 and not cfg.eval_only and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses["val"])
-                checkpoint = {
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "model_args": model_args,
-                    "iter_num": iter_num,
-                    "best_val_loss": best_val_loss,
-                    "config": asdict(cfg),
-                    "tokenizer": data.meta,
-                    "batch_rng": batch_rng,
-                    "torch_rng": torch.get_rng_state(),
-                }
-                if device_type == "cuda":
-                    checkpoint["cuda_rng"] = torch.cuda.get_rng_state()
-                path = save_checkpoint(cfg.out_dir, checkpoint)
-                checkpoint = None
-                print(f"saved checkpoint to {path}")
+                save()
             t_log = time.time()  # leave eval time out of ms/iter
         if cfg.eval_only or iter_num >= cfg.max_iters:
             break
@@ -226,7 +272,7 @@ def main():
                     _, loss = model(X, Y)
                     loss = loss / grad_accum  # the gradients sum over micro-batches; average them
                 # draw the next batch while the GPU works on this one
-                batch_rng = batch_generator.get_state()
+                rng_before_batch = capture_rng_state(batch_generator)
                 X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator)
                 scaler.scale(loss).backward()
         if cfg.grad_clip != 0.0:
@@ -259,7 +305,21 @@ def main():
             if cfg.wandb_log:
                 wandb.log({"iter": iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec})
 
-    if master:
+        stop = bool(stop_signals)
+        if ddp and iter_num % cfg.log_interval == 0:
+            # every process stops at the same step, even if only some got the signal; checked at log
+            # steps only, because reading the result back waits for the GPU
+            flag = torch.tensor(float(stop), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = flag.item() > 0
+        if stop:
+            if master:
+                save()
+                print(f"stopped at iter {iter_num} ({stop_signals[0] if stop_signals else 'another process was signalled'}); resume with:")
+                print(f"  {resume_command()}")
+            break
+
+    if master and not stop:
         print(f"done: best val loss {best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
     if ddp:
         destroy_process_group()

@@ -6,8 +6,10 @@ checkpoint from a stranger cannot run code on load.
 """
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nanogpt.errors import UserError
@@ -30,13 +32,54 @@ def save_checkpoint(out_dir, checkpoint):
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CHECKPOINT_NAME
     tmp = out_dir / (CHECKPOINT_NAME + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(out_dir)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(out_dir)
+    except OSError as e:
+        if tmp.is_file():
+            tmp.unlink()
+        kept = f"the previous checkpoint {path} is intact" if path.is_file() else "no checkpoint was written"
+        raise UserError(f"could not write a checkpoint to {out_dir} ({e.strerror or e}); {kept}") from None
     return path
+
+
+def capture_rng_state(batch_generator):
+    """Every random stream training draws from, as tensors and plain values (safe to save)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": np_state["state"]["pos"],
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        },
+        "torch": torch.get_rng_state(),
+        "batches": batch_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state, batch_generator):
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state({
+        "bit_generator": np_state["bit_generator"],
+        "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+        "has_gauss": np_state["has_gauss"],
+        "gauss": np_state["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    batch_generator.set_state(state["batches"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def strip_compile_prefix(state_dict):

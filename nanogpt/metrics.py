@@ -26,9 +26,9 @@ def read_records(out_dir):
     return records
 
 
-def keep_records_before(out_dir, iter_num):
+def keep_records_through(out_dir, iter_num):
     """On resume, drop what a crashed run logged after the checkpoint it resumes from."""
-    records = [r for r in read_records(out_dir) if r["iter"] < iter_num]
+    records = [r for r in read_records(out_dir) if r["iter"] <= iter_num]
     path = Path(out_dir) / METRICS_NAME
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -1,0 +1,194 @@
+"""Exact resume, signals, kills, NaN, failed writes, malicious and foreign checkpoints."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL, TINY_TRAIN, assert_user_error, run_script
+from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+N = 40  # steps before the stop; the full run is 2N
+EXACT = TINY_TRAIN + [
+    f"--max_iters={2 * N}", f"--lr_decay_iters={2 * N}", "--warmup_iters=10", f"--eval_interval={N}",
+    "--log_interval=1", "--always_save_checkpoint=True", "--dataset=shakespeare_char",
+]
+
+
+def train(data_dir, out_dir, *extra):
+    return run_script("train.py", *EXACT, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra)
+
+
+def step_losses(out_dir):
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["iter"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
+def assert_same_weights(a, b):
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k  # bitwise
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    result = train(data_dir, out, "--dropout=0.1")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_stop_and_resume_is_exact(data_dir, straight_run, tmp_path):
+    out = tmp_path / "split"
+    first = train(data_dir, out, "--dropout=0.1", f"--max_iters={N}")
+    assert first.returncode == 0, first.stderr
+    second = train(data_dir, out, "--dropout=0.1", "--init_from=resume")
+    assert second.returncode == 0, second.stderr
+    assert "settings changed since the checkpoint: max_iters 40 -> 80" in second.stdout
+    # the same loss at every logged step, and bitwise the same final weights (CPU, with dropout on)
+    assert step_losses(out) == step_losses(straight_run)
+    assert len(step_losses(out)) == 2 * N
+    assert_same_weights(out, straight_run)
+
+
+def start_training(data_dir, out_dir, *extra):
+    args = [sys.executable, "train.py", *EXACT, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
+    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc, prefix):
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"training ended before printing {prefix!r}: {proc.stderr.read()}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_resume_is_exact(data_dir, straight_run, tmp_path, signum):
+    out = tmp_path / "signalled"
+    proc = start_training(data_dir, out, "--dropout=0.1")
+    wait_for_line(proc, "iter 5/")
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert f"({signum.name}); resume with:" in stdout
+    assert "--init_from=resume" in stdout.splitlines()[-1]
+    stopped_at = load_checkpoint(out)["iter_num"]
+    assert 5 <= stopped_at < 2 * N
+    resumed = train(data_dir, out, "--dropout=0.1", "--init_from=resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert step_losses(out) == step_losses(straight_run)
+    assert_same_weights(out, straight_run)
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(data_dir, tmp_path):
+    """A checkpoint at every step, so most kills land in the middle of writing one."""
+    out = tmp_path / "killed"
+    kill_args = ["--eval_interval=1", "--eval_iters=1", "--max_iters=100000", "--lr_decay_iters=100000"]
+    saved_at = []
+    for delay in (0.05, 0.2, 0.45, 0.7, 1.0):
+        proc = start_training(data_dir, out, *kill_args, *(["--init_from=resume"] if saved_at else []))
+        wait_for_line(proc, "saved checkpoint")
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        checkpoint = load_checkpoint(out)  # never torn
+        assert not saved_at or checkpoint["iter_num"] >= saved_at[-1]  # nothing older than what was saved
+        saved_at.append(checkpoint["iter_num"])
+    assert saved_at == sorted(saved_at) and saved_at[-1] > saved_at[0]
+    resumed = train(data_dir, out, "--init_from=resume", f"--max_iters={saved_at[-1] + 3}", "--eval_interval=1000")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"iter {saved_at[-1] + 1}/" in resumed.stdout
+
+
+@pytest.fixture
+def finished_run(trained_run, tmp_path):
+    """A private copy of the tiny trained run, to damage."""
+    out = tmp_path / "copy"
+    shutil.copytree(trained_run[0], out)
+    return out
+
+
+def resume(data_dir, out_dir, *extra):
+    return run_script(
+        "train.py", *TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={out_dir}",
+        "--init_from=resume", *extra,
+    )
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, finished_run):
+    before = (finished_run / CHECKPOINT_NAME).read_bytes()
+    result = resume(
+        data_dir, finished_run, "--learning_rate=1e9", "--decay_lr=False", "--max_iters=400", "--log_interval=1", "--grad_clip=0",
+    )
+    assert_user_error(result, "training loss is", "at step 30", "last good checkpoint")
+    assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_failed_checkpoint_write_is_reported_and_the_old_one_kept(data_dir, finished_run):
+    before = (finished_run / CHECKPOINT_NAME).read_bytes()
+    (finished_run / (CHECKPOINT_NAME + ".tmp")).mkdir()  # makes the write fail, even for root
+    result = resume(data_dir, finished_run, "--max_iters=305", "--always_save_checkpoint=True")
+    assert_user_error(result, "could not write a checkpoint", "is intact")
+    assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, data_dir):
+    marker = tmp_path / "pwned"
+    payload = RunsCode()
+    payload.marker = marker
+    torch.save({"model": {}, "model_args": {}, "evil": payload}, tmp_path / CHECKPOINT_NAME)
+    assert not marker.exists()
+    assert_user_error(run_script("sample.py", f"--out_dir={tmp_path}"), "could not be loaded safely")
+    assert_user_error(resume(data_dir, tmp_path), "could not be loaded safely")
+    assert not marker.exists()
+
+
+def test_foreign_checkpoint(tmp_path, data_dir):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / CHECKPOINT_NAME)
+    assert_user_error(resume(data_dir, tmp_path), "is not a nanogpt checkpoint")
+
+
+def test_truncated_checkpoint_on_resume(data_dir, finished_run):
+    data = (finished_run / CHECKPOINT_NAME).read_bytes()
+    (finished_run / CHECKPOINT_NAME).write_bytes(data[:1000])
+    assert_user_error(resume(data_dir, finished_run), "corrupt, truncated")
+
+
+def test_resume_with_another_model_shape(data_dir, finished_run):
+    assert_user_error(resume(data_dir, finished_run, "--n_layer=3"), "cannot resume with n_layer=3", "has n_layer=2")
+
+
+def test_resume_on_a_dataset_with_another_vocabulary(data_dir, finished_run, tmp_path):
+    text = tmp_path / "other.txt"
+    text.write_text("abcdefgh " * 2000)
+    other = data_dir / "other_vocab"
+    assert run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={other}").returncode == 0
+    result = run_script(
+        "train.py", *TINY_TRAIN, "--dataset=other_vocab", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume",
+    )
+    assert_user_error(result, "vocabulary of 65 tokens", "has 9")
+
+
+def test_resume_without_a_checkpoint(data_dir, tmp_path):
+    assert_user_error(resume(data_dir, tmp_path), "no checkpoint in")
+
+
+def test_dataset_too_small_for_block_size(data_dir, tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("to be or not to be " * 10)
+    assert run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={data_dir / 'tiny'}").returncode == 0
+    result = run_script("train.py", *TINY_MODEL, "--dataset=tiny", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
+    assert_user_error(result, "the val split", "not more than block_size 32")
