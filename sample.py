@@ -3,6 +3,7 @@
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=200
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --temperature=0.7 --top_k=50
+    echo "JULIET:" | python sample.py --out_dir=out-shakespeare-char --start=- --num_samples=1
 
 python sample.py --help lists every setting.
 """
@@ -20,7 +21,9 @@ from nanogpt.tokenizer import tokenizer_from_meta
 
 
 def read_prompt(start):
-    """The start text itself, or the contents of the file named after FILE:."""
+    """The start text itself, the contents of the file named after FILE:, or stdin for -."""
+    if start == "-":
+        return sys.stdin.read()
     if not start.startswith("FILE:"):
         return start
     path = Path(start[len("FILE:") :])
@@ -33,10 +36,12 @@ def main():
     cfg = load_config(SampleConfig, sys.argv[1:], script="sample.py")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 0:
-        raise UserError("num_samples must be at least 1 and max_new_tokens at least 0")
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
+        raise UserError(f"num_samples and max_new_tokens must be at least 1, got {cfg.num_samples} and {cfg.max_new_tokens}")
     if cfg.temperature < 0:
         raise UserError(f"temperature must be 0 (greedy) or more, got {cfg.temperature}")
+    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
 
     if cfg.init_from != "resume":
         raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' to sample from the checkpoint in out_dir")
@@ -47,18 +52,63 @@ def main():
     model.eval()
     model.to(device)
 
+    vocab_size = model.config.vocab_size
+    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
+    top_k_given = cfg.top_k != SampleConfig().top_k
+    if cfg.top_k is not None and (cfg.top_k < 1 or (top_k_given and cfg.top_k > vocab_size)):
+        raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
+
     prompt_ids = tokenizer.encode(read_prompt(cfg.start))
     if not prompt_ids:
         raise UserError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
-    x = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None, ...]
+    # all samples in one batch: one pass of the model per token serves every sample
+    x = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None, ...].repeat(cfg.num_samples, 1)
+
+    stream = cfg.num_samples == 1 if cfg.stream is None else cfg.stream
+    if stream and cfg.num_samples > 1:
+        raise UserError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
+    printer = StreamPrinter(tokenizer, prompt_ids) if stream else None
 
     # a generator of our own: the same seed gives the same samples, whatever else used the global RNG
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     with torch.no_grad(), autocast_context(device, dtype):
-        for _ in range(cfg.num_samples):
-            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
-            print(tokenizer.decode(y[0].tolist()))
-            print("---------------")
+        y = model.generate(
+            x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            generator=generator, use_cache=cfg.use_cache, on_token=printer,
+        )
+    if stream:
+        printer.finish()
+        print("---------------")
+        return
+    for row in y.tolist():
+        print(tokenizer.decode(row))
+        print("---------------")
+
+
+class StreamPrinter:
+    """Prints one sample's text as its tokens arrive. It decodes the whole sample each time and prints
+    what is new, because a BPE token can end in the middle of a multi-byte character."""
+
+    def __init__(self, tokenizer, prompt_ids):
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids)
+        self.printed = ""
+        self.flush()
+
+    def __call__(self, idx_next):
+        self.ids.append(idx_next[0, 0].item())
+        self.flush()
+
+    def flush(self, final=False):
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd") and not final:
+            return  # an unfinished character: wait for the rest of its bytes
+        print(text[len(self.printed) :], end="", flush=True)
+        self.printed = text
+
+    def finish(self):
+        self.flush(final=True)
+        print()
 
 
 if __name__ == "__main__":

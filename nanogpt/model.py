@@ -51,16 +51,20 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
 
-    def forward(self, x):
+    def forward(self, x, cache=None, layer=0):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # SDPA picks a flash / memory-efficient kernel where the device has one
+        if cache is not None:
+            # generating: keep this step's keys/values, attend over everything cached so far
+            k, v = cache.update(layer, k, v)
+        # SDPA picks a flash / memory-efficient kernel where the device has one. A single new token
+        # may see every cached one, so it needs no causal mask.
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-join the heads
         return self.resid_dropout(self.c_proj(y))
@@ -86,9 +90,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
+    def forward(self, x, cache=None, layer=0):
         # pre-norm: the residual stream itself is never normalised, which keeps deep stacks trainable
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -134,14 +138,17 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, cache=None):
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
+        start = cache.length if cache is not None else 0  # position of idx's first token
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
         x = self.transformer.ln_f(x)
 
         if targets is not None:
@@ -181,24 +188,85 @@ class GPT(nn.Module):
         return 6 * self.get_num_params() + 12 * L * H * Q * T
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                 use_cache=True, on_token=None):
+        """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in.
+
+        With use_cache, the prompt goes through the model once and then one token per step, its keys
+        and values kept in a KVCache; without, the whole context is recomputed every step. Both see
+        the same context (context_start) and so, for a seed, give the same tokens. on_token, if given,
+        is called with each new (B, 1) batch of tokens, e.g. to stream them to the terminal.
+        """
+        cache, cache_start = None, None
         for _ in range(max_new_tokens):
-            # keep only the last block_size tokens: the model cannot see further back
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
-            logits, _ = self(idx_cond)
-            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, generator)
+            start = context_start(idx.size(1), self.config.block_size)
+            if not use_cache:
+                logits, _ = self(idx[:, start:])
+            elif start != cache_start:
+                # first step, or the context was full: encode the (new) context from scratch
+                cache, cache_start = KVCache(self.config), start
+                logits, _ = self(idx[:, start:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)
+            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
             idx = torch.cat((idx, idx_next), dim=1)
+            if on_token is not None:
+                on_token(idx_next)
         return idx
 
 
-def sample_next_token(logits, temperature=1.0, top_k=None, generator=None):
-    """Pick one token id per row from (B, vocab) logits. temperature 0 means greedy."""
+def context_start(length, block_size):
+    """Where the context the model sees begins, for a sequence of `length` tokens.
+
+    Learned absolute positions cannot slide one token at a time without re-encoding the whole context
+    (every token's position changes), which would make a cache useless. So once the sequence outgrows
+    block_size the model keeps the last block_size // 2 tokens as its context, re-encoded from position
+    0, and lets it grow back to block_size before cutting again.
+    """
+    if length <= block_size:
+        return 0
+    keep = block_size // 2
+    steps_since_cut = (length - block_size - 1) % (block_size - keep + 1)
+    return length - keep - steps_since_cut
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens generated so far, room for block_size of them."""
+
+    def __init__(self, config):
+        self.config = config
+        self.k = self.v = None  # allocated on first use, in the batch size, device and dtype of the keys
+        self.length = 0  # tokens stored
+
+    def update(self, layer, k, v):
+        """Store the new keys/values (B, H, T, hs) of one layer and return all of them so far."""
+        if self.k is None:
+            B, H, _, hs = k.shape
+            self.k = k.new_zeros(self.config.n_layer, B, H, self.config.block_size, hs)
+            self.v = torch.zeros_like(self.k)
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token id per row from (B, vocab) logits. temperature 0 means greedy.
+
+    top_k keeps the k most likely tokens; top_p (nucleus) keeps the fewest most likely tokens whose
+    probabilities add up to at least top_p.
+    """
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits[logits < v[:, [-1]]] = -float("inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the ones more likely than it already reach top_p (the first always stays)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        logits[torch.zeros_like(drop).scatter(1, order, drop)] = -float("inf")
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
