@@ -16,8 +16,9 @@ import torch
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.config import SampleConfig, load_config
 from nanogpt.errors import UserError, run_main
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source
 from nanogpt.system import autocast_context, resolve_device, resolve_dtype
-from nanogpt.tokenizer import tokenizer_from_meta
+from nanogpt.tokenizer import GPT2Tokenizer, tokenizer_from_meta
 
 
 def read_prompt(start):
@@ -43,16 +44,20 @@ def main():
     if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
 
-    if cfg.init_from != "resume":
-        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' to sample from the checkpoint in out_dir")
-    checkpoint = load_checkpoint(cfg.out_dir)
-    model = model_from_checkpoint(checkpoint, dropout=0.0)
-    tokenizer = tokenizer_from_meta(checkpoint["tokenizer"])
-    del checkpoint
+    if cfg.init_from == "resume":
+        checkpoint = load_checkpoint(cfg.out_dir)
+        model = model_from_checkpoint(checkpoint, dropout=0.0)
+        tokenizer = tokenizer_from_meta(checkpoint["tokenizer"])
+        del checkpoint
+    elif is_pretrained_source(cfg.init_from):
+        model = gpt_from_pretrained(cfg.init_from)
+        tokenizer = GPT2Tokenizer()
+    else:
+        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
     model.eval()
     model.to(device)
 
-    vocab_size = model.config.vocab_size
+    vocab_size = tokenizer.vocab_size
     # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
     top_k_given = cfg.top_k != SampleConfig().top_k
     if cfg.top_k is not None and (cfg.top_k < 1 or (top_k_given and cfg.top_k > vocab_size)):
@@ -74,7 +79,7 @@ def main():
     with torch.no_grad(), autocast_context(device, dtype):
         y = model.generate(
             x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-            generator=generator, use_cache=cfg.use_cache, on_token=printer,
+            generator=generator, use_cache=cfg.use_cache, on_token=printer, vocab_limit=tokenizer.vocab_size,
         )
     if stream:
         printer.finish()

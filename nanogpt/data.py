@@ -8,6 +8,7 @@ Training reads the .bin files through np.memmap, so a dataset larger than memory
 
 import json
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -76,6 +77,57 @@ def write_dataset(out_dir, train_ids, val_ids, meta):
     return meta
 
 
+def prepare_text(text, tokenizer_kind, out_dir):
+    """Tokenise text (char-level: its own characters; gpt2: GPT-2 BPE), split it 90/10 into train and
+    val, and write the dataset to out_dir. Prints what it did and how fast."""
+    from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer
+
+    t0 = time.time()
+    if tokenizer_kind == "char":
+        chars = sorted(set(text))
+        tokenizer = CharTokenizer(chars)
+        meta = {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
+        shown = "".join(chars) if len(chars) <= 100 else "".join(chars[:100]) + "..."
+        print(f"{len(text):,} characters, vocabulary of {len(chars)}: {shown!r}")
+    elif tokenizer_kind == "gpt2":
+        tokenizer = GPT2Tokenizer()
+        meta = {"tokenizer": "gpt2", "vocab_size": tokenizer.vocab_size}
+        print(f"{len(text):,} characters, GPT-2 BPE vocabulary of {tokenizer.vocab_size:,}")
+    else:
+        raise UserError(f"unknown tokenizer {tokenizer_kind!r}; use char or gpt2")
+    n = len(text)
+    train_ids = tokenizer.encode(text[: int(n * 0.9)], ordinary=True)
+    val_ids = tokenizer.encode(text[int(n * 0.9) :], ordinary=True)
+    if not train_ids or not val_ids:
+        raise UserError("the text is too short to split into train and val; use more text")
+    meta = write_dataset(out_dir, train_ids, val_ids, meta)
+    seconds = time.time() - t0
+    print(
+        f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens ({meta['dtype']});"
+        f" {(len(train_ids) + len(val_ids)) / seconds:,.0f} tokens/s; written to {shown_path(out_dir)}"
+    )
+    return meta
+
+
+def shown_path(path):
+    """Relative to the current folder when inside it, else absolute: whichever reads better."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else os.path.abspath(path)
+
+
+def read_text_files(path):
+    """The text of a file, or of every .txt file under a folder (sorted, joined by blank lines)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise UserError(f"{path} holds no .txt files")
+        return "\n\n".join(read_text(f) for f in files)
+    if not path.is_file():
+        raise UserError(f"input {path} not found; pass --input=PATH (a text file or a folder of .txt files)")
+    return read_text(path)
+
+
 def prepare_command(dataset):
     script = REPO_ROOT / "data" / dataset / "prepare.py"
     return f"python data/{dataset}/prepare.py" if script.is_file() else f"a prepare script for data/{dataset}"
@@ -119,10 +171,18 @@ class Dataset:
             if n <= block_size:
                 raise UserError(f"the {split} split of {self.dir} has {n} tokens, not more than block_size {block_size}; use a smaller --block_size or more text")
 
-    def get_batch(self, split, batch_size, block_size, device, generator):
-        """batch_size random windows: x is block_size tokens, y the same shifted one to the right."""
+    def get_batch(self, split, batch_size, block_size, device, generator, rank=0, world_size=1):
+        """batch_size random windows: x is block_size tokens, y the same shifted one to the right.
+
+        Under DDP every process holds the same generator and draws the offsets of all world_size
+        micro-batches, keeping its own: the processes see different data, and together exactly the
+        batches one process with world_size times the accumulation steps would see.
+        """
         data = self.tokens(split)
-        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+        for r in range(world_size):
+            offsets = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+            if r == rank:
+                starts = offsets.tolist()
         # one copy of block_size + 1 tokens per row; x and y are views into it
         rows = torch.from_numpy(np.stack([data[i : i + block_size + 1] for i in starts]).astype(np.int64))
         if device.startswith("cuda"):

@@ -74,7 +74,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU, so its weights give its exact outputs
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -189,13 +189,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 use_cache=True, on_token=None):
+                 use_cache=True, on_token=None, vocab_limit=None):
         """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in.
 
         With use_cache, the prompt goes through the model once and then one token per step, its keys
         and values kept in a KVCache; without, the whole context is recomputed every step. Both see
         the same context (context_start) and so, for a seed, give the same tokens. on_token, if given,
         is called with each new (B, 1) batch of tokens, e.g. to stream them to the terminal.
+        vocab_limit keeps the padding ids of a padded vocabulary (50304 for GPT-2's 50257) from being drawn.
         """
         cache, cache_start = None, None
         for _ in range(max_new_tokens):
@@ -208,7 +209,7 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, start:], cache=cache)
             else:
                 logits, _ = self(idx[:, -1:], cache=cache)
-            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            idx_next = sample_next_token(logits[:, -1, :vocab_limit], temperature, top_k, top_p, generator)
             idx = torch.cat((idx, idx_next), dim=1)
             if on_token is not None:
                 on_token(idx_next)

@@ -12,7 +12,7 @@ class CharTokenizer:
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
         self.vocab_size = len(self.chars)
 
-    def encode(self, text):
+    def encode(self, text, ordinary=False):
         unknown = sorted(set(text) - self.stoi.keys())
         if unknown:
             shown = ", ".join(repr(ch) for ch in unknown[:10])
@@ -38,11 +38,24 @@ class GPT2Tokenizer:
         self.eot_token = self.enc.eot_token
         self.vocab_size = self.enc.n_vocab
 
-    def encode(self, text):
+    def encode(self, text, ordinary=False):
+        """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data)."""
+        if ordinary:
+            return self.enc.encode_ordinary(text)
         return self.enc.encode(text, allowed_special={"<|endoftext|>"})
 
     def decode(self, ids):
         return self.enc.decode(ids)
+
+
+def same_vocabulary(a, b):
+    """Whether two datasets' (or a checkpoint's and a dataset's) metadata map text to the same ids."""
+    return a["tokenizer"] == b["tokenizer"] and a["vocab_size"] == b["vocab_size"] and a.get("chars") == b.get("chars")
+
+
+def describe_vocabulary(meta):
+    kind = "characters" if meta["tokenizer"] == "char" else "GPT-2 BPE tokens"
+    return f"a vocabulary of {meta['vocab_size']} {kind}"
 
 
 def tokenizer_from_meta(meta):

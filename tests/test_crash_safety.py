@@ -179,7 +179,7 @@ def test_resume_on_a_dataset_with_another_vocabulary(data_dir, finished_run, tmp
     result = run_script(
         "train.py", *TINY_TRAIN, "--dataset=other_vocab", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume",
     )
-    assert_user_error(result, "vocabulary of 65 tokens", "has 9")
+    assert_user_error(result, "trained on a vocabulary of 65 characters", "has a vocabulary of 9 characters")
 
 
 def test_resume_without_a_checkpoint(data_dir, tmp_path):

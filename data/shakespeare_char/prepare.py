@@ -8,24 +8,16 @@ in ../shared/data), maps each distinct character to an id, and writes train.bin 
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
-from nanogpt.data import find_source_text, write_dataset  # noqa: E402
+from nanogpt.data import find_source_text, prepare_text  # noqa: E402
 from nanogpt.errors import run_main  # noqa: E402
-from nanogpt.tokenizer import CharTokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-
-
-def shown_path(path):
-    """Relative to the current folder when inside it, else absolute: whichever reads better."""
-    relative = os.path.relpath(path)
-    return relative if not relative.startswith("..") else os.path.abspath(path)
 
 
 def main():
@@ -33,17 +25,8 @@ def main():
     parser.add_argument("--input", help="text file to use instead of input.txt")
     parser.add_argument("--out_dir", default=str(HERE), help="where to write train.bin, val.bin, meta.json")
     args = parser.parse_args()
-
     text = find_source_text(args.input, HERE / "input.txt", "tinyshakespeare/input.txt", URL)
-    chars = sorted(set(text))
-    tokenizer = CharTokenizer(chars)
-    print(f"{len(text):,} characters, vocabulary of {len(chars)}: {''.join(chars)!r}")
-
-    n = len(text)
-    train_ids = tokenizer.encode(text[: int(n * 0.9)])
-    val_ids = tokenizer.encode(text[int(n * 0.9) :])
-    write_dataset(args.out_dir, train_ids, val_ids, {"tokenizer": "char", "vocab_size": len(chars), "chars": chars})
-    print(f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens; written to {shown_path(args.out_dir)}")
+    prepare_text(text, "char", args.out_dir)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,109 @@
+"""Time the training step alone, without the training script's extras: ms/iter, tokens/s, MFU.
+
+    python bench.py                                   # GPT-2 124M, batch 12 x 1024, OpenWebText batches
+    python bench.py --real_data=False --batch_size=1 --block_size=256 --device=cpu   # random tokens, CPU-sized
+    python bench.py --compile=True --dtype=bfloat16   # on a GPU
+
+Same --key=value settings as train.py (python bench.py --help).
+"""
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from nanogpt.config import load_config, setting
+from nanogpt.data import Dataset
+from nanogpt.errors import run_main
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
+
+
+@dataclass
+class BenchConfig:
+    batch_size: int = setting(12, "sequences per step")
+    block_size: int = setting(1024, "tokens per sequence")
+    n_layer: int = setting(12, "transformer blocks (GPT-2 124M: 12)")
+    n_head: int = setting(12, "attention heads")
+    n_embd: int = setting(768, "embedding width")
+    bias: bool = setting(False, "biases in Linear and LayerNorm layers")
+    real_data: bool = setting(True, "draw batches from data_dir/dataset/train.bin; False: random tokens")
+    dataset: str = setting("openwebtext", "prepared dataset to draw batches from")
+    data_dir: str = setting("data", "folder holding the dataset folders")
+    warmup_iters: int = setting(10, "untimed steps first (compilation, allocator warm-up)")
+    iters: int = setting(20, "timed steps")
+    device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
+    dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'")
+    compile: Optional[bool] = setting(None, "torch.compile; None means on for CUDA only")
+    seed: int = setting(1337, "random seed")
+
+
+def main():
+    cfg = load_config(BenchConfig, sys.argv[1:], script="bench.py")
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    torch.manual_seed(cfg.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    if cfg.real_data:
+        data = Dataset(cfg.data_dir, cfg.dataset)
+        data.check_length(cfg.block_size)
+        vocab_size = -(-data.meta["vocab_size"] // 64) * 64
+        generator = torch.Generator().manual_seed(cfg.seed)
+
+        def get_batch():
+            return data.get_batch("train", cfg.batch_size, cfg.block_size, device, generator)
+    else:
+        vocab_size = 50304
+        x = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=device)
+        y = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=device)
+
+        def get_batch():
+            return x, y
+
+    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                          bias=cfg.bias, vocab_size=vocab_size, dropout=0.0)).to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0])
+    flops_per_step = model.estimate_flops_per_token() * cfg.batch_size * cfg.block_size
+    print(f"{model.get_num_params() / 1e6:.1f}M parameters, batch {cfg.batch_size} x {cfg.block_size}, device {device}, dtype {dtype}")
+    step_model = compile_model(model, cfg.compile, device)
+    ctx = autocast_context(device, dtype)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    X, Y = get_batch()
+    for stage, steps in (("warm-up", cfg.warmup_iters), ("timed", cfg.iters)):
+        sync()
+        t0 = time.perf_counter()
+        for k in range(steps):
+            with ctx:
+                _, loss = step_model(X, Y)
+            X, Y = get_batch()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if k % 5 == 0 or k == steps - 1:
+                print(f"{stage} {k + 1}/{steps}: loss {loss.item():.4f}")
+        sync()
+        seconds = time.perf_counter() - t0
+    ms = seconds / cfg.iters * 1000
+    tokens_per_sec = cfg.batch_size * cfg.block_size * cfg.iters / seconds
+    achieved = flops_per_step * cfg.iters / seconds
+    print(f"time per iteration: {ms:.2f} ms, {tokens_per_sec:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
+    peak = peak_flops(device)
+    if peak is None:
+        print(f"MFU: n/a (no peak FLOPS known for {device})")
+    else:
+        print(f"MFU: {achieved / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOPS")
+
+
+if __name__ == "__main__":
+    run_main(main)

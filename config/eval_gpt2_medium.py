@@ -1,0 +1,8 @@
+# Val loss of OpenAI's gpt2-medium on OpenWebText (python data/openwebtext/prepare.py first).
+# python train.py config/eval_gpt2_medium.py
+batch_size = 8
+eval_iters = 500  # 500 x 8 x 1024 = 4M tokens, about the whole val split
+eval_only = True
+wandb_log = False
+init_from = "gpt2-medium"
+out_dir = "out-eval-gpt2-medium"

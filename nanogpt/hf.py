@@ -1,0 +1,138 @@
+"""Hugging Face interop: GPT-2 weights in (OpenAI's, or any save_pretrained GPT-2) and out.
+
+Our parameter names are GPT-2's, so the mapping is one to one, except that OpenAI's checkpoints store
+the attention and MLP matrices as Conv1D, (in, out), where nn.Linear wants (out, in): those four are
+transposed.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from nanogpt.errors import UserError
+
+GPT2_SIZES = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def is_pretrained_source(init_from):
+    """True for a GPT-2 name (gpt2, gpt2-medium, ...) or a local Hugging Face model folder."""
+    return init_from in GPT2_SIZES or init_from.startswith("gpt2") or Path(init_from).is_dir()
+
+
+def pretrained_block_size(name_or_dir):
+    """The context length of a GPT-2 name or folder, read without loading (or downloading) weights;
+    also checks that the folder holds a GPT-2."""
+    if not Path(name_or_dir).is_dir():
+        if name_or_dir not in GPT2_SIZES:
+            raise UserError(f"unknown model {name_or_dir!r}: use one of {', '.join(GPT2_SIZES)} or a folder saved with save_pretrained")
+        return 1024
+    config_path = Path(name_or_dir) / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{name_or_dir} holds no config.json; it is not a Hugging Face model folder")
+    # transformers would build a GPT-2 from another model's config with only a warning
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") != "gpt2":
+        raise UserError(f"{name_or_dir} holds a {config.get('model_type')!r} model, not GPT-2")
+    return config.get("n_positions", 1024)
+
+
+def load_hf_gpt2(name_or_dir):
+    """(model_args, state_dict in this project's names) of a Hugging Face GPT-2."""
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        raise UserError("loading GPT-2 weights needs transformers: pip install -e '.[hf]' (or pip install transformers)") from None
+    pretrained_block_size(name_or_dir)
+    local = Path(name_or_dir).is_dir()
+    print(f"loading GPT-2 weights from {name_or_dir}", file=sys.stderr)  # stderr: sample.py's stdout is the text
+    try:
+        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
+    except (OSError, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = "the folder" if local else "the Hugging Face hub (is this machine online?)"
+        raise UserError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line}") from None
+    hf = hf_model.config
+    if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise UserError(f"{name_or_dir} uses activation {hf.activation_function!r}; only GPT-2's tanh GELU is supported")
+    model_args = dict(
+        n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd, block_size=hf.n_positions,
+        vocab_size=hf.vocab_size, bias=True, dropout=0.0,
+    )
+    state = {}
+    for key, value in hf_model.state_dict().items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of older transformers versions, not weights
+        state[key] = value.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else value
+    return model_args, state
+
+
+def gpt_from_pretrained(name_or_dir, dropout=0.0):
+    """A GPT holding the weights of a Hugging Face GPT-2 (a name such as gpt2-medium, or a folder)."""
+    from nanogpt.model import GPT, GPTConfig
+
+    model_args, state = load_hf_gpt2(name_or_dir)
+    model = GPT(GPTConfig(**dict(model_args, dropout=dropout)))
+    model.load_state_dict(state)
+    return model
+
+
+def export_hf_gpt2(model, out_dir, tokenizer_meta):
+    """Write model as a transformers GPT-2 (config.json + model.safetensors) into out_dir.
+
+    For GPT-2 BPE models the tokenizer files are written too; for char-level models the vocabulary
+    goes to vocab.json (character -> id) next to the weights.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = model.config
+    hf_config = GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+    )
+    state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
+    if not cfg.bias:
+        # GPT-2 always has biases; a model trained without them has them all at zero
+        hf_model = GPT2LMHeadModel(hf_config)
+        for key, value in hf_model.state_dict().items():
+            if key.endswith(".bias") and key not in state and not key.endswith(".attn.bias"):
+                state[key] = torch.zeros_like(value)
+    hf_model = GPT2LMHeadModel(hf_config)
+    missing, unexpected = hf_model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    if missing or unexpected:
+        raise UserError(f"this model does not map onto GPT-2 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    os.makedirs(out_dir, exist_ok=True)
+    hf_model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer_meta["tokenizer"] == "char":
+        vocab = {ch: i for i, ch in enumerate(tokenizer_meta["chars"])}
+        Path(out_dir, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n")
+    else:
+        write_gpt2_tokenizer_files(out_dir)
+
+
+def write_gpt2_tokenizer_files(out_dir):
+    """GPT-2's vocab.json / merges.txt, from the shared offline copy or tiktoken's, for AutoTokenizer."""
+    from nanogpt.data import shared_data_dir
+
+    shared = shared_data_dir()
+    source = shared / "gpt2_bpe" if shared is not None else None
+    if source is not None and (source / "encoder.json").is_file():
+        Path(out_dir, "vocab.json").write_bytes((source / "encoder.json").read_bytes())
+        Path(out_dir, "merges.txt").write_bytes((source / "vocab.bpe").read_bytes())
+        return
+    try:
+        from transformers import GPT2TokenizerFast
+
+        GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(out_dir)
+    except OSError:
+        print("note: GPT-2 tokenizer files not written (offline); load them with AutoTokenizer.from_pretrained('gpt2')")
