@@ -16,9 +16,9 @@ import torch
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.config import SampleConfig, load_config
 from nanogpt.errors import UserError, run_main
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_tokenizer_meta
 from nanogpt.system import autocast_context, resolve_device, resolve_dtype
-from nanogpt.tokenizer import GPT2Tokenizer, tokenizer_from_meta
+from nanogpt.tokenizer import tokenizer_from_meta
 
 
 def read_prompt(start):
@@ -51,7 +51,7 @@ def main():
         del checkpoint
     elif is_pretrained_source(cfg.init_from):
         model = gpt_from_pretrained(cfg.init_from)
-        tokenizer = GPT2Tokenizer()
+        tokenizer = tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))
     else:
         raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
     model.eval()

@@ -25,7 +25,7 @@ from nanogpt.checkpoint import (
 from nanogpt.config import TrainConfig, load_config
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
 from nanogpt.metrics import METRICS_NAME, append_record, keep_records_through, plot_loss_curve
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.schedule import cosine_lr
@@ -159,11 +159,13 @@ def main():
         model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     elif is_pretrained_source(cfg.init_from):
-        if data.meta["tokenizer"] != "gpt2":
-            raise UserError(
-                f"GPT-2 weights need data in GPT-2 tokens, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};"
-                f" use --dataset=shakespeare (python data/shakespeare/prepare.py) or python data/custom/prepare.py --tokenizer=gpt2"
+        pretrained_meta = pretrained_tokenizer_meta(cfg.init_from)
+        if not same_vocabulary(pretrained_meta, data.meta):
+            hint = (
+                " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python data/custom/prepare.py --tokenizer=gpt2"
+                if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
             )
+            raise UserError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
         pretrained_positions = pretrained_block_size(cfg.init_from)
         if cfg.block_size > pretrained_positions:
             raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")

@@ -85,21 +85,43 @@ def gpt_from_pretrained(name_or_dir, dropout=0.0):
     return model
 
 
+CHAR_VOCAB_NAME = "char_vocab.json"  # a char-level model's vocabulary, next to its exported weights
+
+
+def pretrained_tokenizer_meta(name_or_dir):
+    """The tokenizer a pretrained model reads: GPT-2 BPE, or the characters of an exported char-level model."""
+    char_vocab = Path(name_or_dir) / CHAR_VOCAB_NAME
+    if Path(name_or_dir).is_dir() and char_vocab.is_file():
+        stoi = json.loads(char_vocab.read_text(encoding="utf-8"))
+        chars = sorted(stoi, key=stoi.get)
+        return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
+    return {"tokenizer": "gpt2", "vocab_size": 50257}
+
+
 def export_hf_gpt2(model, out_dir, tokenizer_meta):
     """Write model as a transformers GPT-2 (config.json + model.safetensors) into out_dir.
 
     For GPT-2 BPE models the tokenizer files are written too; for char-level models the vocabulary
-    goes to vocab.json (character -> id) next to the weights.
+    goes to char_vocab.json (character -> id) next to the weights.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = model.config
+    state = dict(model.state_dict())
+    vocab_size = cfg.vocab_size
+    if tokenizer_meta["tokenizer"] == "gpt2" and vocab_size > tokenizer_meta["vocab_size"]:
+        # drop the padding rows (50304 -> 50257): they are never used, and GPT-2 tools expect 50257
+        vocab_size = tokenizer_meta["vocab_size"]
+        for key in ("transformer.wte.weight", "lm_head.weight"):
+            state[key] = state[key][:vocab_size]
     hf_config = GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         layer_norm_epsilon=1e-5, tie_word_embeddings=True,
     )
-    state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
+    if tokenizer_meta["tokenizer"] == "char":
+        hf_config.bos_token_id = hf_config.eos_token_id = None  # GPT-2's <|endoftext|> id is not in the vocabulary
+    state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in state.items()}
     if not cfg.bias:
         # GPT-2 always has biases; a model trained without them has them all at zero
         hf_model = GPT2LMHeadModel(hf_config)
@@ -115,7 +137,7 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     hf_model.save_pretrained(out_dir, safe_serialization=True)
     if tokenizer_meta["tokenizer"] == "char":
         vocab = {ch: i for i, ch in enumerate(tokenizer_meta["chars"])}
-        Path(out_dir, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n")
+        Path(out_dir, CHAR_VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     else:
         write_gpt2_tokenizer_files(out_dir)
 

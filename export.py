@@ -1,0 +1,46 @@
+"""Export a trained checkpoint as a Hugging Face transformers GPT-2.
+
+    python export.py --out_dir=out-shakespeare-char --to=hf-shakespeare-char
+    python export.py --out_dir=out --to=hf-gpt2-owt --force      # replace a non-empty folder
+
+Writes config.json and model.safetensors, which transformers.GPT2LMHeadModel.from_pretrained loads,
+plus the tokenizer: GPT-2's vocab.json / merges.txt for BPE models, char_vocab.json (character -> id)
+for char-level ones. The folder also works as --init_from=FOLDER for train.py and sample.py.
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nanogpt.config import load_config, setting
+from nanogpt.errors import UserError, run_main
+from nanogpt.hf import export_hf_gpt2
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str = setting("out", "folder holding the checkpoint to export")
+    to: str = setting("", "folder to write the Hugging Face model into")
+    force: bool = setting(False, "write into --to even if it already holds files (they may be replaced)")
+
+
+def main():
+    cfg = load_config(ExportConfig, sys.argv[1:], script="export.py")
+    if not cfg.to:
+        raise UserError("say where to write the model: --to=FOLDER")
+    target = Path(cfg.to)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not cfg.force:
+        raise UserError(f"{target} already exists and is not empty; choose another --to, or pass --force=True to write into it")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UserError("export needs transformers: pip install -e '.[hf]' (or pip install transformers safetensors)") from None
+    checkpoint = load_checkpoint(cfg.out_dir)
+    model = model_from_checkpoint(checkpoint, dropout=0.0)
+    export_hf_gpt2(model, target, checkpoint["tokenizer"])
+    print(f"exported {model.get_num_params() / 1e6:.2f}M parameters to {target}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(target)!r})")
+
+
+if __name__ == "__main__":
+    run_main(main)

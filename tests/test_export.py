@@ -1,0 +1,94 @@
+"""Export to a transformers GPT-2 and back."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, assert_user_error, run_script
+from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out_dir, _ = trained_run
+    target = tmp_path_factory.mktemp("export") / "hf"
+    result = run_script("export.py", f"--out_dir={out_dir}", f"--to={target}")
+    assert result.returncode == 0, result.stderr
+    return out_dir, target
+
+
+def test_exported_char_model_loads_in_transformers_with_the_same_logits(exported):
+    out_dir, target = exported
+    ours = model_from_checkpoint(load_checkpoint(out_dir)).eval()
+    assert not ours.config.bias  # trained without biases: the export fills GPT-2's with zeros
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(target).eval()
+    tokens = torch.randint(65, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = ours(tokens, targets=tokens)
+        torch.testing.assert_close(hf_model(tokens).logits, expected, atol=1e-5, rtol=0)
+    vocab = json.loads((target / "char_vocab.json").read_text())
+    assert len(vocab) == 65 and vocab["\n"] == 0
+
+
+def test_exported_folder_samples_like_the_checkpoint(exported):
+    out_dir, target = exported
+    args = ("--num_samples=2", "--max_new_tokens=60", "--start=ROMEO:", "--seed=11")
+    from_checkpoint = run_script("sample.py", f"--out_dir={out_dir}", *args)
+    from_export = run_script("sample.py", f"--init_from={target}", *args)
+    assert from_checkpoint.returncode == 0 and from_export.returncode == 0, from_export.stderr
+    assert from_export.stdout == from_checkpoint.stdout
+
+
+def test_exported_folder_trains_again(exported, data_dir, tmp_path):
+    _, target = exported
+    result = run_script(
+        "train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--init_from={target}",
+        f"--out_dir={tmp_path / 'again'}", "--max_iters=4", "--eval_interval=4", "--eval_iters=2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "again")["model_args"]["bias"] is True  # GPT-2 format has biases
+
+
+def test_bpe_model_export_drops_vocab_padding_and_writes_the_tokenizer(tmp_path):
+    from nanogpt.checkpoint import save_checkpoint
+    from nanogpt.model import GPT, GPTConfig
+    from nanogpt.tokenizer import GPT2Tokenizer
+
+    torch.manual_seed(0)
+    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
+    model = GPT(GPTConfig(**args))
+    save_checkpoint(tmp_path / "run", {"model": model.state_dict(), "model_args": args, "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257}})
+    result = run_script("export.py", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
+    assert result.returncode == 0, result.stderr
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert hf_model.config.vocab_size == 50257
+    text = "ROMEO: Wherefore art thou, <|endoftext|> Romeo?"
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = GPT2Tokenizer().encode(text)
+    assert hf_tokenizer(text)["input_ids"] == ids
+    tokens = torch.tensor([ids])
+    with torch.no_grad():
+        expected, _ = model.eval()(tokens, targets=tokens)
+        torch.testing.assert_close(hf_model(tokens).logits, expected[..., :50257], atol=1e-5, rtol=0)
+
+
+def test_export_refuses_a_non_empty_target(exported, tmp_path):
+    out_dir, target = exported
+    before = (target / "model.safetensors").read_bytes()
+    assert_user_error(run_script("export.py", f"--out_dir={out_dir}", f"--to={target}"), "already exists and is not empty", "--force=True")
+    assert (target / "model.safetensors").read_bytes() == before
+    copy = tmp_path / "copy"
+    shutil.copytree(target, copy)
+    assert run_script("export.py", f"--out_dir={out_dir}", f"--to={copy}", "--force=True").returncode == 0
+
+
+def test_export_bad_inputs(tmp_path):
+    assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "no checkpoint in")
+    assert_user_error(run_script("export.py", f"--out_dir={tmp_path}"), "--to=FOLDER")
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "could not be loaded safely")
+    assert not (tmp_path / "hf").exists()
