@@ -70,6 +70,7 @@ def compile_model(model, compile_flag, device):
 # tensor-core figures without sparsity, from the vendors' data sheets.
 PEAK_FLOPS = {
     "H200": 989e12,
+    "H100 PCIe": 756e12,  # listed before "H100": the first name found in the device's name wins
     "H100": 989e12,
     "A100": 312e12,
     "A10G": 125e12,

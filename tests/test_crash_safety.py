@@ -192,3 +192,26 @@ def test_dataset_too_small_for_block_size(data_dir, tmp_path):
     assert run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={data_dir / 'tiny'}").returncode == 0
     result = run_script("train.py", *TINY_MODEL, "--dataset=tiny", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
     assert_user_error(result, "the val split", "not more than block_size 32")
+
+
+def test_ddp_processes_stop_together_on_sigterm(data_dir, tmp_path):
+    """torchrun passes SIGTERM to its workers; they agree on a step, rank 0 saves, and the run resumes."""
+    out = tmp_path / "ddp"
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *EXACT,
+        "--backend=gloo", "--gradient_accumulation_steps=2", "--max_iters=100000", "--lr_decay_iters=100000",
+        "--eval_interval=100000", f"--data_dir={data_dir}", f"--out_dir={out}",
+    ]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_line(proc, "iter 5/")
+    os.killpg(proc.pid, signal.SIGTERM)  # as a cluster scheduler does: the whole process group
+    stdout, stderr = proc.communicate(timeout=60)
+    assert "(SIGTERM); resume with:" in stdout, stdout + stderr
+    stopped_at = load_checkpoint(out)["iter_num"]
+    assert stopped_at >= 5
+    resumed = subprocess.run(
+        [*args[:-3], f"--max_iters={stopped_at + 3}", "--eval_interval=1000", f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"iter {stopped_at + 1}/" in resumed.stdout
