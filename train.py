@@ -190,6 +190,8 @@ def main():
         # continue every random stream exactly where the saved run was: an exact resume
         if "rng" in checkpoint:
             restore_rng_state(checkpoint["rng"], batch_generator)
+            if rank > 0:  # the saved streams are rank 0's; other ranks need dropout masks of their own
+                torch.manual_seed(cfg.seed + rank + iter_num)
         elif master:
             print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
     checkpoint = None  # free it before training: it holds a second copy of the model and optimizer
@@ -341,6 +343,8 @@ def main():
     if master and not stop:
         print(f"done: best val loss {best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
     if ddp:
+        # wait for rank 0's last eval and save: a process group torn down under a peer can abort it
+        torch.distributed.barrier()
         destroy_process_group()
 
 
