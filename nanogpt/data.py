@@ -77,6 +77,21 @@ def write_dataset(out_dir, train_ids, val_ids, meta):
     return meta
 
 
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def prepare_tiny_shakespeare(description, tokenizer_kind, dataset_dir):
+    """The whole of data/shakespeare*/prepare.py: options, finding the text, tokenising, writing."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="text file to use instead of input.txt")
+    parser.add_argument("--out_dir", default=str(dataset_dir), help="where to write train.bin, val.bin, meta.json")
+    args = parser.parse_args()
+    text = find_source_text(args.input, Path(dataset_dir) / "input.txt", "tinyshakespeare/input.txt", TINY_SHAKESPEARE_URL)
+    prepare_text(text, tokenizer_kind, args.out_dir)
+
+
 def prepare_text(text, tokenizer_kind, out_dir):
     """Tokenise text (char-level: its own characters; gpt2: GPT-2 BPE), split it 90/10 into train and
     val, and write the dataset to out_dir. Prints what it did and how fast."""

@@ -7,27 +7,13 @@ Reads data/shakespeare/input.txt (downloading it when missing, or taking the off
 90% / last 10%, uint16) and meta.json next to this file.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
-from nanogpt.data import find_source_text, prepare_text  # noqa: E402
+from nanogpt.data import prepare_tiny_shakespeare  # noqa: E402
 from nanogpt.errors import run_main  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="text file to use instead of input.txt")
-    parser.add_argument("--out_dir", default=str(HERE), help="where to write train.bin, val.bin, meta.json")
-    args = parser.parse_args()
-    text = find_source_text(args.input, HERE / "input.txt", "tinyshakespeare/input.txt", URL)
-    prepare_text(text, "gpt2", args.out_dir)
-
-
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: prepare_tiny_shakespeare(__doc__, "gpt2", Path(__file__).resolve().parent))
