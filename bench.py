@@ -67,7 +67,7 @@ def main():
 
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                           bias=cfg.bias, vocab_size=vocab_size, dropout=0.0)).to(device)
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0])
+    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0])
     flops_per_step = model.estimate_flops_per_token() * cfg.batch_size * cfg.block_size
     print(f"{model.get_num_params() / 1e6:.1f}M parameters, batch {cfg.batch_size} x {cfg.block_size}, device {device}, dtype {dtype}")
     step_model = compile_model(model, cfg.compile, device)
@@ -87,9 +87,10 @@ def main():
                 _, loss = step_model(X, Y)
             X, Y = get_batch()
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
+            for optimizer in optimizers:
+                scaler.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
             if k % 5 == 0 or k == steps - 1:
                 print(f"{stage} {k + 1}/{steps}: loss {loss.item():.4f}")
         sync()

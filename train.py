@@ -27,8 +27,8 @@ from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
 from nanogpt.metrics import METRICS_NAME, append_record, keep_records_through, plot_loss_curve
-from nanogpt.model import GPT, GPTConfig
-from nanogpt.schedule import cosine_lr
+from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
+from nanogpt.schedule import cosine_lr, wsd_lr
 from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
 from nanogpt.tokenizer import describe_vocabulary, same_vocabulary
 
@@ -42,7 +42,7 @@ def format_duration(seconds):
     return f"{seconds}s"
 
 
-MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias")
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias") + ARCHITECTURE_SWITCHES
 
 
 def check_resume_config(cfg, checkpoint):
@@ -50,9 +50,10 @@ def check_resume_config(cfg, checkpoint):
     defaults = TrainConfig()
     saved_args = checkpoint["model_args"]
     for key in MODEL_SHAPE_KEYS:
-        if getattr(cfg, key) != getattr(defaults, key) and getattr(cfg, key) != saved_args[key]:
+        saved = saved_args.get(key, getattr(GPTConfig(), key))  # older checkpoints lack the newer switches
+        if getattr(cfg, key) != getattr(defaults, key) and getattr(cfg, key) != saved:
             raise UserError(
-                f"cannot resume with {key}={getattr(cfg, key)}: the checkpoint in {cfg.out_dir} has {key}={saved_args[key]};"
+                f"cannot resume with {key}={getattr(cfg, key)}: the checkpoint in {cfg.out_dir} has {key}={saved};"
                 f" drop the setting, or train a new model in another --out_dir"
             )
     saved_config = checkpoint.get("config", {})
@@ -141,8 +142,12 @@ def main():
         model_args = dict(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
             bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout,
+            **{key: getattr(cfg, key) for key in ARCHITECTURE_SWITCHES},
         )
-        model = GPT(GPTConfig(**model_args))
+        try:
+            model = GPT(GPTConfig(**model_args))
+        except ConfigError as e:
+            raise UserError(str(e)) from None
     elif cfg.init_from == "resume":
         if master:
             print(f"resuming from {cfg.out_dir}")
@@ -166,6 +171,9 @@ def main():
                 if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
             )
             raise UserError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
+        changed = [key for key in ARCHITECTURE_SWITCHES if getattr(cfg, key) != getattr(TrainConfig(), key)]
+        if changed:
+            raise UserError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
         pretrained_positions = pretrained_block_size(cfg.init_from)
         if cfg.block_size > pretrained_positions:
             raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
@@ -182,9 +190,22 @@ def main():
 
     # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise UserError(f"unknown optimizer {cfg.optimizer!r}; use adamw or muon")
+    optimizers = model.configure_optimizers(
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type, cfg.optimizer, cfg.muon_lr
+    )
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        saved = checkpoint["optimizer"]
+        saved = saved if isinstance(saved, list) else [saved]  # one AdamW in older checkpoints
+        if len(saved) != len(optimizers):
+            raise UserError(f"the checkpoint in {cfg.out_dir} was trained with another optimizer; resume without changing --optimizer")
+        for optimizer, state in zip(optimizers, saved):
+            # the moments come from the checkpoint; the settings (rates, betas, decay) from this run's config
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+            optimizer.load_state_dict(state)
+            for group, setting in zip(optimizer.param_groups, settings):
+                group.update(setting)
         if "scaler" in checkpoint:
             scaler.load_state_dict(checkpoint["scaler"])
         # continue every random stream exactly where the saved run was: an exact resume
@@ -237,14 +258,17 @@ def main():
         return out
 
     def get_lr(it):
+        """AdamW's learning rate at step it; every param group is scaled by the same factor."""
         if not cfg.decay_lr:
             return cfg.learning_rate
+        if cfg.lr_schedule == "wsd":
+            return wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
 
     def save():
         checkpoint = {
             "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": [optimizer.state_dict() for optimizer in optimizers],
             "scaler": scaler.state_dict(),
             "model_args": model_args,
             "iter_num": iter_num,
@@ -263,8 +287,9 @@ def main():
     stop = False
     while True:
         lr = get_lr(iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)
 
         eval_due = (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at
         if (eval_due or cfg.eval_only) and master:
@@ -297,11 +322,14 @@ def main():
                 X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator, rank, world_size)
                 scaler.scale(loss).backward()
         if cfg.grad_clip != 0.0:
-            scaler.unscale_(optimizer)
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.step(optimizer)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         iter_num += 1
         iters_since_log += 1
 

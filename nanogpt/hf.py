@@ -106,7 +106,13 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from nanogpt.model import GPTConfig
+
     cfg = model.config
+    # zero_init_proj only changes the start, and untied embeddings GPT-2's format can hold
+    inexpressible = [k for k in ("rotary", "rmsnorm", "qk_norm", "relu2", "logit_softcap") if getattr(cfg, k) != getattr(GPTConfig(), k)]
+    if inexpressible:
+        raise UserError(f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic GPT-2 models export")
     state = dict(model.state_dict())
     vocab_size = cfg.vocab_size
     if tokenizer_meta["tokenizer"] == "gpt2" and vocab_size > tokenizer_meta["vocab_size"]:
@@ -117,7 +123,7 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     hf_config = GPT2Config(
         vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings,
     )
     if tokenizer_meta["tokenizer"] == "char":
         hf_config.bos_token_id = hf_config.eos_token_id = None  # GPT-2's <|endoftext|> id is not in the vocabulary

@@ -5,6 +5,10 @@ A GPT-2 style decoder-only transformer:
     -> n_layer x Block(LayerNorm -> causal self-attention -> residual, LayerNorm -> MLP -> residual)
     -> final LayerNorm -> linear head tied to the token embedding.
 Parameter names follow GPT-2 so that OpenAI / Hugging Face weights map across one to one.
+
+GPTConfig also has switches for the changes that the GPT-2 "speedrun" community found to train faster
+(rotary positions, RMSNorm, QK-norm, ReLU^2, untied embeddings, logit soft-capping, zero-init
+projections). All are off by default: the default model is GPT-2.
 """
 
 import inspect
@@ -25,6 +29,48 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a little faster
+    # modern-recipe switches
+    rotary: bool = False  # rotary position embeddings on q/k instead of a learned position table
+    rmsnorm: bool = False  # RMSNorm (scale only, no mean) instead of LayerNorm
+    qk_norm: bool = False  # RMS-normalise queries and keys per head: keeps attention logits tame
+    relu2: bool = False  # MLP activation relu(x)^2 instead of GELU
+    tie_embeddings: bool = True  # share the input embedding with the output head, as GPT-2
+    logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap): no runaway logits
+    zero_init_proj: bool = False  # residual-stream projections start at zero: each block starts as identity
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.rotary and (self.n_embd // self.n_head) % 2 != 0:
+            raise ConfigError(f"rotary needs an even head size, but n_embd / n_head = {self.n_embd // self.n_head}")
+
+
+# the switches above; a model with none of them set is a GPT-2
+ARCHITECTURE_SWITCHES = ("rotary", "rmsnorm", "qk_norm", "relu2", "tie_embeddings", "logit_softcap", "zero_init_proj")
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot be built."""
+
+
+def make_norm(config):
+    return nn.RMSNorm(config.n_embd, eps=1e-5) if config.rmsnorm else LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rotary_tables(config):
+    """cos/sin of each position times each frequency, (block_size, head_size / 2)."""
+    head_size = config.n_embd // config.n_head
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size))
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate each pair of channels of x (B, H, T, hs) by its position's angle: q.k then depends on
+    positions only through their difference."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
 class LayerNorm(nn.Module):
@@ -42,7 +88,6 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         # one matmul makes query, key and value for every head at once
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -50,14 +95,19 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, rotary=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:
             # generating: keep this step's keys/values, attend over everything cached so far
             k, v = cache.update(layer, k, v)
@@ -74,25 +124,26 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU, so its weights give its exact outputs
+        # GPT-2's tanh GELU, so its weights give its exact outputs; or ReLU^2, sparser and cheaper
+        self.act = (lambda h: F.relu(h).square()) if config.relu2 else nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, rotary=None):
         # pre-norm: the residual stream itself is never normalised, which keeps deep stacks trainable
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), cache, layer, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -100,27 +151,36 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size is not None and config.block_size is not None
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config),
             )
         )
+        if config.rotary:
+            # not parameters: fixed tables, rebuilt rather than saved
+            cos, sin = rotary_tables(config)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
+        else:
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the input embedding and the output projection share one matrix
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # weight tying: the input embedding and the output projection share one matrix
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layer),
-        # so the stream's variance does not grow with depth
+        # so the stream's variance does not grow with depth; zero_init_proj starts them at zero
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -134,7 +194,7 @@ class GPT(nn.Module):
         """Parameter count. The position embedding is left out by default, as in the GPT-2 paper;
         the token embedding stays in because it is also the output head."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and not self.config.rotary:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -143,43 +203,65 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0  # position of idx's first token
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rotary = None
+        if self.config.rotary:
+            rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
+        else:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rotary)
         if cache is not None:
             cache.length += T
         x = self.transformer.ln_f(x)
 
+        # generating: only the last position's logits are needed, skip the rest of the head
+        logits = self.lm_head(x if targets is not None else x[:, [-1], :])
+        if self.config.logit_softcap > 0:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits.float() / cap)
+        loss = None
         if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        else:
-            # generating: only the last position's logits are needed, skip the rest of the head
-            logits = self.lm_head(x[:, [-1], :])
-            loss = None
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.config.rotary:
+            self.rotary_cos, self.rotary_sin = self.rotary_cos[:block_size], self.rotary_sin[:block_size]
+        else:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # matrices (matmul weights, embeddings) are decayed; biases and norm gains are not
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02):
+        """A list of optimizers. Each param group keeps its peak rate in 'base_lr'; the schedule scales it.
+
+        adamw: AdamW for everything; matrices are decayed, biases and norm gains are not.
+        muon: Muon for the 2-D weight matrices inside the blocks (it orthogonalises each update, so
+        every direction of a matrix learns at the same rate), AdamW for embeddings, head and vectors.
+        """
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        hidden_matrices = [p for n, p in named if n.startswith("transformer.h.") and p.dim() == 2]
+        muon_params = hidden_matrices if optimizer == "muon" else []
+        in_muon = {id(p) for p in muon_params}
+        adam_params = [p for _, p in named if id(p) not in in_muon]
         groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for p in adam_params if p.dim() >= 2], "weight_decay": weight_decay, "base_lr": learning_rate},
+            {"params": [p for p in adam_params if p.dim() < 2], "weight_decay": 0.0, "base_lr": learning_rate},
         ]
         # the fused kernel updates every tensor in one pass instead of a dozen small ops per tensor
         # (on a 2-core CPU it cut the optimizer step from 1.8 to 0.6 ms for the CPU config's model)
         use_fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = dict(fused=True) if use_fused else dict()
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)]
+        if muon_params:
+            # Keller Jordan's scaling ("original"), for which lr ~0.02 is the usual choice; no weight decay
+            muon = torch.optim.Muon(muon_params, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
+            muon.param_groups[0]["base_lr"] = muon_lr
+            optimizers.append(muon)
+        return optimizers
 
     def estimate_flops_per_token(self):
         """Training FLOPs per token (forward + backward), following the PaLM paper, appendix B."""

@@ -12,3 +12,18 @@ def cosine_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     progress = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * progress))  # goes 1 -> 0
     return min_lr + coeff * (learning_rate - min_lr)
+
+
+def wsd_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_fraction):
+    """Warmup-stable-decay: linear warmup, flat at learning_rate, then a linear decay to min_lr over
+    the last decay_fraction of lr_decay_iters. The long flat stretch learns fast; the short decay
+    at the end collects the gain."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    decay_start = lr_decay_iters * (1 - decay_fraction)
+    if it < decay_start:
+        return learning_rate
+    if it >= lr_decay_iters:
+        return min_lr
+    progress = (it - decay_start) / (lr_decay_iters - decay_start)
+    return learning_rate + progress * (min_lr - learning_rate)
