@@ -164,6 +164,9 @@ def main():
         model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     elif is_pretrained_source(cfg.init_from):
+        changed = [key for key in ARCHITECTURE_SWITCHES if getattr(cfg, key) != getattr(TrainConfig(), key)]
+        if changed:
+            raise UserError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
         pretrained_meta = pretrained_tokenizer_meta(cfg.init_from)
         if not same_vocabulary(pretrained_meta, data.meta):
             hint = (
@@ -171,9 +174,6 @@ def main():
                 if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
             )
             raise UserError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
-        changed = [key for key in ARCHITECTURE_SWITCHES if getattr(cfg, key) != getattr(TrainConfig(), key)]
-        if changed:
-            raise UserError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
         pretrained_positions = pretrained_block_size(cfg.init_from)
         if cfg.block_size > pretrained_positions:
             raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
@@ -192,6 +192,8 @@ def main():
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
     if cfg.optimizer not in ("adamw", "muon"):
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; use adamw or muon")
+    if cfg.lr_schedule not in ("cosine", "wsd"):
+        raise UserError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or wsd")
     optimizers = model.configure_optimizers(
         cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type, cfg.optimizer, cfg.muon_lr
     )

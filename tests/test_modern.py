@@ -1,0 +1,136 @@
+"""The modern-recipe switches, Muon and WSD: each does what it says, and they train, resume and sample."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, assert_user_error, run_script
+from nanogpt.checkpoint import load_checkpoint
+from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
+from nanogpt.schedule import wsd_lr
+
+SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=False)
+ALL_SWITCHES = dict(rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True)
+
+
+def model(**switches):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**SMALL, **switches)).eval()
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    config = GPTConfig(**SMALL, rotary=True)
+    cos, sin = rotary_tables(config)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        return (apply_rotary(q, cos[m : m + 1], sin[m : m + 1]) * apply_rotary(k, cos[n : n + 1], sin[n : n + 1])).sum()
+
+    torch.testing.assert_close(score(5, 2), score(12, 9))  # same distance 3, shifted by 7
+    assert not torch.allclose(score(5, 2), score(5, 4))
+    m = model(rotary=True)
+    assert "transformer.wpe.weight" not in m.state_dict()  # no learned position table
+
+
+def test_qk_norm_makes_attention_ignore_the_scale_of_q_and_k():
+    idx = torch.randint(50, (2, 16))
+    for qk_norm, should_change in ((True, False), (False, True)):
+        m = model(qk_norm=qk_norm)
+        before, _ = m(idx, targets=idx)
+        with torch.no_grad():
+            for block in m.transformer.h:
+                block.attn.c_attn.weight[: 2 * 32] *= 5.0  # the query and key rows
+        after, _ = m(idx, targets=idx)
+        assert torch.allclose(before, after, atol=1e-5) != should_change
+
+
+def test_rmsnorm_relu2_untied_softcap_zero_init():
+    m = model(**ALL_SWITCHES)
+    assert isinstance(m.transformer.ln_f, torch.nn.RMSNorm)
+    assert m.transformer.wte.weight is not m.lm_head.weight
+    classic = model()
+    assert classic.transformer.wte.weight is classic.lm_head.weight
+    assert all((b.attn.c_proj.weight == 0).all() and (b.mlp.c_proj.weight == 0).all() for b in m.transformer.h)
+    assert torch.equal(m.transformer.h[0].mlp.act(torch.tensor([-2.0, 0.0, 3.0])), torch.tensor([0.0, 0.0, 9.0]))
+    capped = model(logit_softcap=2.0)
+    with torch.no_grad():
+        capped.lm_head.weight.mul_(1000)
+    idx = torch.randint(50, (1, 16))
+    logits, _ = capped(idx, targets=idx)
+    assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9
+
+
+def test_cached_generation_with_every_switch():
+    m = model(**ALL_SWITCHES)
+    prompt = torch.randint(50, (2, 3))
+    a = m.generate(prompt, 40, temperature=1.0, generator=torch.Generator().manual_seed(0), use_cache=True)
+    b = m.generate(prompt, 40, temperature=1.0, generator=torch.Generator().manual_seed(0), use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_muon_update_is_orthogonalized():
+    torch.manual_seed(0)
+    # RMSNorm: LayerNorm ignores a shift of its input, so every gradient that reaches the residual
+    # stream through it lacks the all-ones direction, and the test matrix would be one short of full rank
+    m = GPT(GPTConfig(**SMALL, rmsnorm=True))
+    optimizers = m.configure_optimizers(0.0, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.02)
+    assert [type(o).__name__ for o in optimizers] == ["AdamW", "Muon"]
+    weight = m.transformer.h[0].mlp.c_proj.weight  # (32, 128)
+    before = weight.detach().clone()
+    idx = torch.randint(50, (32, 16), generator=torch.Generator().manual_seed(0))
+    _, loss = m(idx, targets=idx)
+    loss.backward()
+    grad_singular = torch.linalg.svdvals(weight.grad)
+    for o in optimizers:
+        o.step()
+    update = (before - weight.detach()) / 0.02  # Muon's "original" lr scaling is 1 for a wide matrix
+    singular = torch.linalg.svdvals(update)
+    # Newton-Schulz brings every singular value near 1 (5 steps leave them within about 0.7-1.2)
+    assert singular.min() > 0.5 and singular.max() < 1.5
+    assert grad_singular.max() / grad_singular.min() > 10  # the raw gradient is far from that
+
+
+def test_wsd_schedule():
+    lrs = [wsd_lr(it, 1.0, 0.1, 10, 100, 0.2) for it in range(101)]
+    assert lrs[0] < lrs[9] < 1.0 and lrs[10] == lrs[79] == lrs[80] == 1.0
+    assert lrs[90] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
+
+
+MODERN = [
+    "--rotary=True", "--rmsnorm=True", "--qk_norm=True", "--relu2=True", "--tie_embeddings=False",
+    "--logit_softcap=15", "--zero_init_proj=True", "--optimizer=muon", "--lr_schedule=wsd",
+]
+
+
+def test_modern_training_lowers_loss_and_resumes_exactly(data_dir, tmp_path):
+    common = [*TINY_TRAIN, *MODERN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", "--max_iters=60",
+              "--lr_decay_iters=60", "--warmup_iters=5", "--eval_interval=30", "--log_interval=1", "--always_save_checkpoint=True"]
+    straight = run_script("train.py", *common, f"--out_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    first = run_script("train.py", *common, "--max_iters=30", f"--out_dir={tmp_path / 'split'}")
+    second = run_script("train.py", *common, "--init_from=resume", f"--out_dir={tmp_path / 'split'}")
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+
+    def losses(name):
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if r["kind"] == "eval"], {r["iter"]: r["loss"] for r in records if r["kind"] == "train"}
+
+    evals, steps = losses("straight")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0  # measured: 4.20 -> 2.40 and 4.19 -> 2.41 (two seeds)
+    assert losses("split")[1] == steps  # Muon state and every random stream resume exactly
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert b["model_args"]["rotary"] is True and b["config"]["optimizer"] == "muon"
+    sampled = run_script("sample.py", f"--out_dir={tmp_path / 'split'}", "--num_samples=1", "--max_new_tokens=50")
+    assert sampled.returncode == 0, sampled.stderr
+    assert_user_error(run_script("export.py", f"--out_dir={tmp_path / 'split'}", f"--to={tmp_path / 'hf'}"), "cannot express")
+
+
+def test_bad_combinations_fail_at_start(data_dir, tmp_path):
+    base = ("train.py", *TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
+    assert_user_error(run_script(*base, "--rotary=True", "--n_embd=36", "--n_head=4"), "rotary needs an even head size")
+    assert_user_error(run_script(*base, "--n_embd=30", "--n_head=4"), "must be divisible by n_head")
+    assert_user_error(run_script(*base, "--rotary=True", "--init_from=gpt2"), "rotary cannot be used with pretrained GPT-2 weights")
+    assert_user_error(run_script(*base, "--optimizer=sgd"), "unknown optimizer 'sgd'")
+    assert_user_error(run_script(*base, "--lr_schedule=linear"), "unknown lr_schedule 'linear'")
