@@ -16,7 +16,7 @@ import torch
 
 from nanogpt.config import load_config, setting
 from nanogpt.data import Dataset
-from nanogpt.errors import run_main
+from nanogpt.errors import UserError, run_main
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
 
@@ -50,7 +50,10 @@ def main():
         torch.backends.cudnn.allow_tf32 = True
 
     if cfg.real_data:
-        data = Dataset(cfg.data_dir, cfg.dataset)
+        try:
+            data = Dataset(cfg.data_dir, cfg.dataset)
+        except UserError as e:
+            raise UserError(f"{e}, or time random tokens with --real_data=False") from None
         data.check_length(cfg.block_size)
         vocab_size = -(-data.meta["vocab_size"] // 64) * 64
         generator = torch.Generator().manual_seed(cfg.seed)
