@@ -55,7 +55,9 @@ def main():
         except UserError as e:
             raise UserError(f"{e}, or time random tokens with --real_data=False") from None
         data.check_length(cfg.block_size)
-        vocab_size = -(-data.meta["vocab_size"] // 64) * 64
+        vocab_size = data.meta["vocab_size"]
+        if data.meta["tokenizer"] == "gpt2":
+            vocab_size = -(-vocab_size // 64) * 64  # padded as train.py pads it
         generator = torch.Generator().manual_seed(cfg.seed)
 
         def get_batch():
@@ -105,6 +107,8 @@ def main():
     peak = peak_flops(device)
     if peak is None:
         print(f"MFU: n/a (no peak FLOPS known for {device})")
+    elif device == "cpu":
+        print(f"MFU: {achieved / peak * 100:.1f}% of this CPU's measured float32 matmul peak, {peak / 1e9:.0f} GFLOPS")
     else:
         print(f"MFU: {achieved / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOPS")
 

@@ -1,7 +1,12 @@
 """Choosing the device, the number format and whether to compile, for the machine at hand."""
 
 import contextlib
+import json
+import os
+import platform
+import time
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -82,8 +87,47 @@ PEAK_FLOPS = {
 }
 
 
+def cpu_name():
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measured_cpu_peak_flops():
+    """The float32 matmul FLOPS this CPU reaches with torch's thread count: CPUs have no datasheet
+    figure that means much, so a 2048 x 2048 matmul is timed once (about a second) and the result
+    cached per CPU model, thread count and torch version in ~/.cache/nanogpt/."""
+    key = f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nanogpt" / "cpu_peak_flops.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        n = 2048
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b  # warm-up: thread pool, caches
+        best = 0.0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+        known[key] = best
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(known, indent=1))
+        except OSError:
+            pass  # a read-only home only costs a re-measurement next time
+    return known[key]
+
+
 def peak_flops(device):
-    """Peak FLOPS of the GPU in use, or None where it is not known (CPUs, unlisted GPUs)."""
+    """Peak FLOPS of the device in use: the datasheet figure of known GPUs, the measured matmul
+    rate of a CPU, or None (unlisted GPUs, MPS)."""
+    if device == "cpu":
+        return measured_cpu_peak_flops()
     if not device.startswith("cuda"):
         return None
     name = torch.cuda.get_device_name(device)
