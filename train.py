@@ -72,7 +72,25 @@ def resume_command():
     return " ".join(["python", "train.py", *args, "--init_from=resume"])
 
 
+def is_out_of_memory(error):
+    message = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in message or "can't allocate memory" in message
+
+
 def main():
+    try:
+        train()
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        cfg = load_config(TrainConfig, sys.argv[1:])
+        raise UserError(
+            f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
+            f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), or lower --block_size"
+        ) from None
+
+
+def train():
     cfg = load_config(TrainConfig, sys.argv[1:])
 
     # SIGINT (Ctrl-C) and SIGTERM (e.g. a cluster pre-empting the job) finish the current step and save

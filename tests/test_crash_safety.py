@@ -215,3 +215,13 @@ def test_ddp_processes_stop_together_on_sigterm(data_dir, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"iter {stopped_at + 1}/" in resumed.stdout
+
+
+def test_a_batch_that_does_not_fit_in_memory(data_dir, tmp_path):
+    # the first activation alone would be 50,000 x 256 x 1024 floats = 52 GB
+    result = run_script(
+        "train.py", "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}", "--device=cpu",
+        "--n_layer=1", "--n_head=8", "--n_embd=1024", "--block_size=256", "--batch_size=50000", "--eval_iters=1",
+        "--gradient_accumulation_steps=1",
+    )
+    assert_user_error(result, "out of memory with batch_size=50000, block_size=256", "--gradient_accumulation_steps")
