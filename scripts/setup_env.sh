@@ -1,5 +1,5 @@
 # Sourced by the other scripts: make the repo's virtual environment (.venv) and install into it.
-# torch is pinned to 2.13.0 here (the project itself accepts torch>=2.4).
+# torch is pinned to 2.13.0 here (the project itself accepts torch>=2.9).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
