@@ -17,6 +17,10 @@ from dataclasses import asdict
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt.checkpoint import (
@@ -131,7 +135,7 @@ def train():
             f" x {cfg.batch_size} sequences x {cfg.block_size} tokens"
         )
 
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process (FSDP does not broadcast them)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: much faster, accuracy unchanged in practice
         torch.backends.cudnn.allow_tf32 = True
@@ -205,6 +209,8 @@ def train():
     model.to(device)
     if master:
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
+    if rank > 0:
+        torch.manual_seed(cfg.seed + rank)  # but dropout masks of its own
 
     # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
@@ -212,6 +218,16 @@ def train():
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; use adamw or muon")
     if cfg.lr_schedule not in ("cosine", "wsd"):
         raise UserError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or wsd")
+    if cfg.fsdp:
+        if not ddp:
+            raise UserError("fsdp=True shards the model over processes that torchrun starts: torchrun --standalone --nproc_per_node=N train.py ...")
+        if cfg.optimizer != "adamw":
+            raise UserError("fsdp=True works with optimizer='adamw' only")
+        # FSDP2: each block, then the rest, keeps only its shard of parameters, gradients and optimizer
+        # state on each process and gathers a block's full weights just for its forward and backward
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
     optimizers = model.configure_optimizers(
         cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type, cfg.optimizer, cfg.muon_lr
     )
@@ -223,7 +239,11 @@ def train():
         for optimizer, state in zip(optimizers, saved):
             # the moments come from the checkpoint; the settings (rates, betas, decay) from this run's config
             settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-            optimizer.load_state_dict(state)
+            if cfg.fsdp or any(isinstance(key, str) for key in state["state"]):
+                # saved by parameter name (an FSDP run's full state dict): maps onto sharded and plain models
+                set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+            else:
+                optimizer.load_state_dict(state)
             for group, setting in zip(optimizer.param_groups, settings):
                 group.update(setting)
         if "scaler" in checkpoint:
@@ -240,7 +260,7 @@ def train():
 
     raw_model = model  # the plain module: what gets saved, free of compile/DDP wrappers
     model = compile_model(model, cfg.compile, device)
-    if ddp:
+    if ddp and not cfg.fsdp:
         model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
 
     # -- logging --------------------------------------------------------------------------------
@@ -286,9 +306,19 @@ def train():
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
 
     def save():
+        """Write a checkpoint from rank 0. Under FSDP every process must call it: the full weights
+        are gathered from all shards, so the file is the same as an unsharded run's."""
+        if cfg.fsdp:
+            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(raw_model, options=full)
+            optimizer_states = [get_optimizer_state_dict(raw_model, optimizer, options=full) for optimizer in optimizers]
+        else:
+            model_state, optimizer_states = raw_model.state_dict(), [optimizer.state_dict() for optimizer in optimizers]
+        if not master:
+            return
         checkpoint = {
-            "model": raw_model.state_dict(),
-            "optimizer": [optimizer.state_dict() for optimizer in optimizers],
+            "model": model_state,
+            "optimizer": optimizer_states,
             "scaler": scaler.state_dict(),
             "model_args": model_args,
             "iter_num": iter_num,
@@ -312,8 +342,10 @@ def train():
                 group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)
 
         eval_due = (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at
-        if (eval_due or cfg.eval_only) and master:
+        # FSDP's forward gathers weights from every process, so there all of them evaluate
+        if (eval_due or cfg.eval_only) and (master or cfg.fsdp):
             losses = estimate_loss()
+        if (eval_due or cfg.eval_only) and master:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             append_record(cfg.out_dir, dict(kind="eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
             plot_loss_curve(cfg.out_dir)
@@ -321,6 +353,7 @@ def train():
                 wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
             if not math.isfinite(losses["val"]):
                 raise UserError(f"val loss is {losses['val']} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+        if (eval_due or cfg.eval_only) and (master or cfg.fsdp):
             if iter_num > 0 and not cfg.eval_only and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses["val"])
                 save()
@@ -331,8 +364,10 @@ def train():
         # one optimizer step over grad_accum micro-batches
         for micro_step in range(grad_accum):
             last_micro_step = micro_step == grad_accum - 1
-            # under DDP, all-reduce the gradients only once, after the last micro-batch
-            sync = model.no_sync() if ddp and not last_micro_step else contextlib.nullcontext()
+            # under DDP / FSDP, reduce the gradients only once, after the last micro-batch
+            sync = model.no_sync() if ddp and not cfg.fsdp and not last_micro_step else contextlib.nullcontext()
+            if cfg.fsdp:
+                model.set_requires_gradient_sync(last_micro_step)
             with sync:
                 with ctx:
                     _, loss = model(X, Y)
@@ -382,8 +417,9 @@ def train():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = flag.item() > 0
         if stop:
-            if master:
+            if master or cfg.fsdp:
                 save()
+            if master:
                 print(f"stopped at iter {iter_num} ({stop_signals[0] if stop_signals else 'another process was signalled'}); resume with:")
                 print(f"  {resume_command()}")
             break

@@ -71,6 +71,7 @@ class TrainConfig:
     min_lr: float = setting(6e-5, "floor of the learning rate (usually learning_rate / 10)")
     # system
     backend: str = setting("nccl", "torch.distributed backend under torchrun: nccl (GPUs) or gloo (CPU)")
+    fsdp: bool = setting(False, "under torchrun, shard weights, gradients and optimizer state over the processes (FSDP2) instead of DDP")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'")
     compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")

@@ -209,3 +209,34 @@ def test_bench_prints_speed(data_dir):
     assert "of this CPU's measured float32 matmul peak" in result.stdout
     synthetic = run_script("bench.py", "--n_layer=1", "--n_head=1", "--n_embd=32", "--block_size=16", "--batch_size=2", "--real_data=False", "--device=cpu", "--iters=2", "--warmup_iters=1")
     assert synthetic.returncode == 0, synthetic.stderr
+
+
+def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    outs = {}
+    for fsdp in (False, True):
+        outs[fsdp] = tmp_path / f"fsdp_{fsdp}"
+        result = subprocess.run(
+            [*torchrun, *DDP_RUN, "--gradient_accumulation_steps=4", f"--fsdp={fsdp}", f"--data_dir={data_dir}", f"--out_dir={outs[fsdp]}"],
+            cwd=REPO, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+
+    def evals(out):
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["val_loss"] for r in records if r["kind"] == "eval"]
+
+    assert evals(outs[True]) == pytest.approx(evals(outs[False]), abs=1e-5)
+    sharded, plain = load_checkpoint(outs[True]), load_checkpoint(outs[False])
+    assert sharded["model"].keys() == plain["model"].keys()  # a plain state dict, gathered from the shards
+    for key in plain["model"]:
+        torch.testing.assert_close(sharded["model"][key], plain["model"][key], atol=1e-5, rtol=1e-4)
+    # the FSDP checkpoint resumes in one process, without sharding
+    resumed = run_script("train.py", *DDP_RUN, "--gradient_accumulation_steps=8", "--max_iters=25", f"--data_dir={data_dir}", f"--out_dir={outs[True]}", "--init_from=resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(outs[True])["iter_num"] == 25
+
+
+def test_fsdp_without_torchrun(data_dir, tmp_path):
+    result = run_script("train.py", *DDP_RUN, "--fsdp=True", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
+    assert_user_error(result, "fsdp=True shards the model over processes that torchrun starts")
