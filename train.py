@@ -325,13 +325,16 @@ def train():
             "best_val_loss": best_val_loss,
             "config": asdict(cfg),
             "tokenizer": data.meta,
-            "rng": rng_before_batch,
+            # the other streams are where they were when that batch was drawn: since then only
+            # backward, the optimizer step and evaluation ran, and none of them draws random numbers
+            "rng": capture_rng_state(batch_rng),
         }
         print(f"saved checkpoint to {save_checkpoint(cfg.out_dir, checkpoint)}")
 
     # -- training loop --------------------------------------------------------------------------
-    # the random state from before the next batch was drawn goes into checkpoints, for an exact resume
-    rng_before_batch = capture_rng_state(batch_generator)
+    # the batch generator's state from before the next batch was drawn goes into checkpoints, so a
+    # resumed run draws that batch again: an exact resume
+    batch_rng = batch_generator.get_state()
     X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator, rank, world_size)
     t_log, iters_since_log, ms_per_iter = time.time(), 0, None
     stop = False
@@ -373,7 +376,7 @@ def train():
                     _, loss = model(X, Y)
                     loss = loss / grad_accum  # the gradients sum over micro-batches; average them
                 # draw the next batch while the GPU works on this one
-                rng_before_batch = capture_rng_state(batch_generator)
+                batch_rng = batch_generator.get_state()
                 X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator, rank, world_size)
                 scaler.scale(loss).backward()
         if cfg.grad_clip != 0.0:

@@ -47,8 +47,9 @@ def save_checkpoint(out_dir, checkpoint):
     return path
 
 
-def capture_rng_state(batch_generator):
-    """Every random stream training draws from, as tensors and plain values (safe to save)."""
+def capture_rng_state(batch_generator_state):
+    """Every random stream training draws from, as tensors and plain values (safe to save). The batch
+    generator's state is passed in: the caller keeps the one from before its prefetched batch."""
     np_state = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
@@ -60,7 +61,7 @@ def capture_rng_state(batch_generator):
             "gauss": np_state["gauss"],
         },
         "torch": torch.get_rng_state(),
-        "batches": batch_generator.get_state(),
+        "batches": batch_generator_state,
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
