@@ -192,7 +192,7 @@ class GPT(nn.Module):
 
     def get_num_params(self, non_embedding=True):
         """Parameter count. The position embedding is left out by default, as in the GPT-2 paper;
-        the token embedding stays in because it is also the output head."""
+        the token embedding stays in (when tied, it is also the output head)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding and not self.config.rotary:
             n_params -= self.transformer.wpe.weight.numel()

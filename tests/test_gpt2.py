@@ -156,10 +156,10 @@ def test_webtext_prepare_end_to_end(tmp_path):
     assert f"{len(train):,} tokens" in result.stdout
 
 
-DDP_RUN = TINY_MODEL[:-2] + [  # without the single-process --device/--compile (given below)
+DDP_RUN = TINY_MODEL + [
     "--dataset=shakespeare_char", "--batch_size=8", "--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=5",
     "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--always_save_checkpoint=True",
-    "--learning_rate=3e-3", "--device=cpu", "--compile=False", "--backend=gloo",
+    "--learning_rate=3e-3", "--backend=gloo",
 ]
 
 
