@@ -8,6 +8,7 @@ python train.py --help lists every setting.
 """
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -92,6 +93,13 @@ def main():
             f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
             f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), or lower --block_size"
         ) from None
+    if torch.distributed.is_initialized():
+        # DDP's reducer and FSDP's state hold the process group too. Once train() has returned they are
+        # gone (gc.collect() for reference cycles), so destroy_process_group() drops the group's last
+        # reference, and its destructor waits for gloo's worker threads without holding the GIL they may
+        # need; from anywhere else it can deadlock or abort the process at exit.
+        gc.collect()
+        destroy_process_group()
 
 
 def train():
@@ -283,9 +291,9 @@ def train():
     def estimate_loss():
         """Mean loss over eval_iters batches per split. The batches are the same at every eval
         (a fixed seed), so the curve shows the model changing, not the batches."""
-        out = {}
+        means = torch.zeros(2)
         model.eval()
-        for split in ("train", "val"):
+        for i, split in enumerate(("train", "val")):
             generator = torch.Generator().manual_seed(cfg.seed + 1)
             losses = torch.zeros(cfg.eval_iters)
             for k in range(cfg.eval_iters):
@@ -293,9 +301,14 @@ def train():
                 with ctx:
                     _, loss = model(X, Y)
                 losses[k] = loss.item()
-            out[split] = losses.mean().item()
+            means[i] = losses.mean()
         model.train()
-        return out
+        if cfg.fsdp:
+            # every process decides from these whether to save, and saving is a collective: a last-bit
+            # difference between processes must not split that decision
+            means = means.to(device)
+            torch.distributed.broadcast(means, src=0)
+        return dict(train=means[0].item(), val=means[1].item())
 
     def get_lr(it):
         """AdamW's learning rate at step it; every param group is scaled by the same factor."""
@@ -432,7 +445,6 @@ def train():
     if ddp:
         # wait for rank 0's last eval and save: a process group torn down under a peer can abort it
         torch.distributed.barrier()
-        destroy_process_group()
 
 
 if __name__ == "__main__":
