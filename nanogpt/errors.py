@@ -9,6 +9,8 @@ class UserError(Exception):
 
 def run_main(main):
     """Run a script's main(); a UserError or Ctrl-C ends it with one line on stderr and exit code 1/130."""
+    # print each log line as it is made, also when stdout is a file or a pipe (nohup, tee, a cluster's log)
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         main()
     except UserError as e:

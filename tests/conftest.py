@@ -3,6 +3,7 @@
 Data comes from ../shared/data (offline copy) or the download, exactly as a user's run would get it.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Every test process runs on this machine. Left alone, torchrun tells its workers to meet at the host's
+# fully qualified name and gloo binds to whatever the host name resolves to; on a machine whose name
+# resolves to an address it cannot reach itself on, the workers wait for each other without end.
+os.environ.setdefault("PET_LOCAL_ADDR", "127.0.0.1")  # torchrun's --local-addr
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
+# a user's stdout to a pipe or file is block-buffered unless the scripts flush their log lines themselves;
+# tests that wait for a log line check that they do
+os.environ.pop("PYTHONUNBUFFERED", None)
+
+# a script that has not finished in this long is stuck; fail the test instead of waiting for ever
+SCRIPT_TIMEOUT = 300
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 # a model small enough to train in well under a minute on two CPU cores
 TINY_MODEL = [
@@ -24,7 +38,12 @@ TINY_TRAIN = TINY_MODEL + [
 
 def run_script(*args, cwd=REPO):
     """Run one of the repo's scripts in a fresh Python, as a user would."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+
+
+def run_torchrun(*args):
+    """Run a script in two processes under torchrun (gloo on the CPU), as a user would."""
+    return subprocess.run([*TORCHRUN, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
 
 
 def assert_user_error(result, *fragments):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, TINY_TRAIN, assert_user_error, run_script
+from conftest import REPO, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 N = 40  # steps before the stop; the full run is 2N
@@ -58,25 +58,51 @@ def test_stop_and_resume_is_exact(data_dir, straight_run, tmp_path):
     assert_same_weights(out, straight_run)
 
 
-def start_training(data_dir, out_dir, *extra):
-    args = [sys.executable, "train.py", *EXACT, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
-    return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_training(data_dir):
+    """Start train.py in the background; whatever is still running when the test ends is killed."""
+    started = []
+
+    def start(launcher, out_dir, *extra):
+        # stderr goes to a file: a pipe nobody reads while we wait on stdout could fill up and stall training
+        stderr = open(out_dir.parent / f"{out_dir.name}.stderr", "w+")
+        args = [*launcher, "train.py", *EXACT, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+        proc.stderr_file = stderr
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr_file.close()
 
 
 def wait_for_line(proc, prefix):
     for line in proc.stdout:
         if line.startswith(prefix):
             return line
-    raise AssertionError(f"training ended before printing {prefix!r}: {proc.stderr.read()}")
+    proc.stderr_file.seek(0)
+    raise AssertionError(f"training ended before printing {prefix!r}: {proc.stderr_file.read()}")
+
+
+def finish(proc):
+    """Wait for a signalled run to end; return its stdout and stderr."""
+    stdout, _ = proc.communicate(timeout=60)
+    proc.stderr_file.seek(0)
+    return stdout, proc.stderr_file.read()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_and_resume_is_exact(data_dir, straight_run, tmp_path, signum):
+def test_signal_saves_and_resume_is_exact(data_dir, straight_run, start_training, tmp_path, signum):
     out = tmp_path / "signalled"
-    proc = start_training(data_dir, out, "--dropout=0.1")
+    proc = start_training([sys.executable], out, "--dropout=0.1")
     wait_for_line(proc, "iter 5/")
     proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = finish(proc)
     assert proc.returncode == 0, stderr
     assert f"({signum.name}); resume with:" in stdout
     assert "--init_from=resume" in stdout.splitlines()[-1]
@@ -88,13 +114,13 @@ def test_signal_saves_and_resume_is_exact(data_dir, straight_run, tmp_path, sign
     assert_same_weights(out, straight_run)
 
 
-def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(data_dir, tmp_path):
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(data_dir, start_training, tmp_path):
     """A checkpoint at every step, so most kills land in the middle of writing one."""
     out = tmp_path / "killed"
     kill_args = ["--eval_interval=1", "--eval_iters=1", "--max_iters=100000", "--lr_decay_iters=100000"]
     saved_at = []
     for delay in (0.05, 0.2, 0.45, 0.7, 1.0):
-        proc = start_training(data_dir, out, *kill_args, *(["--init_from=resume"] if saved_at else []))
+        proc = start_training([sys.executable], out, *kill_args, *(["--init_from=resume"] if saved_at else []))
         wait_for_line(proc, "saved checkpoint")
         time.sleep(delay)
         proc.kill()
@@ -194,24 +220,19 @@ def test_dataset_too_small_for_block_size(data_dir, tmp_path):
     assert_user_error(result, "the val split", "not more than block_size 32")
 
 
-def test_ddp_processes_stop_together_on_sigterm(data_dir, tmp_path):
+def test_ddp_processes_stop_together_on_sigterm(data_dir, start_training, tmp_path):
     """torchrun passes SIGTERM to its workers; they agree on a step, rank 0 saves, and the run resumes."""
     out = tmp_path / "ddp"
-    args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *EXACT,
-        "--backend=gloo", "--gradient_accumulation_steps=2", "--max_iters=100000", "--lr_decay_iters=100000",
-        "--eval_interval=100000", f"--data_dir={data_dir}", f"--out_dir={out}",
-    ]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ddp_args = ["--backend=gloo", "--gradient_accumulation_steps=2"]
+    proc = start_training(TORCHRUN, out, *ddp_args, "--max_iters=100000", "--lr_decay_iters=100000", "--eval_interval=100000")
     wait_for_line(proc, "iter 5/")
     os.killpg(proc.pid, signal.SIGTERM)  # as a cluster scheduler does: the whole process group
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = finish(proc)
     assert "(SIGTERM); resume with:" in stdout, stdout + stderr
     stopped_at = load_checkpoint(out)["iter_num"]
     assert stopped_at >= 5
-    resumed = subprocess.run(
-        [*args[:-3], f"--max_iters={stopped_at + 3}", "--eval_interval=1000", f"--data_dir={data_dir}", f"--out_dir={out}", "--init_from=resume"],
-        cwd=REPO, capture_output=True, text=True,
+    resumed = run_torchrun(
+        "train.py", *EXACT, *ddp_args, f"--data_dir={data_dir}", f"--out_dir={out}", f"--max_iters={stopped_at + 3}", "--eval_interval=1000", "--init_from=resume",
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"iter {stopped_at + 1}/" in resumed.stdout

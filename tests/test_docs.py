@@ -43,4 +43,4 @@ def test_runnable_blocks(doc, tmp_path):
     for language, code in runnable_blocks(doc):
         command = ["bash", "-e", "-c", code] if language == "bash" else [sys.executable, "-c", code]
         result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{doc.name} block failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert result.returncode == 0, f"{doc.name} block failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"

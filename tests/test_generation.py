@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error, run_script
+from conftest import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
 from nanogpt.model import GPT, GPTConfig, context_start, sample_next_token
 
 
@@ -87,7 +87,7 @@ def test_prompt_from_stdin(trained_run):
     out_dir, _ = trained_run
     result = subprocess.run(
         [sys.executable, "sample.py", f"--out_dir={out_dir}", "--start=-", "--num_samples=1", "--max_new_tokens=20"],
-        cwd=REPO, input="JULIET:\n", capture_output=True, text=True,
+        cwd=REPO, input="JULIET:\n", capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("JULIET:\n")

@@ -2,14 +2,12 @@
 data, and DDP through torchrun (gloo, CPU)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, assert_user_error, run_script
+from conftest import TINY_MODEL, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.data import shared_data_dir
 from nanogpt.hf import gpt_from_pretrained
@@ -166,11 +164,7 @@ DDP_RUN = TINY_MODEL + [
 def test_ddp_matches_a_single_process(data_dir, tmp_path):
     """2 processes x 1 accumulation step == 1 process x 2 accumulation steps: same data, same update."""
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    ddp = subprocess.run(
-        [*torchrun, *DDP_RUN, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={ddp_out}"],
-        cwd=REPO, capture_output=True, text=True,
-    )
+    ddp = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={ddp_out}")
     assert ddp.returncode == 0, ddp.stderr
     assert "2 process(es)" in ddp.stdout
     assert "tokens per iteration: 512 = 1 accumulation steps x 2 processes x 8 sequences x 32 tokens" in ddp.stdout
@@ -190,11 +184,7 @@ def test_ddp_matches_a_single_process(data_dir, tmp_path):
 
 
 def test_ddp_with_more_processes_than_the_batch_allows(data_dir, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    result = subprocess.run(
-        [*torchrun, *DDP_RUN, "--gradient_accumulation_steps=3", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}"],
-        cwd=REPO, capture_output=True, text=True,
-    )
+    result = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=3", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
     assert result.returncode != 0
     assert "error: gradient_accumulation_steps (3) must be a multiple of the number of processes (2)" in result.stderr
 
@@ -212,14 +202,10 @@ def test_bench_prints_speed(data_dir):
 
 
 def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     outs = {}
     for fsdp in (False, True):
         outs[fsdp] = tmp_path / f"fsdp_{fsdp}"
-        result = subprocess.run(
-            [*torchrun, *DDP_RUN, "--gradient_accumulation_steps=4", f"--fsdp={fsdp}", f"--data_dir={data_dir}", f"--out_dir={outs[fsdp]}"],
-            cwd=REPO, capture_output=True, text=True,
-        )
+        result = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=4", f"--fsdp={fsdp}", f"--data_dir={data_dir}", f"--out_dir={outs[fsdp]}")
         assert result.returncode == 0, result.stderr
 
     def evals(out):
