@@ -29,6 +29,7 @@ class BenchConfig:
     n_head: int = setting(12, "attention heads")
     n_embd: int = setting(768, "embedding width")
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
+    dropout: float = setting(0.0, "dropout rate (the spec's char model trains with 0.2)")
     real_data: bool = setting(True, "draw batches from data_dir/dataset/train.bin; False: random tokens")
     dataset: str = setting("openwebtext", "prepared dataset to draw batches from")
     data_dir: str = setting("data", "folder holding the dataset folders")
@@ -71,7 +72,7 @@ def main():
             return x, y
 
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                          bias=cfg.bias, vocab_size=vocab_size, dropout=0.0)).to(device)
+                          bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout)).to(device)
     optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0])
     flops_per_step = model.estimate_flops_per_token() * cfg.batch_size * cfg.block_size
     print(f"{model.get_num_params() / 1e6:.1f}M parameters, batch {cfg.batch_size} x {cfg.block_size}, device {device}, dtype {dtype}")
@@ -97,7 +98,7 @@ def main():
                 optimizer.zero_grad(set_to_none=True)
             scaler.update()
             if k % 5 == 0 or k == steps - 1:
-                print(f"{stage} {k + 1}/{steps}: loss {loss.item():.4f}")
+                print(f"{stage} {k + 1}/{steps}: loss {loss.item():.6f}")
         sync()
         seconds = time.perf_counter() - t0
     ms = seconds / cfg.iters * 1000

@@ -201,6 +201,14 @@ def test_bench_prints_speed(data_dir):
     assert synthetic.returncode == 0, synthetic.stderr
 
 
+def test_profile_lists_where_the_step_time_goes():
+    result = run_script("bench/profile_step.py", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2", "--steps=1")
+    assert result.returncode == 0, result.stderr
+    assert "aten::mm" in result.stdout
+    share = float(result.stdout.split("matrix multiplies and attention ")[1].split("%")[0])
+    assert 0 < share < 100
+
+
 def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path):
     outs = {}
     for fsdp in (False, True):
