@@ -4,8 +4,8 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -56,18 +56,30 @@ def autocast_context(device, dtype):
 def compile_model(model, compile_flag, device):
     """torch.compile where it pays off: by default on CUDA only (on the CPU the start-up cost of
     compiling outweighs the gain for the small models people train there). Falls back to eager with a
-    warning where the compiler backend is missing (e.g. no Triton on Windows)."""
+    one-line warning where the compiler backend is missing: Triton on GPUs (e.g. on Windows), a C++
+    compiler on CPUs (torch.compile would otherwise fail at the first step)."""
     device_type = device.split(":")[0]
     if compile_flag is None:
         compile_flag = device_type == "cuda"
     if not compile_flag:
         return model
+    missing = None
     if device_type == "cuda":
         from torch.utils._triton import has_triton
 
         if not has_triton():
-            warnings.warn("compile=True but Triton is not installed; running without torch.compile")
-            return model
+            missing = "Triton is not installed"
+    elif device_type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            missing = "no C++ compiler was found (install g++ or clang++, or set CXX)"
+    if missing:
+        print(f"warning: compile=True but {missing}; running without torch.compile", file=sys.stderr)
+        return model
     return torch.compile(model)
 
 

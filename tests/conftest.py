@@ -36,9 +36,9 @@ TINY_TRAIN = TINY_MODEL + [
 ]
 
 
-def run_script(*args, cwd=REPO):
+def run_script(*args, cwd=REPO, env=None):
     """Run one of the repo's scripts in a fresh Python, as a user would."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
 
 
 def run_torchrun(*args):

@@ -1,5 +1,8 @@
 import json
 import math
+import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -93,3 +96,16 @@ def test_help_lists_keys():
     result = run_script("train.py", "--help")
     assert result.returncode == 0
     assert "--gradient_accumulation_steps=40" in result.stdout and "--init_from='scratch'" in result.stdout
+
+
+def test_compile_without_a_cpp_compiler_runs_eager_with_a_warning(data_dir, tmp_path):
+    # only this Python's folder on PATH: no g++ or clang++ for torch.compile's CPU backend to use
+    env = {key: value for key, value in os.environ.items() if key != "CXX"}
+    env["PATH"] = str(Path(sys.executable).parent)
+    result = run_script(
+        "train.py", *TINY_TRAIN, "--compile=True", "--max_iters=20", "--eval_interval=20", "--eval_iters=2",
+        "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path}", env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "warning: compile=True but no C++ compiler was found (install g++ or clang++, or set CXX); running without torch.compile"
+    assert "done: best val loss" in result.stdout
