@@ -40,9 +40,9 @@ def run_bench(args, cache_dir):
         sys.exit(result.stderr.strip())
     out = result.stdout
     ms, tokens = re.search(r"time per iteration: ([\d.]+) ms, ([\d,]+) tokens/s", out).groups()
-    mfu = re.search(r"MFU: ([\d.]+)%", out).group(1)
+    mfu, peak = re.search(r"MFU: ([\d.]+)% of this CPU's measured float32 matmul peak, (\d+) GFLOPS", out).groups()
     losses = [float(v) for v in re.findall(r"loss ([\d.]+)", out)]
-    return float(ms), int(tokens.replace(",", "")), float(mfu), losses
+    return float(ms), int(tokens.replace(",", "")), float(mfu), losses, int(peak)
 
 
 def main():
@@ -57,8 +57,9 @@ def main():
                 agreement = "differ (dropout masks are drawn differently)"
             else:
                 agreement = f"max difference {max(abs(a - b) for a, b in zip(eager_losses, compiled_losses)):.1e}"
-            for compiled, (ms, tokens, mfu, _) in runs.items():
+            for compiled, (ms, tokens, mfu, _, _) in runs.items():
                 print(f"| {name} | {'on' if compiled else 'off'} | {ms:,.1f} | {tokens:,} | {mfu:.1f}% | {agreement if compiled else ''} |", flush=True)
+        print(f"MFU against this run's measured float32 matmul peak: {runs[False][4]} GFLOPS")
 
 
 if __name__ == "__main__":
