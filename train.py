@@ -358,18 +358,18 @@ def train():
                 group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)
 
         eval_due = (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at
-        # FSDP's forward gathers weights from every process, so there all of them evaluate
+        # FSDP's forward gathers weights from every process, so there all of them evaluate (and, with
+        # rank 0's losses, stop or save together)
         if (eval_due or cfg.eval_only) and (master or cfg.fsdp):
             losses = estimate_loss()
-        if (eval_due or cfg.eval_only) and master:
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            append_record(cfg.out_dir, dict(kind="eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
-            plot_loss_curve(cfg.out_dir)
-            if cfg.wandb_log:
-                wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                append_record(cfg.out_dir, dict(kind="eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
+                plot_loss_curve(cfg.out_dir)
+                if cfg.wandb_log:
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
             if not math.isfinite(losses["val"]):
                 raise UserError(f"val loss is {losses['val']} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
-        if (eval_due or cfg.eval_only) and (master or cfg.fsdp):
             if iter_num > 0 and not cfg.eval_only and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses["val"])
                 save()
