@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from nanogpt import cpu_dropout
+
 
 @dataclass
 class GPTConfig:
@@ -73,6 +75,17 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+def eager_cpu(x):
+    """Is x a CPU tensor outside torch.compile? There torch's dropout is slow, and cpu_dropout does it."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def dropout(x, p, training):
+    if training and p > 0 and eager_cpu(x):
+        return cpu_dropout.dropout(x, p)
+    return F.dropout(x, p, training)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (torch's own cannot drop just the bias)."""
 
@@ -91,7 +104,6 @@ class CausalSelfAttention(nn.Module):
         # one matmul makes query, key and value for every head at once
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -111,13 +123,17 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             # generating: keep this step's keys/values, attend over everything cached so far
             k, v = cache.update(layer, k, v)
-        # SDPA picks a flash / memory-efficient kernel where the device has one. A single new token
-        # may see every cached one, so it needs no causal mask.
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
-        )
+        if self.training and self.dropout > 0 and cache is None and eager_cpu(q) and q.dtype == torch.float32:
+            # torch's CPU attention leaves its fused kernel when there is dropout; this one does not
+            y = cpu_dropout.attention_with_dropout(q, k, v, self.dropout)
+        else:
+            # SDPA picks a flash / memory-efficient kernel where the device has one. A single new token
+            # may see every cached one, so it needs no causal mask.
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-join the heads
-        return self.resid_dropout(self.c_proj(y))
+        return dropout(self.c_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -127,10 +143,10 @@ class MLP(nn.Module):
         # GPT-2's tanh GELU, so its weights give its exact outputs; or ReLU^2, sparser and cheaper
         self.act = (lambda h: F.relu(h).square()) if config.relu2 else nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return dropout(self.c_proj(self.act(self.c_fc(x))), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -155,7 +171,6 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=make_norm(config),
             )
@@ -209,7 +224,7 @@ class GPT(nn.Module):
             rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
         else:
             x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
-        x = self.transformer.drop(x)
+        x = dropout(x, self.config.dropout, self.training)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rotary)
         if cache is not None:
