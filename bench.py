@@ -18,7 +18,7 @@ from nanogpt.config import load_config, setting
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
+from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
 
 
 @dataclass
@@ -45,6 +45,8 @@ def main():
     cfg = load_config(BenchConfig, sys.argv[1:], script="bench.py")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if device == "cpu":
+        keep_freed_memory()  # as train.py does
     torch.manual_seed(cfg.seed)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True

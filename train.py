@@ -34,7 +34,7 @@ from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_blo
 from nanogpt.metrics import METRICS_NAME, append_record, keep_records_through, plot_loss_curve
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.schedule import cosine_lr, wsd_lr
-from nanogpt.system import autocast_context, compile_model, peak_flops, resolve_device, resolve_dtype
+from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
 from nanogpt.tokenizer import describe_vocabulary, same_vocabulary
 
 
@@ -135,6 +135,8 @@ def train():
     master = rank == 0  # this process logs and saves
     dtype = resolve_dtype(cfg.dtype, device)
     device_type = device.split(":")[0]
+    if device_type == "cpu":
+        keep_freed_memory()
     tokens_per_iter = grad_accum * world_size * cfg.batch_size * cfg.block_size
     if master:
         print(f"device {device}, dtype {dtype}, {world_size} process(es)")

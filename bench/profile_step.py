@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
+from nanogpt.system import keep_freed_memory  # noqa: E402
 
 # the operators that do the model's FLOPs; everything else is overhead to shrink
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--rows", type=int, default=15, help="operators to list")
     args = parser.parse_args()
 
+    keep_freed_memory()  # as train.py does on the CPU
     torch.manual_seed(1337)
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
                        vocab_size=args.vocab_size, dropout=args.dropout, bias=False)

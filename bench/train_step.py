@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
+from nanogpt.system import keep_freed_memory  # noqa: E402
 
 MODEL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, vocab_size=65, dropout=0.0)
 BATCH_SIZE = 12
@@ -43,6 +44,8 @@ def train_py_ms_per_iter(iters, device):
 
 
 def plain_loop_ms_per_iter(iters, device):
+    if device == "cpu":
+        keep_freed_memory()  # the allocator setting train.py makes, so that the loops differ in nothing else
     torch.manual_seed(0)
     model = GPT(GPTConfig(**MODEL)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
