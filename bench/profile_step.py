@@ -21,7 +21,7 @@ from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.system import keep_freed_memory  # noqa: E402
 
 # the operators that do the model's FLOPs; everything else is overhead to shrink
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
               "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
