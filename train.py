@@ -104,6 +104,8 @@ def main():
 
 def train():
     cfg = load_config(TrainConfig, sys.argv[1:])
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"dropout is a probability of dropping, at least 0 and below 1, not {cfg.dropout}")
 
     # SIGINT (Ctrl-C) and SIGTERM (e.g. a cluster pre-empting the job) finish the current step and save
     stop_signals = []

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-# 2^20 scores (4 MB in float32) per chunk of heads: they stay in the CPU's cache between the ops
+# 2^20 scores (4 MB in float32) per chunk of the batch: they stay in the CPU's cache between the ops
 # that use them (2^19 and 2^21 were slower here)
 SCORES_PER_CHUNK = 1 << 20
 # query rows split into this many blocks; block j needs keys up to its own end, which skips

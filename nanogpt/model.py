@@ -81,6 +81,7 @@ def eager_cpu(x):
 
 
 def dropout(x, p, training):
+    """F.dropout, drawn by cpu_dropout in eager CPU training."""
     if training and p > 0 and eager_cpu(x):
         return cpu_dropout.dropout(x, p)
     return F.dropout(x, p, training)

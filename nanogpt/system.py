@@ -59,8 +59,9 @@ def keep_freed_memory():
 
     glibc's malloc takes blocks of more than a few MB from the kernel as fresh mappings and unmaps them
     when they are freed, so every step faults its activations in again page by page, each page zeroed by
-    the kernel: for the 6 x 384 char model on the CPU, about 300,000 page faults and 7% of the step.
-    With mmap off, large blocks come from the heap and go back to it."""
+    the kernel: for the 6 x 384 char model on the CPU, 300,000 to 400,000 page faults a step, which made
+    it 1.15x slower (bench/cpu_speedups.py). With mmap off, large blocks come from the heap and go back
+    to it."""
     if not sys.platform.startswith("linux"):
         return
     try:
