@@ -53,10 +53,16 @@ def _chunks(B, H, T):
     return [slice(i, i + step) for i in range(0, B, step)]
 
 
-def _blocks(T):
-    """(query rows, number of keys they see) for each row block of a causal T x T attention."""
-    rows = -(-T // ROW_BLOCKS)
-    return [(slice(start, min(start + rows, T)), min(start + rows, T)) for start in range(0, T, rows)]
+def _blocks(T, dtype):
+    """(query rows, number of keys they see, the causal mask over those as an additive bias) for each
+    row block of a causal T x T attention."""
+    size = -(-T // ROW_BLOCKS)
+    blocks = []
+    for start in range(0, T, size):
+        end = min(start + size, T)
+        causal_bias = torch.full((end - start, end), float("-inf"), dtype=dtype).triu(start + 1)
+        blocks.append((slice(start, end), end, causal_bias))
+    return blocks
 
 
 def _heads_first(x):
@@ -65,9 +71,8 @@ def _heads_first(x):
     return x.transpose(1, 2).reshape(b * H, T, hs)
 
 
-def _scores(q, k, rows, keys):
+def _scores(q, k, rows, keys, causal_bias):
     """Softmax weights of the query rows over their first `keys` keys, the later ones masked out."""
-    causal_bias = torch.full((rows.stop - rows.start, keys), float("-inf"), dtype=q.dtype).triu(rows.start + 1)
     return torch.baddbmm(causal_bias, q[:, rows], k[:, :keys].transpose(1, 2), alpha=1.0 / math.sqrt(q.size(-1))).softmax(dim=-1)
 
 
@@ -80,11 +85,12 @@ class _AttentionWithDropout(torch.autograd.Function):
         B, T, H, hs = q.shape
         out = torch.empty(B, T, H, hs, dtype=q.dtype)
         masks = []
+        blocks = _blocks(T, q.dtype)
         for batch in _chunks(B, H, T):
             qc, kc, vc = (_heads_first(t[batch]) for t in (q, k, v))
             out_c = torch.empty_like(qc)
-            for rows, keys in _blocks(T):
-                att = _scores(qc, kc, rows, keys)
+            for rows, keys, causal_bias in blocks:
+                att = _scores(qc, kc, rows, keys, causal_bias)
                 masks.append(drop_mask(att.shape, p))
                 out_c[:, rows] = torch.bmm(att.masked_fill_(masks[-1], 0.0), vc[:, :keys])
             out[batch] = out_c.mul_(1.0 / (1.0 - p)).view(-1, H, T, hs).transpose(1, 2)
@@ -98,14 +104,15 @@ class _AttentionWithDropout(torch.autograd.Function):
         B, T, H, hs = q.shape
         grads = [torch.empty(B, T, H, hs, dtype=q.dtype) for _ in range(3)]
         masks = iter(masks)
+        blocks = _blocks(T, q.dtype)
         for batch in _chunks(B, H, T):
             qc, kc, vc, out_c, grad_out_c = (_heads_first(t[batch]) for t in (q, k, v, out, grad_out))
             # softmax backward needs rowsum(dP * P) per query, which equals rowsum(dO * O)
             row_dot = (grad_out_c * out_c).sum(dim=-1, keepdim=True)
             grad_out_c = grad_out_c * (1.0 / (1.0 - ctx.p))
             grad_q, grad_k, grad_v = torch.empty_like(qc), torch.zeros_like(kc), torch.zeros_like(vc)
-            for rows, keys in _blocks(T):
-                att = _scores(qc, kc, rows, keys)
+            for rows, keys, causal_bias in blocks:
+                att = _scores(qc, kc, rows, keys, causal_bias)
                 dropped = next(masks)
                 grad_scores = torch.bmm(grad_out_c[:, rows], vc[:, :keys].transpose(1, 2)).masked_fill_(dropped, 0.0)
                 grad_scores.sub_(row_dot[:, rows]).mul_(att)
