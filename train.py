@@ -271,9 +271,15 @@ def train():
     resumed_at = iter_num if cfg.init_from == "resume" else None  # its eval is already in the log
 
     raw_model = model  # the plain module: what gets saved, free of compile/DDP wrappers
-    model = compile_model(model, cfg.compile, device)
+    model = compile_model(model, cfg.compile, device)  # what evaluates: every call of it stays on this rank
+    train_model = model  # what trains: under DDP, the wrapper that all-reduces gradients
     if ddp and not cfg.fsdp:
-        model = DDP(model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None)
+        # The model's only buffers (rotary tables) are constants, the same on every rank, so DDP need not
+        # broadcast them before each forward; left on, that broadcast is a collective, and rank 0's
+        # evaluation alone would issue one the other ranks never join.
+        train_model = DDP(
+            model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None, broadcast_buffers=False
+        )
 
     # -- logging --------------------------------------------------------------------------------
     if master:
@@ -385,12 +391,12 @@ def train():
         for micro_step in range(grad_accum):
             last_micro_step = micro_step == grad_accum - 1
             # under DDP / FSDP, reduce the gradients only once, after the last micro-batch
-            sync = model.no_sync() if ddp and not cfg.fsdp and not last_micro_step else contextlib.nullcontext()
+            sync = train_model.no_sync() if ddp and not cfg.fsdp and not last_micro_step else contextlib.nullcontext()
             if cfg.fsdp:
                 model.set_requires_gradient_sync(last_micro_step)
             with sync:
                 with ctx:
-                    _, loss = model(X, Y)
+                    _, loss = train_model(X, Y)
                     loss = loss / grad_accum  # the gradients sum over micro-batches; average them
                 # draw the next batch while the GPU works on this one
                 batch_rng = batch_generator.get_state()

@@ -3,12 +3,15 @@
 Data comes from ../shared/data (offline copy) or the download, exactly as a user's run would get it.
 """
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,15 +38,66 @@ TINY_TRAIN = TINY_MODEL + [
     "--eval_interval=150", "--eval_iters=20", "--log_interval=10", "--always_save_checkpoint=False",
 ]
 
+# a short run under torchrun: evaluations at 0, 10 and 20, a checkpoint at each
+DDP_RUN = TINY_MODEL + [
+    "--dataset=shakespeare_char", "--batch_size=8", "--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=5",
+    "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--always_save_checkpoint=True",
+    "--learning_rate=3e-3", "--backend=gloo",
+]
+
 
 def run_script(*args, cwd=REPO, env=None):
     """Run one of the repo's scripts in a fresh Python, as a user would."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
 
 
-def run_torchrun(*args):
-    """Run a script in two processes under torchrun (gloo on the CPU), as a user would."""
-    return subprocess.run([*TORCHRUN, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+def child_pids(pid):
+    """The processes whose parent is pid (read from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue  # not a process, or one that just ended
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def run_torchrun(*args, timeout=SCRIPT_TIMEOUT):
+    """Run a script in two processes under torchrun (gloo on the CPU), as a user would. On a timeout its
+    workers are killed too (torchrun starts each in a session of its own), so a hung run leaves nothing behind."""
+    command = [*TORCHRUN, *map(str, args)]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in child_pids(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def eval_losses(out_dir):
+    """(iteration, val loss) of every evaluation a run logged."""
+    records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["iter"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+
+
+def assert_same_training(out_a, out_b, tolerance=1e-5):
+    """Two runs logged the same val losses at the same steps and saved the same weights."""
+    from nanogpt.checkpoint import load_checkpoint
+
+    evals_a, evals_b = eval_losses(out_a), eval_losses(out_b)
+    assert [i for i, _ in evals_a] == [i for i, _ in evals_b]
+    for (_, a), (_, b) in zip(evals_a, evals_b):
+        assert abs(a - b) <= tolerance, (evals_a, evals_b)
+    weights_a, weights_b = load_checkpoint(out_a)["model"], load_checkpoint(out_b)["model"]
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], atol=tolerance, rtol=1e-4)
 
 
 def assert_user_error(result, *fragments):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_user_error, run_script, run_torchrun
+from conftest import DDP_RUN, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, run_script, run_torchrun
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.data import shared_data_dir
 from nanogpt.hf import gpt_from_pretrained
@@ -154,13 +154,6 @@ def test_webtext_prepare_end_to_end(tmp_path):
     assert f"{len(train):,} tokens" in result.stdout
 
 
-DDP_RUN = TINY_MODEL + [
-    "--dataset=shakespeare_char", "--batch_size=8", "--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=5",
-    "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--always_save_checkpoint=True",
-    "--learning_rate=3e-3", "--backend=gloo",
-]
-
-
 def test_ddp_matches_a_single_process(data_dir, tmp_path):
     """2 processes x 1 accumulation step == 1 process x 2 accumulation steps: same data, same update."""
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
@@ -170,17 +163,8 @@ def test_ddp_matches_a_single_process(data_dir, tmp_path):
     assert "tokens per iteration: 512 = 1 accumulation steps x 2 processes x 8 sequences x 32 tokens" in ddp.stdout
     single = run_script("train.py", *DDP_RUN, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={single_out}")
     assert single.returncode == 0, single.stderr
-
-    def evals(out):
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        return [(r["iter"], r["val_loss"]) for r in records if r["kind"] == "eval"]
-
-    assert [i for i, _ in evals(ddp_out)] == [0, 10, 20]
-    for (_, a), (_, b) in zip(evals(ddp_out), evals(single_out)):
-        assert a == pytest.approx(b, abs=1e-5)
-    ddp_weights, single_weights = load_checkpoint(ddp_out)["model"], load_checkpoint(single_out)["model"]
-    for key in single_weights:
-        torch.testing.assert_close(ddp_weights[key], single_weights[key], atol=1e-5, rtol=1e-4)
+    assert [i for i, _ in eval_losses(ddp_out)] == [0, 10, 20]
+    assert_same_training(ddp_out, single_out)
 
 
 def test_ddp_with_more_processes_than_the_batch_allows(data_dir, tmp_path):
@@ -216,15 +200,7 @@ def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path)
         result = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=4", f"--fsdp={fsdp}", f"--data_dir={data_dir}", f"--out_dir={outs[fsdp]}")
         assert result.returncode == 0, result.stderr
 
-    def evals(out):
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        return [r["val_loss"] for r in records if r["kind"] == "eval"]
-
-    assert evals(outs[True]) == pytest.approx(evals(outs[False]), abs=1e-5)
-    sharded, plain = load_checkpoint(outs[True]), load_checkpoint(outs[False])
-    assert sharded["model"].keys() == plain["model"].keys()  # a plain state dict, gathered from the shards
-    for key in plain["model"]:
-        torch.testing.assert_close(sharded["model"][key], plain["model"][key], atol=1e-5, rtol=1e-4)
+    assert_same_training(outs[True], outs[False])  # the same keys too: a plain state dict, gathered from the shards
     # the FSDP checkpoint resumes in one process, without sharding
     resumed = run_script("train.py", *DDP_RUN, "--gradient_accumulation_steps=8", "--max_iters=25", f"--data_dir={data_dir}", f"--out_dir={outs[True]}", "--init_from=resume")
     assert resumed.returncode == 0, resumed.stderr

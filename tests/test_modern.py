@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, assert_user_error, run_script
+from conftest import DDP_RUN, TINY_TRAIN, assert_same_training, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
 from nanogpt.schedule import wsd_lr
@@ -134,3 +134,20 @@ def test_bad_combinations_fail_at_start(data_dir, tmp_path):
     assert_user_error(run_script(*base, "--rotary=True", "--init_from=gpt2"), "rotary cannot be used with pretrained GPT-2 weights")
     assert_user_error(run_script(*base, "--optimizer=sgd"), "unknown optimizer 'sgd'")
     assert_user_error(run_script(*base, "--lr_schedule=linear"), "unknown lr_schedule 'linear'")
+
+
+MODERN_CONFIG = "config/train_shakespeare_char_cpu_modern.py"
+# a run that hangs is stuck in a collective some rank never joins: fail it well before the suite's limit
+HANG_TIMEOUT = 150
+
+
+@pytest.mark.parametrize("optimizer, fsdp", [("adamw", False), ("muon", False), ("adamw", True)])
+def test_modern_recipe_across_processes_equals_one_process(data_dir, tmp_path, optimizer, fsdp):
+    """Rotary tables are module buffers; evaluating on rank 0 alone once left DDP broadcasting them to ranks
+    that never joined (a hang at the last evaluation). 2 processes must finish and equal one process."""
+    run = [MODERN_CONFIG, *DDP_RUN, "--gradient_accumulation_steps=2", f"--optimizer={optimizer}", f"--data_dir={data_dir}"]
+    spread = run_torchrun("train.py", *run, f"--fsdp={fsdp}", f"--out_dir={tmp_path / 'spread'}", timeout=HANG_TIMEOUT)
+    assert spread.returncode == 0, spread.stderr
+    single = run_script("train.py", *run, f"--out_dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr
+    assert_same_training(tmp_path / "spread", tmp_path / "single")
