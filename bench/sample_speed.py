@@ -1,89 +1,136 @@
-"""Cached vs uncached generation: tokens/s and peak memory, side by side.
+"""Generation speed of each decoding mode, side by side in one process.
 
-    python bench/sample_speed.py [--new_tokens=500] [--rounds=2] [--device=cpu]
+    python bench/sample_speed.py                      # CPU: the char model, uncached and cached
+    python bench/sample_speed.py --device=cuda        # adds the CUDA-graph mode and GPT-2 124M
 
-Generates --new_tokens tokens (batch 1, greedy, from a one-token prompt) with the shakespeare_char
-model size (6 layers, 6 heads, 384 wide, block 256; random weights: speed does not depend on them),
-once with the KV cache and once recomputing the whole context each step. Each mode runs in its own
-process so that peak memory is its own: on the CPU, the peak resident set size, and how far it rose
-above the size after the model was built; on CUDA, torch's peak allocated bytes.
+Models have random weights (speed does not depend on them): the shakespeare_char size (6 layers, 6 heads,
+384 wide, block 256, 65 tokens) and, with --models=char,gpt2, GPT-2 124M (block 1024, vocabulary 50304).
+Each run starts from a one-token prompt and draws --new_tokens tokens per row (greedy), so the char model
+passes its block size and re-encodes its context on the way; tokens/s counts every generated token of
+every row. For each mode and batch size: time to first token (prefill and one step, after a warm-up
+call), tokens/s, peak memory (CUDA: torch's peak allocated bytes; CPU: peak resident set size), and the
+one-time cost of capturing the CUDA graph for that batch size. The rows' tokens of the modes are compared
+where they must agree (float32).
 """
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nanogpt.engine import Engine, Sampling, inference_model  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 
-MODEL = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False)
+MODELS = {
+    "char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=True),
+}
 
 
-def rss_mb(field):
-    """VmRSS (now) or VmHWM (peak) of this process, in MB, from /proc (Linux)."""
+def peak_rss_mb():
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def run_one(use_cache, new_tokens, device):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**MODEL)).to(device).eval()
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
-    model.generate(prompt, 5, temperature=0, use_cache=use_cache)  # warm up
+def reset_peak(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    baseline = rss_mb("VmRSS")
-    t0 = time.perf_counter()
-    out = model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart VmHWM from the current size
+
+
+def sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def measure(engine, batch, new_tokens, device, vocab_size):
+    prompts = [[0]] * batch
+    greedy = Sampling(temperature=0)
+    before = engine.capture_seconds
+    engine.generate(prompts, 8, greedy, vocab_size)  # warm-up: kernels chosen, the graph captured
+    capture = engine.capture_seconds - before
+    sync(device)
+    t0 = time.perf_counter()
+    engine.generate(prompts, 1, greedy, vocab_size)
+    sync(device)
+    first = time.perf_counter() - t0
+    reset_peak(device)
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, new_tokens, greedy, vocab_size)
+    sync(device)
     seconds = time.perf_counter() - t0
-    result = dict(tokens_per_sec=new_tokens / seconds, peak_rss_mb=rss_mb("VmHWM"), rise_mb=rss_mb("VmHWM") - baseline)
-    if device.startswith("cuda"):
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    result["tokens"] = out[0, -20:].tolist()
-    return result
+    memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
+    return dict(first_ms=first * 1000, tokens_per_sec=batch * new_tokens / seconds, memory_mb=memory, capture_ms=capture * 1000, tokens=out[0])
+
+
+def make_engine(model, mode):
+    """uncached, cached (eager), graph (our CUDA graph of the decode step), and two torch.compile
+    alternatives: compile-graph (compiled model, captured by us) and reduce-overhead (torch's own graphs)."""
+    if mode == "compile-graph":
+        return Engine(torch.compile(model), cuda_graph=True)
+    if mode == "reduce-overhead":
+        return Engine(torch.compile(model, mode="reduce-overhead"), cuda_graph=False, fixed_span=True)
+    return Engine(model, use_cache=mode != "uncached", cuda_graph=mode == "graph")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--new_tokens", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--one", choices=["cached", "uncached"], help="(used internally) run one mode, print JSON")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument("--models", default=None, help="comma-separated: char, gpt2 (default: char on the CPU, both on CUDA)")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on the CPU, 1,64 on CUDA)")
+    parser.add_argument("--modes", default=None, help="comma-separated: uncached, cached, graph, compile-graph, reduce-overhead (default: the first three the device has)")
+    parser.add_argument("--new_tokens", type=int, default=500)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(args.one == "cached", args.new_tokens, args.device)))
-        return
+    cuda = args.device.startswith("cuda")
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    models = (args.models or ("char,gpt2" if cuda else "char")).split(",")
+    batches = [int(b) for b in (args.batches or ("1,64" if cuda else "1")).split(",")]
+    modes = (args.modes or ("uncached,cached,graph" if cuda else "uncached,cached")).split(",")
+    print(f"device {args.device}, {dtype}, {args.new_tokens} new tokens per row, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        print(torch.cuda.get_device_name())
 
-    print(f"model {MODEL}, {args.new_tokens} new tokens, batch 1, device {args.device}, {torch.get_num_threads()} threads")
-    best = {}
-    for r in range(args.rounds):
-        for mode in ("cached", "uncached"):
-            cmd = [sys.executable, __file__, f"--one={mode}", f"--new_tokens={args.new_tokens}", f"--device={args.device}"]
-            result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-            memory = f"peak RSS {result['peak_rss_mb']:.0f} MB (+{result['rise_mb']:.0f} MB while generating)"
-            if "cuda_peak_mb" in result:
-                memory += f", CUDA peak {result['cuda_peak_mb']:.0f} MB"
-            print(f"round {r + 1} {mode:>8}: {result['tokens_per_sec']:8.1f} tokens/s, {memory}")
-            if mode not in best or result["tokens_per_sec"] > best[mode]["tokens_per_sec"]:
-                best[mode] = result
-    cached, uncached = best["cached"], best["uncached"]
-    assert cached["tokens"] == uncached["tokens"], "cached and uncached generation disagree"
-    print(f"speed-up (best rounds): cached / uncached = {cached['tokens_per_sec'] / uncached['tokens_per_sec']:.1f}x")
-    print(f"peak RSS: cached / uncached = {cached['peak_rss_mb'] / uncached['peak_rss_mb']:.2f}")
-    if "cuda_peak_mb" in cached:
-        print(f"CUDA peak: cached / uncached = {cached['cuda_peak_mb'] / uncached['cuda_peak_mb']:.2f}")
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = inference_model(GPT(GPTConfig(**MODELS[name])), args.device, dtype)
+        vocab_size = 50257 if name == "gpt2" else None
+        for batch in batches:
+            tokens = {}
+            for mode in modes:
+                if name == "gpt2" and mode == "uncached" and batch > 1:
+                    continue  # minutes of recomputation, and nothing to learn from it
+                try:
+                    result = measure(make_engine(model, mode), batch, args.new_tokens, args.device, vocab_size)
+                except Exception as e:  # a compiler mode that fails here is reported, not fatal
+                    print(f"{name} batch {batch} {mode}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                    continue
+                tokens[mode] = result.pop("tokens")
+                rows.append(dict(model=name, batch=batch, mode=mode, **result))
+                print(rows[-1], flush=True)
+            if dtype == "float32" and len(set(map(tuple, tokens.values()))) > 1:
+                print(f"warning: {name} batch {batch}: the modes' greedy tokens differ")
+            elif dtype != "float32" and len(tokens) > 1:
+                reference = tokens.get("uncached", next(iter(tokens.values())))
+                agree = {m: next((i for i, (a, b) in enumerate(zip(t, reference)) if a != b), len(t)) for m, t in tokens.items()}
+                print(f"{name} batch {batch}: greedy tokens equal to the first mode's up to token {agree}")
+
+    print()
+    print(f"| model | batch | mode | first token (ms) | tokens/s | peak {'GPU' if cuda else 'RSS'} memory (MB) | graph capture (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        capture = f"{r['capture_ms']:.0f}" if "graph" in r["mode"] else "-"
+        print(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['first_ms']:.1f} | {r['tokens_per_sec']:,.0f} | {r['memory_mb']:.0f} | {capture} |")
 
 
 if __name__ == "__main__":

@@ -121,9 +121,11 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        mask = None
         if cache is not None:
-            # generating: keep this step's keys/values, attend over everything cached so far
-            k, v = cache.update(layer, k, v)
+            # generating: the cache keeps this step's keys/values and hands back all those the new
+            # tokens may see, with a mask where rows of the batch hold contexts of different lengths
+            k, v, mask = cache.update(layer, k, v)
         if self.training and self.dropout > 0 and cache is None and eager_cpu(q) and q.dtype == torch.float32:
             # torch's CPU attention leaves its fused kernel when there is dropout; this one does not
             y = cpu_dropout.attention_with_dropout(q, k, v, self.dropout)
@@ -131,7 +133,7 @@ class CausalSelfAttention(nn.Module):
             # SDPA picks a flash / memory-efficient kernel where the device has one. A single new token
             # may see every cached one, so it needs no causal mask.
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None and T > 1
             )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-join the heads
         return dropout(self.c_proj(y), self.dropout, self.training)
@@ -215,21 +217,25 @@ class GPT(nn.Module):
         return n_params
 
     def forward(self, idx, targets=None, cache=None):
+        """Logits (and the loss, given targets) for idx (B, T). While generating, `cache` (see
+        nanogpt/engine.py) gives the tokens' positions, (T,) or one row each (B, T), and keeps their keys
+        and values; without it idx is a whole context starting at position 0."""
         B, T = idx.size()
-        start = cache.length if cache is not None else 0  # position of idx's first token
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        positions = cache.positions if cache is not None else torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx)
         rotary = None
         if self.config.rotary:
-            rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
+            cos, sin = self.rotary_cos[positions], self.rotary_sin[positions]
+            if positions.dim() == 2:  # a position per row: the same for every head
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            rotary = (cos, sin)
         else:
-            x = x + self.transformer.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         x = dropout(x, self.config.dropout, self.training)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rotary)
-        if cache is not None:
-            cache.length += T
         x = self.transformer.ln_f(x)
 
         # generating: only the last position's logits are needed, skip the rest of the head
@@ -284,88 +290,3 @@ class GPT(nn.Module):
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         return 6 * self.get_num_params() + 12 * L * H * Q * T
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
-                 use_cache=True, on_token=None, vocab_limit=None):
-        """Extend idx (B, T) by max_new_tokens sampled tokens, feeding each back in.
-
-        With use_cache, the prompt goes through the model once and then one token per step, its keys
-        and values kept in a KVCache; without, the whole context is recomputed every step. Both see
-        the same context (context_start) and so, for a seed, give the same tokens. on_token, if given,
-        is called with each new (B, 1) batch of tokens, e.g. to stream them to the terminal.
-        vocab_limit keeps the padding ids of a padded vocabulary (50304 for GPT-2's 50257) from being drawn.
-        """
-        cache, cache_start = None, None
-        for _ in range(max_new_tokens):
-            start = context_start(idx.size(1), self.config.block_size)
-            if not use_cache:
-                logits, _ = self(idx[:, start:])
-            elif start != cache_start:
-                # first step, or the context was full: encode the (new) context from scratch
-                cache, cache_start = KVCache(self.config), start
-                logits, _ = self(idx[:, start:], cache=cache)
-            else:
-                logits, _ = self(idx[:, -1:], cache=cache)
-            idx_next = sample_next_token(logits[:, -1, :vocab_limit], temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if on_token is not None:
-                on_token(idx_next)
-        return idx
-
-
-def context_start(length, block_size):
-    """Where the context the model sees begins, for a sequence of `length` tokens.
-
-    Learned absolute positions cannot slide one token at a time without re-encoding the whole context
-    (every token's position changes), which would make a cache useless. So once the sequence outgrows
-    block_size the model keeps the last block_size // 2 tokens as its context, re-encoded from position
-    0, and lets it grow back to block_size before cutting again.
-    """
-    if length <= block_size:
-        return 0
-    keep = block_size // 2
-    steps_since_cut = (length - block_size - 1) % (block_size - keep + 1)
-    return length - keep - steps_since_cut
-
-
-class KVCache:
-    """Keys and values of every layer for the tokens generated so far, room for block_size of them."""
-
-    def __init__(self, config):
-        self.config = config
-        self.k = self.v = None  # allocated on first use, in the batch size, device and dtype of the keys
-        self.length = 0  # tokens stored
-
-    def update(self, layer, k, v):
-        """Store the new keys/values (B, H, T, hs) of one layer and return all of them so far."""
-        if self.k is None:
-            B, H, _, hs = k.shape
-            self.k = k.new_zeros(self.config.n_layer, B, H, self.config.block_size, hs)
-            self.v = torch.zeros_like(self.k)
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Pick one token id per row from (B, vocab) logits. temperature 0 means greedy.
-
-    top_k keeps the k most likely tokens; top_p (nucleus) keeps the fewest most likely tokens whose
-    probabilities add up to at least top_p.
-    """
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("inf")
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
-        # drop a token when the ones more likely than it already reach top_p (the first always stays)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-        logits[torch.zeros_like(drop).scatter(1, order, drop)] = -float("inf")
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)

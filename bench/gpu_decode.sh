@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU generation figures in the README, in one device call (a few minutes): run from the repo root on
+# a CUDA machine. Logs go to $OUT (default: gpu-logs/); the table of figures is printed last.
+set -uo pipefail
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+# 1. correctness on the GPU: graph == eager cached == uncached in float32 (the CUDA tests of tests/test_engine.py)
+$PY -m pytest -q -p no:cacheprovider tests/test_engine.py 2>&1 | tee "$OUT/test_engine.log" | tail -3
+# 2. float32: every mode's greedy tokens compared on the char model (a warning line if they differ)
+$PY bench/sample_speed.py --device=cuda --dtype=float32 --models=char --batches=1,64 --new_tokens=300 2>&1 | tee "$OUT/speed_float32.log" | grep -E "warning|greedy|failed" || echo "float32: the modes' greedy tokens agree"
+# 3. the torch.compile alternatives to our own graph, char model, batch 1 (bf16)
+timeout 150 $PY bench/sample_speed.py --device=cuda --models=char --batches=1 --modes=graph,compile-graph,reduce-overhead 2>&1 | tee "$OUT/speed_compile.log" | tail -6
+# 4. the figures: bf16, char and GPT-2 124M, batch 1 and 64, each mode
+$PY bench/sample_speed.py --device=cuda 2>&1 | tee "$OUT/speed_bf16.log" | grep -vE "^\{"

@@ -1,0 +1,375 @@
+"""Generation: prompts in, tokens out. sample.py, the benchmarks and the tests all go through Engine.
+
+Each prompt is a row of one batch, with its own length, position and random stream, so a row's tokens
+are the same whatever else is in the batch. With the KV cache (the default) a row's context goes through
+the model once (prefill) and then one token per step (decode). The decode step has fixed shapes: the
+cache is allocated once for block_size tokens per row, positions and lengths are tensors, and each row
+attends to the whole cache under a mask of its own length. On CUDA that step is captured once as a CUDA
+graph and replayed per token, so a token costs one launch instead of a hundred kernels' worth of Python.
+On the CPU the step runs eagerly, attending only as far as the longest row.
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Sampling:
+    """How one row draws its tokens. temperature 0 is greedy; top_k and top_p of None keep every token;
+    seed picks the row's own random stream."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+
+def context_start(length, block_size):
+    """Where the context the model sees begins, for a sequence of `length` tokens.
+
+    Learned absolute positions cannot slide one token at a time without re-encoding the whole context
+    (every token's position changes), which would make a cache useless. So once the sequence outgrows
+    block_size the model keeps the last block_size // 2 tokens as its context, re-encoded from position
+    0, and lets it grow back to block_size before cutting again.
+    """
+    if length <= block_size:
+        return 0
+    keep = block_size // 2
+    steps_since_cut = (length - block_size - 1) % (block_size - keep + 1)
+    return length - keep - steps_since_cut
+
+
+def inference_model(model, device, dtype):
+    """The model on `device` in eval mode, its weights in `dtype` ('float32', 'bfloat16', 'float16').
+
+    Generation casts the weights once rather than running under autocast, which would cast every
+    weight matrix again at every token. The rotary tables stay float32: angles need the precision."""
+    model = model.eval().to(device=device, dtype=getattr(torch, dtype))
+    if model.config.rotary:
+        model.rotary_cos, model.rotary_sin = model.rotary_cos.float(), model.rotary_sin.float()
+    return model
+
+
+# -- the KV cache and the two views of it the model sees ----------------------------------------------
+
+
+class KVCache:
+    """Keys and values of every layer for `rows` sequences of up to block_size tokens each:
+    k, v (n_layer, rows, n_head, block_size, head_size), written in place and never reallocated (a CUDA
+    graph holds on to their addresses), and lengths (rows,), the tokens each row holds."""
+
+    def __init__(self, config, rows, device):
+        self.config = config
+        self.k = self.v = None  # allocated on first use, in the dtype of the keys the model makes
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+
+    def layer(self, index, like):
+        if self.k is None:
+            B, cfg = self.lengths.numel(), self.config
+            shape = (cfg.n_layer, B, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+            self.k = like.new_zeros(shape)
+            self.v = torch.zeros_like(self.k)
+        return self.k[index], self.v[index]
+
+    def keep_rows(self, rows):
+        """Drop every row not in `rows` (a tensor of row indices), e.g. rows that finished."""
+        self.lengths = self.lengths[rows]
+        if self.k is not None:
+            self.k, self.v = self.k[:, rows], self.v[:, rows]
+
+
+class Prefill:
+    """A fresh context of T tokens for some rows of the cache (positions 0..T-1): causal attention among
+    them, and their keys and values written to those rows."""
+
+    def __init__(self, cache, rows, T):
+        self.cache, self.rows, self.T = cache, rows, T
+        self.positions = torch.arange(T, device=cache.lengths.device)
+
+    def update(self, layer, k, v):
+        cache_k, cache_v = self.cache.layer(layer, k)
+        cache_k[self.rows, :, : self.T] = k
+        cache_v[self.rows, :, : self.T] = v
+        return k, v, None
+
+
+class Decode:
+    """One new token per row at position lengths[row], seeing the first `span` positions of the cache;
+    with `masked`, each row only up to its own length (rows of different lengths, or a fixed span)."""
+
+    def __init__(self, cache, span, masked):
+        lengths = cache.lengths
+        self.cache, self.span = cache, span
+        self.positions = lengths[:, None]
+        self.row_index = torch.arange(lengths.numel(), device=lengths.device)
+        self.mask = None
+        if masked:
+            self.mask = (torch.arange(span, device=lengths.device) <= lengths[:, None])[:, None, None, :]
+
+    def update(self, layer, k, v):
+        cache_k, cache_v = self.cache.layer(layer, k)
+        # row b's new key goes to position lengths[b]: one indexed write, no host-side lengths
+        cache_k[self.row_index, :, self.cache.lengths] = k[:, :, 0]
+        cache_v[self.row_index, :, self.cache.lengths] = v[:, :, 0]
+        return cache_k[:, :, : self.span], cache_v[:, :, : self.span], self.mask
+
+
+# -- sampling -------------------------------------------------------------------------------------------
+
+
+def mix32(x):
+    """A 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors holding values below 2^32.
+    The multipliers are below 2^31, so no product overflows int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x21F0AAAD) & 0xFFFFFFFF
+    return x ^ (x >> 15)
+
+
+def uniform_noise(seeds, steps, n):
+    """(B, n) numbers in (0, 1), each a hash of (row's seed, row's step, column) alone: every row has a
+    random stream of its own, the same on any device and in any batch, and drawing costs no generator
+    state (so a CUDA graph can replay it)."""
+    row = mix32(mix32(seeds & 0xFFFFFFFF) ^ (steps & 0xFFFFFFFF))
+    column = torch.arange(n, device=seeds.device)
+    bits = mix32(mix32(row[:, None] ^ column[None, :]) + column[None, :])
+    return ((bits >> 8).float() + 0.5) / (1 << 24)  # 24 bits: exact in float32, never 0 or 1
+
+
+def sample_tokens(logits, temperature, top_k, top_p, seeds, steps, filtered=True):
+    """One token id per row from (B, vocab) logits; every setting is a (B,) tensor, one value per row.
+
+    temperature 0 is greedy. top_k (the vocabulary size to keep all) keeps the k most likely tokens;
+    top_p (1.0 to keep all) then keeps the fewest most likely tokens whose probabilities reach top_p.
+    filtered=False skips both (every row keeps all). The draw is Gumbel-max: the argmax of
+    logits / temperature - log(-log(u)) is distributed as softmax(logits / temperature).
+    """
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    scaled = logits / temperature.clamp_min(1e-6)[:, None]
+    if filtered:
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        rank = torch.arange(logits.size(-1), device=logits.device)
+        drop = rank[None, :] >= top_k[:, None]
+        probs = F.softmax(sorted_logits.masked_fill(drop, -float("inf")), dim=-1)
+        # drop a token when the ones more likely than it already reach top_p (the first always stays)
+        drop |= probs.cumsum(dim=-1) - probs >= top_p[:, None]
+        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), -float("inf"))
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.size(-1))))
+    drawn = (scaled + gumbel).argmax(dim=-1)
+    return torch.where(temperature == 0, greedy, drawn)
+
+
+# -- the engine -----------------------------------------------------------------------------------------
+
+
+class Rows:
+    """The state of one batch of rows on the device (pending token, cache, sampling settings) and on
+    the host (each row's prompt, its context start and how many tokens its cache holds)."""
+
+    STEP_STATE = ("tokens", "temperature", "top_k", "top_p", "seeds", "steps")  # what a decode step reads
+
+    def __init__(self, prompts, sampling, vocab_size, max_new_tokens, config, device):
+        self.index = list(range(len(prompts)))  # each row's place in the caller's list
+        self.prompts = [torch.tensor(p, dtype=torch.long, device=device) for p in prompts]
+        self.prompt_lengths = [len(p) for p in prompts]
+        self.cache_start = [None] * len(prompts)  # where each row's cached context begins (None: no cache yet)
+        self.cache_length = [0] * len(prompts)
+        self.count = 0  # tokens generated so far, the same for every row
+        self.cache = KVCache(config, len(prompts), device)
+        self.tokens = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=device)
+        self.generated = torch.zeros((len(prompts), max_new_tokens), dtype=torch.long, device=device)
+        self.temperature = torch.tensor([s.temperature for s in sampling], dtype=torch.float32, device=device)
+        self.top_k = torch.tensor([min(s.top_k or vocab_size, vocab_size) for s in sampling], device=device)
+        self.top_p = torch.tensor([1.0 if s.top_p is None else s.top_p for s in sampling], device=device)
+        self.seeds = torch.tensor([s.seed for s in sampling], dtype=torch.long, device=device)
+        self.steps = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        self.greedy = all(s.temperature == 0 for s in sampling)
+        self.filtered = any(s.top_k is not None and s.top_k < vocab_size or s.top_p is not None and s.top_p < 1 for s in sampling)
+
+    def __len__(self):
+        return len(self.index)
+
+    def sequence(self, row, start, end):
+        """Tokens start..end-1 of a row's prompt followed by what it generated, as a device tensor."""
+        P = self.prompt_lengths[row]
+        parts = [self.prompts[row][min(start, P) : min(end, P)], self.generated[row, max(start - P, 0) : max(end - P, 0)]]
+        return torch.cat(parts)
+
+    def keep(self, rows):
+        """Keep only the rows at these positions, in this order."""
+        keep = torch.tensor(rows, dtype=torch.long, device=self.tokens.device)
+        for name in (*self.STEP_STATE, "generated"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.cache.keep_rows(keep)
+        for name in ("index", "prompts", "prompt_lengths", "cache_start", "cache_length"):
+            setattr(self, name, [getattr(self, name)[r] for r in rows])
+
+
+class Engine:
+    """Generates from a model that inference_model() prepared. use_cache=False recomputes each row's whole
+    context every step (the reference the cache is tested against); cuda_graph (default: on CUDA, with
+    the cache) replays the decode step as a CUDA graph. capture_seconds adds up the time spent capturing."""
+
+    def __init__(self, model, use_cache=True, cuda_graph=None, fixed_span=None):
+        self.model = model
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.use_cache = use_cache
+        self.cuda_graph = (self.device.type == "cuda" and use_cache) if cuda_graph is None else cuda_graph
+        if self.cuda_graph and not (use_cache and self.device.type == "cuda"):
+            raise ValueError("cuda_graph needs the KV cache and a CUDA device")
+        # the graph's step attends over the whole cache under a mask; fixed_span=True runs that same
+        # step eagerly, so the CPU tests check what a graph replays
+        self.fixed_span = self.cuda_graph if fixed_span is None else fixed_span
+        self.capture_seconds = 0.0
+        self.graphs = {}  # (rows, greedy, filtered, vocab_size) -> the graph and the tensors it reads and writes
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, sampling, vocab_size=None, on_token=None, stop=None, stop_interval=None):
+        """New tokens for each prompt (a list of lists of token ids): a list of lists of ids.
+
+        sampling: one Sampling for every row, or a list with one per row. vocab_size keeps the padding
+        ids of a padded vocabulary (GPT-2's 50257 padded to 50304) from being drawn. on_token(rows,
+        tokens), if given, is called after each step with the rows' places in `prompts` and their new
+        tokens, a (len(rows),) device tensor. stop(row, ids), if given, is asked every stop_interval
+        steps (default 1 on the CPU, 8 on CUDA: each ask waits for the device) with a row's place and
+        the ids it generated so far; it returns None to go on, or how many of the ids to keep, which
+        ends the row. Finished rows leave the batch once they are half of it.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        vocab_size = vocab_size or self.config.vocab_size
+        sampling = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        rows = Rows(prompts, sampling, vocab_size, max_new_tokens, self.config, self.device)
+        stop_interval = stop_interval or (8 if self.device.type == "cuda" else 1)
+        results, graph = [None] * len(prompts), None
+        for step in range(max_new_tokens):
+            if self.use_cache:
+                self._prefill_where_needed(rows)
+                if self.cuda_graph:
+                    graph = graph or self._graph_for(rows, vocab_size)
+                    graph.replay()
+                else:
+                    self._decode(rows, vocab_size, self.fixed_span)
+            else:
+                self._recompute(rows, vocab_size)
+            rows.generated[:, step] = rows.tokens[:, 0]
+            rows.count += 1
+            if on_token is not None:
+                on_token(rows.index, rows.tokens[:, 0])
+            last = step == max_new_tokens - 1
+            if stop is not None and ((step + 1) % stop_interval == 0 or last):
+                ids = rows.generated[:, : rows.count].tolist()
+                for r, row in enumerate(rows.index):
+                    cut = stop(row, ids[r]) if results[row] is None else None
+                    if cut is not None:
+                        results[row] = ids[r][:cut]
+                unfinished = [r for r, row in enumerate(rows.index) if results[row] is None]
+                if not unfinished:
+                    break
+                if len(unfinished) <= len(rows) // 2 and not last:
+                    rows.keep(unfinished)  # a smaller batch from here on (a graph for its size)
+                    graph = None
+        ids = rows.generated[:, : rows.count].tolist()
+        for r, row in enumerate(rows.index):
+            if results[row] is None:
+                results[row] = ids[r]
+        return results
+
+    def _prefill_where_needed(self, rows):
+        """Before a step, encode from scratch the context of each row whose context has moved (its first
+        step, or a cut past block_size): every token of it but the pending one, which the decode step feeds."""
+        block_size = self.config.block_size
+        groups = {}
+        for r in range(len(rows)):
+            total = rows.prompt_lengths[r] + rows.count  # tokens so far, the pending one included
+            start = context_start(total, block_size)
+            if start != rows.cache_start[r]:
+                rows.cache_start[r], rows.cache_length[r] = start, total - 1 - start
+                groups.setdefault((start, total), []).append(r)
+            else:
+                rows.cache_length[r] += 1  # last step's token
+        by_length = {}
+        for (start, total), members in groups.items():
+            by_length.setdefault(total - 1 - start, []).extend((r, start, total) for r in members)
+        for length, members in by_length.items():
+            index = torch.tensor([r for r, _, _ in members], dtype=torch.long, device=self.device)
+            rows.cache.lengths[index] = length
+            if length == 0:
+                continue
+            context = torch.stack([rows.sequence(r, start, total - 1) for r, start, total in members])
+            self.model(context, cache=Prefill(rows.cache, index, length))
+
+    def _decode(self, rows, vocab_size, fixed_span=False):
+        """One token for every row: feed the pending token, draw the next one. fixed_span (for a graph)
+        attends over the whole cache; otherwise as far as the longest row, masked only if rows differ."""
+        lengths = rows.cache_length
+        span = self.config.block_size if fixed_span else max(lengths) + 1
+        view = Decode(rows.cache, span, masked=fixed_span or min(lengths) != max(lengths))
+        logits, _ = self.model(rows.tokens, cache=view)
+        self._draw(rows, logits[:, -1, :vocab_size])
+        rows.cache.lengths += 1
+
+    def _recompute(self, rows, vocab_size):
+        """One token for every row from a full forward over its context (no cache); rows whose
+        contexts have the same length share a forward."""
+        by_length = {}
+        for r in range(len(rows)):
+            end = rows.prompt_lengths[r] + rows.count  # tokens so far, the pending one included
+            start = context_start(end, self.config.block_size)
+            by_length.setdefault(end - start, []).append((r, start, end))
+        logits = torch.empty((len(rows), vocab_size), device=self.device)
+        for members in by_length.values():
+            context = torch.stack([rows.sequence(r, start, end) for r, start, end in members])
+            out, _ = self.model(context)
+            logits[[r for r, _, _ in members]] = out[:, -1, :vocab_size].float()
+        self._draw(rows, logits)
+
+    def _draw(self, rows, logits):
+        if rows.greedy:
+            rows.tokens[:, 0] = logits.argmax(dim=-1)
+        else:
+            rows.tokens[:, 0] = sample_tokens(logits, rows.temperature, rows.top_k, rows.top_p, rows.seeds, rows.steps, rows.filtered)
+        rows.steps += 1
+
+    def _graph_for(self, rows, vocab_size):
+        """The decode step's CUDA graph for a batch of this size, captured the first time. A graph reads
+        and writes fixed tensors, so later batches of the same size copy their state into those."""
+        key = (len(rows), rows.greedy, rows.filtered, vocab_size)
+        if key not in self.graphs:
+            self.graphs[key] = (self._capture(rows, vocab_size), rows.cache, {name: getattr(rows, name) for name in Rows.STEP_STATE})
+            return self.graphs[key][0]
+        graph, cache, tensors = self.graphs[key]
+        for name, tensor in tensors.items():
+            setattr(rows, name, tensor.copy_(getattr(rows, name)))
+        cache.lengths.copy_(rows.cache.lengths)
+        if rows.cache.k is not None:
+            cache.k.copy_(rows.cache.k)
+            cache.v.copy_(rows.cache.v)
+        rows.cache = cache
+        return graph
+
+    def _capture(self, rows, vocab_size):
+        """Capture one decode step as a CUDA graph over rows' tensors. The warm-up step before it
+        (kernel choice, workspaces) writes keys at each row's next position, which the first real step
+        overwrites; the tensors it advances are put back."""
+        t0 = time.perf_counter()
+        saved = [t.clone() for t in (rows.tokens, rows.steps, rows.cache.lengths)]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._decode(rows, vocab_size, fixed_span=True)
+        torch.cuda.current_stream().wait_stream(side)
+        for tensor, value in zip((rows.tokens, rows.steps, rows.cache.lengths), saved):
+            tensor.copy_(value)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._decode(rows, vocab_size, fixed_span=True)
+        torch.cuda.synchronize()
+        self.capture_seconds += time.perf_counter() - t0
+        return graph
