@@ -105,15 +105,17 @@ class Decode:
         self.cache, self.span = cache, span
         self.positions = lengths[:, None]
         self.row_index = torch.arange(lengths.numel(), device=lengths.device)
+        self.visible = (torch.arange(span, device=lengths.device) <= lengths[:, None])[:, None, None, :] if masked else None
         self.mask = None
-        if masked:
-            self.mask = (torch.arange(span, device=lengths.device) <= lengths[:, None])[:, None, None, :]
 
     def update(self, layer, k, v):
         cache_k, cache_v = self.cache.layer(layer, k)
         # row b's new key goes to position lengths[b]: one indexed write, no host-side lengths
         cache_k[self.row_index, :, self.cache.lengths] = k[:, :, 0]
         cache_v[self.row_index, :, self.cache.lengths] = v[:, :, 0]
+        if self.visible is not None and self.mask is None:
+            # an additive mask, made once per step: SDPA would turn a boolean one into this in every layer
+            self.mask = torch.zeros(self.visible.shape, dtype=k.dtype, device=k.device).masked_fill_(~self.visible, -float("inf"))
         return cache_k[:, :, : self.span], cache_v[:, :, : self.span], self.mask
 
 

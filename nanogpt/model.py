@@ -239,7 +239,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
 
         # generating: only the last position's logits are needed, skip the rest of the head
-        logits = self.lm_head(x if targets is not None else x[:, [-1], :])
+        logits = self.lm_head(x if targets is not None else x[:, -1:, :])
         if self.config.logit_softcap > 0:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits.float() / cap)
