@@ -4,10 +4,12 @@
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=200
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --temperature=0.7 --top_k=50
     echo "JULIET:" | python sample.py --out_dir=out-shakespeare-char --start=- --num_samples=1
+    python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --output=completions.jsonl --stop="\n\n"
 
 python sample.py --help lists every setting.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,10 +17,36 @@ import torch
 
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.config import SampleConfig, load_config
+from nanogpt.engine import Engine, Sampling, context_start, inference_model
 from nanogpt.errors import UserError, run_main
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_tokenizer_meta
-from nanogpt.system import autocast_context, resolve_device, resolve_dtype
+from nanogpt.system import resolve_device, resolve_dtype
 from nanogpt.tokenizer import tokenizer_from_meta
+
+
+def check_settings(cfg):
+    """Refuse settings that cannot work, before the model loads."""
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
+        raise UserError(f"num_samples and max_new_tokens must be at least 1, got {cfg.num_samples} and {cfg.max_new_tokens}")
+    if not cfg.temperature >= 0:  # NaN too
+        raise UserError(f"temperature must be 0 (greedy) or more, got {cfg.temperature}")
+    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.batch_size < 0:
+        raise UserError(f"batch_size must be 0 (all prompts at once) or more, got {cfg.batch_size}")
+    if cfg.prompts and cfg.stream:
+        raise UserError("--stream=True prints one sample as it is made; it cannot be used with --prompts")
+    if cfg.output and not cfg.prompts:
+        raise UserError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
+
+
+def load_model(cfg):
+    if cfg.init_from == "resume":
+        checkpoint = load_checkpoint(cfg.out_dir)
+        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
+    if is_pretrained_source(cfg.init_from):
+        return gpt_from_pretrained(cfg.init_from), tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))
+    raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
 
 
 def read_prompt(start):
@@ -33,87 +61,141 @@ def read_prompt(start):
     return path.read_text(encoding="utf-8")
 
 
-def main():
-    cfg = load_config(SampleConfig, sys.argv[1:], script="sample.py")
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
-        raise UserError(f"num_samples and max_new_tokens must be at least 1, got {cfg.num_samples} and {cfg.max_new_tokens}")
-    if cfg.temperature < 0:
-        raise UserError(f"temperature must be 0 (greedy) or more, got {cfg.temperature}")
-    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
+def read_prompts_file(path, tokenizer):
+    """(text, ids) of each non-empty line of a prompts file: plain text, or JSON lines with a 'prompt'."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file {path} not found")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        text = line
+        if path.suffix == ".jsonl":
+            try:
+                text = json.loads(line)["prompt"]
+                assert isinstance(text, str) and text
+            except (ValueError, KeyError, TypeError, AssertionError):
+                raise UserError(f"line {number} of {path} is not a JSON object with a non-empty 'prompt' string") from None
+        try:
+            prompts.append((text, tokenizer.encode(text)))
+        except UserError as e:
+            raise UserError(f"line {number} of {path}: {e}") from None
+    if not prompts:
+        raise UserError(f"prompts file {path} holds no prompts; write one prompt a line")
+    return prompts
 
-    if cfg.init_from == "resume":
-        checkpoint = load_checkpoint(cfg.out_dir)
-        model = model_from_checkpoint(checkpoint, dropout=0.0)
-        tokenizer = tokenizer_from_meta(checkpoint["tokenizer"])
-        del checkpoint
-    elif is_pretrained_source(cfg.init_from):
-        model = gpt_from_pretrained(cfg.init_from)
-        tokenizer = tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))
-    else:
-        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
-    model.eval()
-    model.to(device)
 
-    vocab_size = tokenizer.vocab_size
-    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
-    top_k_given = cfg.top_k != SampleConfig().top_k
-    if cfg.top_k is not None and (cfg.top_k < 1 or (top_k_given and cfg.top_k > vocab_size)):
-        raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
+class Endings:
+    """Where a sample ends: at the stop text, and for GPT-2 BPE at <|endoftext|>."""
 
-    prompt_ids = tokenizer.encode(read_prompt(cfg.start))
-    if not prompt_ids:
-        raise UserError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
-    # all samples in one batch: one pass of the model per token serves every sample
-    x = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None, ...].repeat(cfg.num_samples, 1)
+    def __init__(self, tokenizer, stop):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.end_token = getattr(tokenizer, "eot_token", None)
 
-    stream = cfg.num_samples == 1 if cfg.stream is None else cfg.stream
-    if stream and cfg.num_samples > 1:
-        raise UserError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
-    printer = StreamPrinter(tokenizer, prompt_ids) if stream else None
+    def text(self, ids):
+        """The completion's text: the new ids decoded, cut where the sample ends."""
+        if self.end_token in ids:
+            ids = ids[: ids.index(self.end_token)]
+        text = self.tokenizer.decode(ids)
+        return text[: text.index(self.stop)] if self.stop and self.stop in text else text
 
-    # a generator of our own: the same seed gives the same samples, whatever else used the global RNG
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    with torch.no_grad(), autocast_context(device, dtype):
-        y = model.generate(
-            x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-            generator=generator, use_cache=cfg.use_cache, on_token=printer, vocab_limit=tokenizer.vocab_size,
-        )
-    if stream:
-        printer.finish()
-        print("---------------")
-        return
-    for row in y.tolist():
-        print(tokenizer.decode(row))
-        print("---------------")
+    def ended(self, ids):
+        return self.end_token in ids or bool(self.stop) and self.stop in self.tokenizer.decode(ids)
+
+    def __call__(self, row, ids):
+        """For the engine: keep every id of a row that has ended (text() cuts it), None to go on."""
+        return len(ids) if self.ended(ids) else None
 
 
 class StreamPrinter:
-    """Prints one sample's text as its tokens arrive. It decodes the whole sample each time and prints
-    what is new, because a BPE token can end in the middle of a multi-byte character."""
+    """Prints one sample's text as its tokens arrive. It decodes the whole completion each time and prints
+    what is new, holding back an unfinished character (a BPE token can end inside one) and any tail that
+    could be the start of the stop text."""
 
-    def __init__(self, tokenizer, prompt_ids):
-        self.tokenizer = tokenizer
-        self.ids = list(prompt_ids)
-        self.printed = ""
-        self.flush()
+    def __init__(self, prompt_text, endings):
+        self.endings, self.ids, self.printed = endings, [], ""
+        print(prompt_text, end="", flush=True)
 
-    def __call__(self, idx_next):
-        self.ids.append(idx_next[0, 0].item())
+    def __call__(self, rows, tokens):
+        self.ids.append(tokens[0].item())
         self.flush()
 
     def flush(self, final=False):
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd") and not final:
-            return  # an unfinished character: wait for the rest of its bytes
+        text = self.endings.text(self.ids)
+        if not final and not self.endings.ended(self.ids):
+            text = text.rstrip("\ufffd")  # an unfinished character: wait for the rest of its bytes
+            if self.endings.stop:
+                text = text[: max(len(text) - len(self.endings.stop) + 1, len(self.printed))]
         print(text[len(self.printed) :], end="", flush=True)
         self.printed = text
 
     def finish(self):
         self.flush(final=True)
         print()
+
+
+def main():
+    cfg = load_config(SampleConfig, sys.argv[1:], script="sample.py")
+    check_settings(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model, tokenizer = load_model(cfg)
+    model = inference_model(model, device, dtype)
+    vocab_size = tokenizer.vocab_size
+    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
+    top_k_given = cfg.top_k != SampleConfig().top_k
+    if cfg.top_k is not None and (cfg.top_k < 1 or (top_k_given and cfg.top_k > vocab_size)):
+        raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
+
+    if cfg.prompts:
+        prompts = read_prompts_file(cfg.prompts, tokenizer)
+    else:
+        text = read_prompt(cfg.start)
+        prompts = [(text, tokenizer.encode(text))] * cfg.num_samples
+        if not prompts[0][1]:
+            raise UserError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
+    block_size = model.config.block_size
+    cropped = sum(context_start(len(ids), block_size) > 0 for _, ids in prompts)
+    if cropped:
+        print(f"note: {cropped} prompt(s) longer than the model's context of {block_size} tokens: the model sees the end of each", file=sys.stderr)
+
+    stream = (len(prompts) == 1 and not cfg.prompts) if cfg.stream is None else cfg.stream
+    if stream and len(prompts) > 1:
+        raise UserError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
+    endings = Endings(tokenizer, cfg.stop)
+    engine = Engine(model, use_cache=cfg.use_cache)
+    # each row has its own random stream (seed + its place), so a sample does not depend on the batch
+    sampling = [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=cfg.seed + i) for i in range(len(prompts))]
+    batch_size = cfg.batch_size or len(prompts)
+    try:
+        output = open(cfg.output, "w", encoding="utf-8") if cfg.output else None
+    except OSError as e:
+        raise UserError(f"cannot write --output={cfg.output} ({e.strerror}); choose a file in a folder that exists and is writable") from None
+    try:
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first : first + batch_size]
+            printer = StreamPrinter(batch[0][0], endings) if stream else None
+            with torch.no_grad():
+                completions = engine.generate(
+                    [ids for _, ids in batch], cfg.max_new_tokens, sampling[first : first + batch_size],
+                    vocab_size=vocab_size, on_token=printer, stop=endings,
+                )
+            if stream:
+                printer.finish()
+                print("---------------")
+                continue
+            for (text, _), ids in zip(batch, completions):
+                if output is not None:
+                    output.write(json.dumps({"prompt": text, "completion": endings.text(ids)}) + "\n")
+                else:
+                    print(text + endings.text(ids))
+                    print("---------------")
+    finally:
+        if output is not None:
+            output.close()
+    if output is not None:
+        print(f"wrote {len(prompts)} completions to {cfg.output}")
 
 
 if __name__ == "__main__":

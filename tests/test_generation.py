@@ -1,66 +1,12 @@
-"""KV-cache decoding gives exactly the tokens of full recomputation; sample.py's options and errors."""
+"""sample.py: cached and uncached print the same, streaming, many prompts at once, stop texts, errors."""
 
+import json
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
-from nanogpt.model import GPT, GPTConfig, context_start, sample_next_token
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=True)).eval()
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.8, top_k=10), dict(temperature=1.2, top_p=0.7)],
-)
-@pytest.mark.parametrize("prompt_len", [1, 5, 23])  # 23 > block_size: the prompt itself is cut
-def test_cached_equals_uncached(small_model, settings, prompt_len):
-    prompt = torch.randint(50, (3, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
-    new = 70  # several times past block_size (16), so the context is cut and re-encoded repeatedly
-    cached = small_model.generate(prompt, new, generator=torch.Generator().manual_seed(5), use_cache=True, **settings)
-    uncached = small_model.generate(prompt, new, generator=torch.Generator().manual_seed(5), use_cache=False, **settings)
-    assert cached.shape == (3, prompt_len + new)
-    assert torch.equal(cached, uncached)
-
-
-def test_cached_logits_match_a_full_forward(small_model):
-    """Feeding tokens one at a time through the cache gives the logits of one full forward pass."""
-    from nanogpt.model import KVCache
-
-    idx = torch.randint(50, (2, 16))
-    cache = KVCache(small_model.config)
-    steps = [small_model(idx[:, t : t + 1], cache=cache)[0][:, -1] for t in range(16)]
-    full, _ = small_model(idx, targets=idx)  # with targets: logits at every position
-    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=0)
-
-
-def test_context_start_keeps_the_context_within_block_size():
-    block = 16
-    for length in range(1, 200):
-        start = context_start(length, block)
-        window = length - start
-        assert 1 <= window <= block
-        if length > block:
-            assert window >= block // 2
-        # the context only moves by re-encoding: it either stays put or jumps to keep the last half
-        if length > 1:
-            prev = context_start(length - 1, block)
-            assert start == prev or length - start == block // 2
-
-
-def test_top_p_keeps_the_nucleus():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    draws = {sample_next_token(logits, 1.0, None, 0.75, torch.Generator().manual_seed(s)).item() for s in range(200)}
-    assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.75; tokens 2 and 3 are never drawn
-    draws = {sample_next_token(logits, 1.0, None, 0.1, torch.Generator().manual_seed(s)).item() for s in range(50)}
-    assert draws == {0}
 
 
 def sample(out_dir, *args, **kwargs):
@@ -103,8 +49,73 @@ def test_prompt_from_stdin(trained_run):
         ("--top_p=1.5", "top_p must be in (0, 1]"),
         ("--start=", "the prompt is empty"),
         ("--temperature=-1", "temperature must be 0"),
+        ("--temperature=nan", "temperature must be 0"),
+        ("--batch_size=-1", "batch_size must be 0"),
     ],
 )
 def test_bad_sampling_settings(trained_run, arg, fragment):
     out_dir, _ = trained_run
     assert_user_error(sample(out_dir, arg), fragment)
+
+
+def completions(out_dir, tmp_path, lines, *args):
+    """Completions of sample.py --prompts for these prompts, read back from its --output file. The prompts
+    go in a plain text file, one a line, or where one holds a newline, in a JSON-lines file."""
+    output = tmp_path / "out.jsonl"
+    if any("\n" in line for line in lines):
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": line}) + "\n" for line in lines))
+    else:
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("\n".join(lines) + "\n")
+    result = sample(out_dir, f"--prompts={prompts}", f"--output={output}", "--max_new_tokens=30", *args)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == lines
+    return [r["completion"] for r in records], result
+
+
+PROMPTS = ["R", "ROMEO:\n", "First Citizen:\nBefore we proceed any further"]  # 1, 7 and 45 characters
+
+
+@pytest.mark.parametrize("settings", [("--temperature=0",), ("--temperature=1.0", "--top_k=None", "--seed=5")])
+def test_many_prompts_at_once_equal_each_prompt_alone(trained_run, tmp_path, settings):
+    """Rows of different lengths in one batch, each at its own position: each gives what it gives alone
+    (with sampling, row i draws from seed + i, so alone it runs with that seed)."""
+    out_dir, _ = trained_run
+    together, result = completions(out_dir, tmp_path, PROMPTS, *settings)
+    assert "note: 1 prompt(s) longer than the model's context of 32 tokens" in result.stderr  # the 45-character one
+    for i, prompt in enumerate(PROMPTS):
+        seed = [f"--seed={5 + i}"] if "--seed=5" in settings else []
+        alone, _ = completions(out_dir, tmp_path, [prompt], *settings, *seed)
+        assert alone == [together[i]]
+    assert all(len(c) == 30 for c in together)
+
+
+def test_stop_text_ends_each_sample_before_it(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    full, _ = completions(out_dir, tmp_path, PROMPTS, "--temperature=0")
+    stopped, _ = completions(out_dir, tmp_path, PROMPTS, "--temperature=0", "--stop=e")
+    assert stopped == [text.split("e")[0] for text in full]
+    assert any(len(s) < len(f) for s, f in zip(stopped, full))
+    # streamed, it prints the same text, holding back what might be the start of the stop text
+    streamed = sample(out_dir, f"--start={PROMPTS[1]}", "--num_samples=1", "--temperature=0", "--max_new_tokens=30", "--stop=e")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == PROMPTS[1] + stopped[1] + "\n---------------\n"
+
+
+def test_prompts_file_errors(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert_user_error(sample(out_dir, f"--prompts={empty}"), "holds no prompts")
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("ROMEO:\nJULIET:\nfünf\n")
+    assert_user_error(sample(out_dir, f"--prompts={foreign}"), "line 3 of", "outside the model's vocabulary")
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"prompt": "ROMEO:"}\n{"text": "x"}\n')
+    assert_user_error(sample(out_dir, f"--prompts={bad_json}"), "line 2 of", "'prompt'")
+    assert_user_error(sample(out_dir, f"--prompts={tmp_path / 'missing.txt'}"), "not found")
+    good = tmp_path / "good.txt"
+    good.write_text("ROMEO:\n")
+    assert_user_error(sample(out_dir, f"--prompts={good}", f"--output={tmp_path / 'no' / 'such' / 'dir.jsonl'}"), "cannot write --output")

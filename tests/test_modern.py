@@ -7,6 +7,7 @@ import torch
 
 from conftest import DDP_RUN, TINY_TRAIN, assert_same_training, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import load_checkpoint
+from nanogpt.engine import Engine, Sampling
 from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
 from nanogpt.schedule import wsd_lr
 
@@ -63,10 +64,10 @@ def test_rmsnorm_relu2_untied_softcap_zero_init():
 
 def test_cached_generation_with_every_switch():
     m = model(**ALL_SWITCHES)
-    prompt = torch.randint(50, (2, 3))
-    a = m.generate(prompt, 40, temperature=1.0, generator=torch.Generator().manual_seed(0), use_cache=True)
-    b = m.generate(prompt, 40, temperature=1.0, generator=torch.Generator().manual_seed(0), use_cache=False)
-    assert torch.equal(a, b)
+    prompts = torch.randint(50, (2, 3)).tolist()
+    a = Engine(m).generate(prompts, 40, Sampling(1.0, seed=0))
+    b = Engine(m, use_cache=False).generate(prompts, 40, Sampling(1.0, seed=0))
+    assert a == b
 
 
 def test_muon_update_is_orthogonalized():
