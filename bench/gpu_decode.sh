@@ -2,11 +2,7 @@
 # The GPU generation figures in the README, in one device call (a few minutes): run from the repo root on
 # a CUDA machine. Logs go to $OUT (default: gpu-logs/); the table of figures is printed last.
 set -uo pipefail
-OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 # 1. correctness on the GPU: graph == eager cached == uncached in float32 (the CUDA tests of tests/test_engine.py)
 $PY -m pytest -q -p no:cacheprovider tests/test_engine.py 2>&1 | tee "$OUT/test_engine.log" | tail -3
 # 2. float32: every mode's greedy tokens compared on the char model (a warning line if they differ)

@@ -2,12 +2,7 @@
 # The GPU figures in the README: run from the repo root on a CUDA machine, with
 # data/shakespeare_char prepared. Logs go to $OUT (default: gpu-logs/).
 set -uo pipefail
-OUT=${OUT:-gpu-logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 
 # 1. the spec's char-level model, full config (bf16, compile on by default on CUDA)
 /usr/bin/time -v $PY train.py config/train_shakespeare_char.py --overwrite=True 2>&1 | tee "$OUT/train_shakespeare_char.log"

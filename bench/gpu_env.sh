@@ -1,0 +1,8 @@
+# Sourced by the bench/gpu_*.sh scripts: where logs go ($OUT, default gpu-logs/), which Python, and the
+# card and torch version at the top of each log.
+OUT=${OUT:-gpu-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
