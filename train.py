@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
@@ -106,8 +106,20 @@ def train():
     cfg = load_config(TrainConfig, sys.argv[1:])
     if not 0 <= cfg.dropout < 1:
         raise UserError(f"dropout is a probability of dropping, at least 0 and below 1, not {cfg.dropout}")
+    stop_signals = catch_stop_signals()
+    procs = start_processes(cfg)
+    run = set_up(cfg, procs)
+    stopped = training_loop(run, stop_signals)
+    if procs.master and not stopped:
+        print(f"done: best val loss {run.best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
+    if procs.ddp:
+        # wait for rank 0's last eval and save: a process group torn down under a peer can abort it
+        torch.distributed.barrier()
 
-    # SIGINT (Ctrl-C) and SIGTERM (e.g. a cluster pre-empting the job) finish the current step and save
+
+def catch_stop_signals():
+    """SIGINT (Ctrl-C) and SIGTERM (e.g. a cluster pre-empting the job) finish the current step and save.
+    Returns the list the names of the signals received are appended to."""
     stop_signals = []
 
     def request_stop(signum, frame):
@@ -117,54 +129,158 @@ def train():
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    return stop_signals
 
-    # -- processes and devices ------------------------------------------------------------------
-    ddp = int(os.environ.get("RANK", -1)) != -1  # started by torchrun?
-    if ddp:
-        init_process_group(backend=cfg.backend)
-        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        device = resolve_device(cfg.device)
-        if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        if cfg.gradient_accumulation_steps % world_size != 0:
-            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of processes ({world_size})")
-        grad_accum = cfg.gradient_accumulation_steps // world_size
-    else:
-        rank, world_size = 0, 1
-        device = resolve_device(cfg.device)
-        grad_accum = cfg.gradient_accumulation_steps
-    master = rank == 0  # this process logs and saves
-    dtype = resolve_dtype(cfg.dtype, device)
-    device_type = device.split(":")[0]
-    if device_type == "cpu":
+
+@dataclass
+class Processes:
+    """This process's place in the run: one process, or one of torchrun's."""
+
+    ddp: bool  # started by torchrun
+    rank: int
+    world_size: int
+    device: str
+    grad_accum: int  # micro-batches per optimizer step in this process
+
+    @property
+    def master(self):
+        return self.rank == 0  # this process logs and saves
+
+    @property
+    def device_type(self):
+        return self.device.split(":")[0]
+
+
+def start_processes(cfg):
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if not ddp:
+        return Processes(False, 0, 1, resolve_device(cfg.device), cfg.gradient_accumulation_steps)
+    init_process_group(backend=cfg.backend)
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    if cfg.gradient_accumulation_steps % world_size != 0:
+        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of processes ({world_size})")
+    return Processes(True, rank, world_size, device, cfg.gradient_accumulation_steps // world_size)
+
+
+class Run:
+    """Everything the training loop, evaluation and saving share."""
+
+
+def set_up(cfg, procs):
+    """Data, model, optimizers (restored on resume), wrappers and the run's log files."""
+    run = Run()
+    run.cfg, run.procs = cfg, procs
+    run.dtype = resolve_dtype(cfg.dtype, procs.device)
+    if procs.device_type == "cpu":
         keep_freed_memory()
-    tokens_per_iter = grad_accum * world_size * cfg.batch_size * cfg.block_size
-    if master:
-        print(f"device {device}, dtype {dtype}, {world_size} process(es)")
+    run.tokens_per_iter = procs.grad_accum * procs.world_size * cfg.batch_size * cfg.block_size
+    if procs.master:
+        print(f"device {procs.device}, dtype {run.dtype}, {procs.world_size} process(es)")
         print(
-            f"tokens per iteration: {tokens_per_iter:,} = {grad_accum} accumulation steps x {world_size} processes"
+            f"tokens per iteration: {run.tokens_per_iter:,} = {procs.grad_accum} accumulation steps x {procs.world_size} processes"
             f" x {cfg.batch_size} sequences x {cfg.block_size} tokens"
         )
-
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (FSDP does not broadcast them)
-    if device_type == "cuda":
+    if procs.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: much faster, accuracy unchanged in practice
         torch.backends.cudnn.allow_tf32 = True
-    ctx = autocast_context(device, dtype)
+    run.ctx = autocast_context(procs.device, run.dtype)
 
-    # -- data -----------------------------------------------------------------------------------
-    data = Dataset(cfg.data_dir, cfg.dataset)
-    data.check_length(cfg.block_size)
-    batch_generator = torch.Generator().manual_seed(cfg.seed)  # the same in every process: see get_batch
+    run.data = Dataset(cfg.data_dir, cfg.dataset)
+    run.data.check_length(cfg.block_size)
+    run.batch_generator = torch.Generator().manual_seed(cfg.seed)  # the same in every process: see get_batch
 
-    # -- model ----------------------------------------------------------------------------------
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    model, run.model_args, checkpoint = build_model(cfg, run.data, procs.master)
+    run.iter_num = checkpoint["iter_num"] if checkpoint else 0
+    run.best_val_loss = checkpoint["best_val_loss"] if checkpoint else float("inf")
+    model.to(procs.device)
+    if procs.master:
+        print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
+    if procs.rank > 0:
+        torch.manual_seed(cfg.seed + procs.rank)  # but dropout masks of its own
+
+    # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
+    run.scaler = torch.amp.GradScaler(procs.device_type, enabled=(run.dtype == "float16"))
+    if cfg.optimizer not in ("adamw", "muon"):
+        raise UserError(f"unknown optimizer {cfg.optimizer!r}; use adamw or muon")
+    if cfg.lr_schedule not in ("cosine", "wsd"):
+        raise UserError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or wsd")
+    if cfg.fsdp:
+        shard(model, cfg, procs)
+    run.optimizers = model.configure_optimizers(
+        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), procs.device_type, cfg.optimizer, cfg.muon_lr
+    )
+    if checkpoint is not None:
+        restore_training_state(run, model, checkpoint)
+    del checkpoint  # free it before training: it holds a second copy of the model and optimizer
+    run.resumed_at = run.iter_num if cfg.init_from == "resume" else None  # its eval is already in the log
+    wrap_model(run, model)
+    open_logs(run)
+    run.flops_per_iter = model.estimate_flops_per_token() * run.tokens_per_iter
+    run.device_peak = peak_flops(procs.device)
+    return run
+
+
+def shard(model, cfg, procs):
+    """FSDP2: each block, then the rest, keeps only its shard of parameters, gradients and optimizer state
+    on each process and gathers a block's full weights just for its forward and backward."""
+    if not procs.ddp:
+        raise UserError("fsdp=True shards the model over processes that torchrun starts: torchrun --standalone --nproc_per_node=N train.py ...")
+    if cfg.optimizer != "adamw":
+        raise UserError("fsdp=True works with optimizer='adamw' only")
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def wrap_model(run, model):
+    """run.raw_model, the plain module (what gets saved); run.model, compiled where that pays (what
+    evaluates: every call of it stays on this rank); run.train_model, under DDP the wrapper that
+    all-reduces gradients (what trains)."""
+    procs = run.procs
+    run.raw_model = model
+    run.model = compile_model(model, run.cfg.compile, procs.device)
+    run.train_model = run.model
+    if procs.ddp and not run.cfg.fsdp:
+        # The model's only buffers (rotary tables) are constants, the same on every rank, so DDP need not
+        # broadcast them before each forward; left on, that broadcast is a collective, and rank 0's
+        # evaluation alone would issue one the other ranks never join.
+        run.train_model = DDP(
+            run.model, device_ids=[int(procs.device.split(":")[1])] if procs.device_type == "cuda" else None, broadcast_buffers=False
+        )
+
+
+def open_logs(run):
+    """metrics.jsonl (started afresh, or cut back to the resumed step) and wandb, on rank 0."""
+    cfg, procs = run.cfg, run.procs
+    run.wandb = None
+    if procs.master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if run.iter_num == 0:
+            open(os.path.join(cfg.out_dir, METRICS_NAME), "w").close()
+        else:
+            keep_records_through(cfg.out_dir, run.iter_num)
+    if cfg.wandb_log and procs.master:
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=True needs wandb: pip install wandb (or pip install -e '.[wandb]')") from None
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
+        run.wandb = wandb
+
+
+def build_model(cfg, data, master):
+    """The model to train, its constructor arguments, and the checkpoint it resumes (None otherwise)."""
     if cfg.init_from != "resume" and os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) and not cfg.overwrite:
         raise UserError(
             f"{cfg.out_dir} already holds a checkpoint; continue it with --init_from=resume,"
             f" choose another --out_dir, or replace it with --overwrite=True"
         )
+    checkpoint = None
     if cfg.init_from == "scratch":
         if master:
             print("training a new model from scratch")
@@ -196,265 +312,245 @@ def train():
         # the architecture comes from the checkpoint; only dropout may change on resume
         model_args = dict(checkpoint["model_args"], dropout=cfg.dropout)
         model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     elif is_pretrained_source(cfg.init_from):
-        changed = [key for key in ARCHITECTURE_SWITCHES if getattr(cfg, key) != getattr(TrainConfig(), key)]
-        if changed:
-            raise UserError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
-        pretrained_meta = pretrained_tokenizer_meta(cfg.init_from)
-        if not same_vocabulary(pretrained_meta, data.meta):
-            hint = (
-                " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python data/custom/prepare.py --tokenizer=gpt2"
-                if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
-            )
-            raise UserError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
-        pretrained_positions = pretrained_block_size(cfg.init_from)
-        if cfg.block_size > pretrained_positions:
-            raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
-        model = gpt_from_pretrained(cfg.init_from, dropout=cfg.dropout)
+        model = pretrained_model(cfg, data)
         model_args = asdict(model.config)
     else:
         raise UserError(f"unknown init_from {cfg.init_from!r}; use 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
         model_args["block_size"] = cfg.block_size
-    model.to(device)
-    if master:
-        print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
-    if rank > 0:
-        torch.manual_seed(cfg.seed + rank)  # but dropout masks of its own
+    return model, model_args, checkpoint
 
-    # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise UserError(f"unknown optimizer {cfg.optimizer!r}; use adamw or muon")
-    if cfg.lr_schedule not in ("cosine", "wsd"):
-        raise UserError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or wsd")
-    if cfg.fsdp:
-        if not ddp:
-            raise UserError("fsdp=True shards the model over processes that torchrun starts: torchrun --standalone --nproc_per_node=N train.py ...")
-        if cfg.optimizer != "adamw":
-            raise UserError("fsdp=True works with optimizer='adamw' only")
-        # FSDP2: each block, then the rest, keeps only its shard of parameters, gradients and optimizer
-        # state on each process and gathers a block's full weights just for its forward and backward
-        for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
-    optimizers = model.configure_optimizers(
-        cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type, cfg.optimizer, cfg.muon_lr
-    )
-    if checkpoint is not None:
-        saved = checkpoint["optimizer"]
-        saved = saved if isinstance(saved, list) else [saved]  # one AdamW in older checkpoints
-        if len(saved) != len(optimizers):
-            raise UserError(f"the checkpoint in {cfg.out_dir} was trained with another optimizer; resume without changing --optimizer")
-        for optimizer, state in zip(optimizers, saved):
-            # the moments come from the checkpoint; the settings (rates, betas, decay) from this run's config
-            settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-            if cfg.fsdp or any(isinstance(key, str) for key in state["state"]):
-                # saved by parameter name (an FSDP run's full state dict): maps onto sharded and plain models
-                set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-            else:
-                optimizer.load_state_dict(state)
-            for group, setting in zip(optimizer.param_groups, settings):
-                group.update(setting)
-        if "scaler" in checkpoint:
-            scaler.load_state_dict(checkpoint["scaler"])
-        # continue every random stream exactly where the saved run was: an exact resume
-        if "rng" in checkpoint:
-            restore_rng_state(checkpoint["rng"], batch_generator)
-            if rank > 0:  # the saved streams are rank 0's; other ranks need dropout masks of their own
-                torch.manual_seed(cfg.seed + rank + iter_num)
-        elif master:
-            print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
-    checkpoint = None  # free it before training: it holds a second copy of the model and optimizer
-    resumed_at = iter_num if cfg.init_from == "resume" else None  # its eval is already in the log
 
-    raw_model = model  # the plain module: what gets saved, free of compile/DDP wrappers
-    model = compile_model(model, cfg.compile, device)  # what evaluates: every call of it stays on this rank
-    train_model = model  # what trains: under DDP, the wrapper that all-reduces gradients
-    if ddp and not cfg.fsdp:
-        # The model's only buffers (rotary tables) are constants, the same on every rank, so DDP need not
-        # broadcast them before each forward; left on, that broadcast is a collective, and rank 0's
-        # evaluation alone would issue one the other ranks never join.
-        train_model = DDP(
-            model, device_ids=[int(device.split(":")[1])] if device_type == "cuda" else None, broadcast_buffers=False
+def pretrained_model(cfg, data):
+    """GPT-2 weights (a name or a Hugging Face folder), after checking they fit the data and settings."""
+    changed = [key for key in ARCHITECTURE_SWITCHES if getattr(cfg, key) != getattr(TrainConfig(), key)]
+    if changed:
+        raise UserError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
+    pretrained_meta = pretrained_tokenizer_meta(cfg.init_from)
+    if not same_vocabulary(pretrained_meta, data.meta):
+        hint = (
+            " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python data/custom/prepare.py --tokenizer=gpt2"
+            if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
         )
+        raise UserError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
+    pretrained_positions = pretrained_block_size(cfg.init_from)
+    if cfg.block_size > pretrained_positions:
+        raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
+    return gpt_from_pretrained(cfg.init_from, dropout=cfg.dropout)
 
-    # -- logging --------------------------------------------------------------------------------
-    if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if iter_num == 0:
-            open(os.path.join(cfg.out_dir, METRICS_NAME), "w").close()
+
+def restore_training_state(run, model, checkpoint):
+    """Optimizer moments, loss scale and random streams from a checkpoint: an exact resume."""
+    cfg = run.cfg
+    saved = checkpoint["optimizer"]
+    saved = saved if isinstance(saved, list) else [saved]  # one AdamW in older checkpoints
+    if len(saved) != len(run.optimizers):
+        raise UserError(f"the checkpoint in {cfg.out_dir} was trained with another optimizer; resume without changing --optimizer")
+    for optimizer, state in zip(run.optimizers, saved):
+        # the moments come from the checkpoint; the settings (rates, betas, decay) from this run's config
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        if cfg.fsdp or any(isinstance(key, str) for key in state["state"]):
+            # saved by parameter name (an FSDP run's full state dict): maps onto sharded and plain models
+            set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
         else:
-            keep_records_through(cfg.out_dir, iter_num)
-    if cfg.wandb_log and master:
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("wandb_log=True needs wandb: pip install wandb (or pip install -e '.[wandb]')") from None
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
-    flops_per_iter = raw_model.estimate_flops_per_token() * tokens_per_iter
-    device_peak = peak_flops(device)
+            optimizer.load_state_dict(state)
+        for group, setting in zip(optimizer.param_groups, settings):
+            group.update(setting)
+    if "scaler" in checkpoint:
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    # continue every random stream exactly where the saved run was
+    if "rng" in checkpoint:
+        restore_rng_state(checkpoint["rng"], run.batch_generator)
+        if run.procs.rank > 0:  # the saved streams are rank 0's; other ranks need dropout masks of their own
+            torch.manual_seed(cfg.seed + run.procs.rank + run.iter_num)
+    elif run.procs.master:
+        print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
 
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches per split. The batches are the same at every eval
-        (a fixed seed), so the curve shows the model changing, not the batches."""
-        means = torch.zeros(2)
-        model.eval()
-        for i, split in enumerate(("train", "val")):
-            generator = torch.Generator().manual_seed(cfg.seed + 1)
-            losses = torch.zeros(cfg.eval_iters)
-            for k in range(cfg.eval_iters):
-                X, Y = data.get_batch(split, cfg.batch_size, cfg.block_size, device, generator)
-                with ctx:
-                    _, loss = model(X, Y)
-                losses[k] = loss.item()
-            means[i] = losses.mean()
-        model.train()
+
+@torch.no_grad()
+def estimate_loss(run):
+    """Mean loss over eval_iters batches per split. The batches are the same at every eval (a fixed
+    seed), so the curve shows the model changing, not the batches."""
+    cfg = run.cfg
+    means = torch.zeros(2)
+    run.model.eval()
+    for i, split in enumerate(("train", "val")):
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        losses = torch.zeros(cfg.eval_iters)
+        for k in range(cfg.eval_iters):
+            X, Y = run.data.get_batch(split, cfg.batch_size, cfg.block_size, run.procs.device, generator)
+            with run.ctx:
+                _, loss = run.model(X, Y)
+            losses[k] = loss.item()
+        means[i] = losses.mean()
+    run.model.train()
+    if cfg.fsdp:
+        # every process decides from these whether to save, and saving is a collective: a last-bit
+        # difference between processes must not split that decision
+        means = means.to(run.procs.device)
+        torch.distributed.broadcast(means, src=0)
+    return dict(train=means[0].item(), val=means[1].item())
+
+
+def learning_rate(cfg, it):
+    """AdamW's learning rate at step it; every param group is scaled by the same factor."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if cfg.lr_schedule == "wsd":
+        return wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
+    return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+
+
+def save(run):
+    """Write a checkpoint from rank 0. Under FSDP every process must call it: the full weights are
+    gathered from all shards, so the file is the same as an unsharded run's."""
+    if run.cfg.fsdp:
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(run.raw_model, options=full)
+        optimizer_states = [get_optimizer_state_dict(run.raw_model, optimizer, options=full) for optimizer in run.optimizers]
+    else:
+        model_state, optimizer_states = run.raw_model.state_dict(), [optimizer.state_dict() for optimizer in run.optimizers]
+    if not run.procs.master:
+        return
+    checkpoint = {
+        "model": model_state,
+        "optimizer": optimizer_states,
+        "scaler": run.scaler.state_dict(),
+        "model_args": run.model_args,
+        "iter_num": run.iter_num,
+        "best_val_loss": run.best_val_loss,
+        "config": asdict(run.cfg),
+        "tokenizer": run.data.meta,
+        # the other streams are where they were when that batch was drawn: since then only backward,
+        # the optimizer step and evaluation ran, and none of them draws random numbers
+        "rng": capture_rng_state(run.batch_rng),
+    }
+    print(f"saved checkpoint to {save_checkpoint(run.cfg.out_dir, checkpoint)}")
+
+
+def evaluate_and_save(run, lr):
+    """Losses on both splits, logged by rank 0; a checkpoint when val loss improved (or always, if set)."""
+    cfg = run.cfg
+    losses = estimate_loss(run)
+    if run.procs.master:
+        print(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        append_record(cfg.out_dir, dict(kind="eval", iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
+        plot_loss_curve(cfg.out_dir)
+        if run.wandb:
+            run.wandb.log({"iter": run.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+    if not math.isfinite(losses["val"]):
+        raise UserError(f"val loss is {losses['val']} at step {run.iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+    if run.iter_num > 0 and not cfg.eval_only and (losses["val"] < run.best_val_loss or cfg.always_save_checkpoint):
+        run.best_val_loss = min(run.best_val_loss, losses["val"])
+        save(run)
+
+
+def optimizer_step(run):
+    """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss (a tensor)."""
+    cfg, procs = run.cfg, run.procs
+    for micro_step in range(procs.grad_accum):
+        last_micro_step = micro_step == procs.grad_accum - 1
+        # under DDP / FSDP, reduce the gradients only once, after the last micro-batch
+        sync = run.train_model.no_sync() if procs.ddp and not cfg.fsdp and not last_micro_step else contextlib.nullcontext()
         if cfg.fsdp:
-            # every process decides from these whether to save, and saving is a collective: a last-bit
-            # difference between processes must not split that decision
-            means = means.to(device)
-            torch.distributed.broadcast(means, src=0)
-        return dict(train=means[0].item(), val=means[1].item())
+            run.model.set_requires_gradient_sync(last_micro_step)
+        with sync:
+            with run.ctx:
+                _, loss = run.train_model(run.X, run.Y)
+                loss = loss / procs.grad_accum  # the gradients sum over micro-batches; average them
+            # draw the next batch while the GPU works on this one
+            draw_batch(run)
+            run.scaler.scale(loss).backward()
+    if cfg.grad_clip != 0.0:
+        for optimizer in run.optimizers:
+            run.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    for optimizer in run.optimizers:
+        run.scaler.step(optimizer)
+    run.scaler.update()
+    for optimizer in run.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    return loss
 
-    def get_lr(it):
-        """AdamW's learning rate at step it; every param group is scaled by the same factor."""
-        if not cfg.decay_lr:
-            return cfg.learning_rate
-        if cfg.lr_schedule == "wsd":
-            return wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
-        return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
 
-    def save():
-        """Write a checkpoint from rank 0. Under FSDP every process must call it: the full weights
-        are gathered from all shards, so the file is the same as an unsharded run's."""
-        if cfg.fsdp:
-            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_state = get_model_state_dict(raw_model, options=full)
-            optimizer_states = [get_optimizer_state_dict(raw_model, optimizer, options=full) for optimizer in optimizers]
-        else:
-            model_state, optimizer_states = raw_model.state_dict(), [optimizer.state_dict() for optimizer in optimizers]
-        if not master:
-            return
-        checkpoint = {
-            "model": model_state,
-            "optimizer": optimizer_states,
-            "scaler": scaler.state_dict(),
-            "model_args": model_args,
-            "iter_num": iter_num,
-            "best_val_loss": best_val_loss,
-            "config": asdict(cfg),
-            "tokenizer": data.meta,
-            # the other streams are where they were when that batch was drawn: since then only
-            # backward, the optimizer step and evaluation ran, and none of them draws random numbers
-            "rng": capture_rng_state(batch_rng),
-        }
-        print(f"saved checkpoint to {save_checkpoint(cfg.out_dir, checkpoint)}")
+def draw_batch(run):
+    """The next training batch. The batch generator's state from before it was drawn goes into
+    checkpoints, so a resumed run draws that batch again: an exact resume."""
+    cfg, procs = run.cfg, run.procs
+    run.batch_rng = run.batch_generator.get_state()
+    run.X, run.Y = run.data.get_batch("train", cfg.batch_size, cfg.block_size, procs.device, run.batch_generator, procs.rank, procs.world_size)
 
-    # -- training loop --------------------------------------------------------------------------
-    # the batch generator's state from before the next batch was drawn goes into checkpoints, so a
-    # resumed run draws that batch again: an exact resume
-    batch_rng = batch_generator.get_state()
-    X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator, rank, world_size)
-    t_log, iters_since_log, ms_per_iter = time.time(), 0, None
-    stop = False
+
+def log_step(run, loss, lr, seconds_per_iter):
+    """One line and one metrics record for the step just taken (rank 0, every log_interval steps)."""
+    cfg = run.cfg
+    loss_value = loss.item() * run.procs.grad_accum  # .item() waits for the GPU, so only at log time
+    if not math.isfinite(loss_value):
+        raise UserError(f"training loss is {loss_value} at step {run.iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+    # smooth the step time for the ETA; the first steps include warm-up and compilation
+    ms = seconds_per_iter * 1000
+    run.ms_per_iter = ms if run.ms_per_iter is None else 0.9 * run.ms_per_iter + 0.1 * ms
+    tokens_per_sec = run.tokens_per_iter / seconds_per_iter
+    eta = format_duration((cfg.max_iters - run.iter_num) * run.ms_per_iter / 1000)
+    line = f"iter {run.iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, ETA {eta}"
+    record = dict(kind="train", iter=run.iter_num, loss=loss_value, lr=lr, ms_per_iter=ms, tokens_per_sec=tokens_per_sec)
+    if run.device_peak is not None:
+        record["mfu"] = run.flops_per_iter / seconds_per_iter / run.device_peak
+        line += f", MFU {record['mfu'] * 100:.1f}%"
+    print(line)
+    append_record(cfg.out_dir, record)
+    if run.wandb:
+        run.wandb.log({"iter": run.iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec})
+
+
+def stop_requested(run, stop_signals):
+    """Whether to stop after this step. Under DDP every process stops at the same step, even if only
+    some got the signal; they agree at log steps only, because reading the result back waits for the GPU."""
+    stop = bool(stop_signals)
+    if run.procs.ddp and run.iter_num % run.cfg.log_interval == 0:
+        flag = torch.tensor(float(stop), device=run.procs.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = flag.item() > 0
+    return stop
+
+
+def training_loop(run, stop_signals):
+    """Train until max_iters or a stop signal; returns whether a signal stopped it."""
+    cfg, procs = run.cfg, run.procs
+    draw_batch(run)
+    t_log, iters_since_log, run.ms_per_iter = time.time(), 0, None
     while True:
-        lr = get_lr(iter_num)
-        for optimizer in optimizers:
+        lr = learning_rate(cfg, run.iter_num)
+        for optimizer in run.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)
 
-        eval_due = (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters) and iter_num != resumed_at
+        eval_due = (run.iter_num % cfg.eval_interval == 0 or run.iter_num == cfg.max_iters) and run.iter_num != run.resumed_at
         # FSDP's forward gathers weights from every process, so there all of them evaluate (and, with
         # rank 0's losses, stop or save together)
-        if (eval_due or cfg.eval_only) and (master or cfg.fsdp):
-            losses = estimate_loss()
-            if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                append_record(cfg.out_dir, dict(kind="eval", iter=iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
-                plot_loss_curve(cfg.out_dir)
-                if cfg.wandb_log:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-            if not math.isfinite(losses["val"]):
-                raise UserError(f"val loss is {losses['val']} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
-            if iter_num > 0 and not cfg.eval_only and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
-                best_val_loss = min(best_val_loss, losses["val"])
-                save()
+        if (eval_due or cfg.eval_only) and (procs.master or cfg.fsdp):
+            evaluate_and_save(run, lr)
             t_log = time.time()  # leave eval time out of ms/iter
-        if cfg.eval_only or iter_num >= cfg.max_iters:
-            break
+        if cfg.eval_only or run.iter_num >= cfg.max_iters:
+            return False
 
-        # one optimizer step over grad_accum micro-batches
-        for micro_step in range(grad_accum):
-            last_micro_step = micro_step == grad_accum - 1
-            # under DDP / FSDP, reduce the gradients only once, after the last micro-batch
-            sync = train_model.no_sync() if ddp and not cfg.fsdp and not last_micro_step else contextlib.nullcontext()
-            if cfg.fsdp:
-                model.set_requires_gradient_sync(last_micro_step)
-            with sync:
-                with ctx:
-                    _, loss = train_model(X, Y)
-                    loss = loss / grad_accum  # the gradients sum over micro-batches; average them
-                # draw the next batch while the GPU works on this one
-                batch_rng = batch_generator.get_state()
-                X, Y = data.get_batch("train", cfg.batch_size, cfg.block_size, device, batch_generator, rank, world_size)
-                scaler.scale(loss).backward()
-        if cfg.grad_clip != 0.0:
-            for optimizer in optimizers:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-        scaler.update()
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
+        loss = optimizer_step(run)
+        run.iter_num += 1
         iters_since_log += 1
-
-        if iter_num % cfg.log_interval == 0 and master:
-            loss_value = loss.item() * grad_accum  # .item() waits for the GPU, so only at log time
-            if not math.isfinite(loss_value):
-                raise UserError(f"training loss is {loss_value} at step {iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+        if run.iter_num % cfg.log_interval == 0 and procs.master:
             now = time.time()
-            dt = (now - t_log) / iters_since_log
+            log_step(run, loss, lr, (now - t_log) / iters_since_log)
             t_log, iters_since_log = now, 0
-            # smooth the step time for the ETA; the first steps include warm-up and compilation
-            ms_per_iter = dt * 1000 if ms_per_iter is None else 0.9 * ms_per_iter + 0.1 * dt * 1000
-            tokens_per_sec = tokens_per_iter / dt
-            eta = format_duration((cfg.max_iters - iter_num) * ms_per_iter / 1000)
-            line = f"iter {iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, ETA {eta}"
-            record = dict(kind="train", iter=iter_num, loss=loss_value, lr=lr, ms_per_iter=dt * 1000, tokens_per_sec=tokens_per_sec)
-            if device_peak is not None:
-                record["mfu"] = flops_per_iter / dt / device_peak
-                line += f", MFU {record['mfu'] * 100:.1f}%"
-            print(line)
-            append_record(cfg.out_dir, record)
-            if cfg.wandb_log:
-                wandb.log({"iter": iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec})
 
-        stop = bool(stop_signals)
-        if ddp and iter_num % cfg.log_interval == 0:
-            # every process stops at the same step, even if only some got the signal; checked at log
-            # steps only, because reading the result back waits for the GPU
-            flag = torch.tensor(float(stop), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop = flag.item() > 0
-        if stop:
-            if master or cfg.fsdp:
-                save()
-            if master:
-                print(f"stopped at iter {iter_num} ({stop_signals[0] if stop_signals else 'another process was signalled'}); resume with:")
+        if stop_requested(run, stop_signals):
+            if procs.master or cfg.fsdp:
+                save(run)
+            if procs.master:
+                print(f"stopped at iter {run.iter_num} ({stop_signals[0] if stop_signals else 'another process was signalled'}); resume with:")
                 print(f"  {resume_command()}")
-            break
-
-    if master and not stop:
-        print(f"done: best val loss {best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
-    if ddp:
-        # wait for rank 0's last eval and save: a process group torn down under a peer can abort it
-        torch.distributed.barrier()
+            return True
 
 
 if __name__ == "__main__":
