@@ -11,10 +11,12 @@ import contextlib
 import gc
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
@@ -27,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nanogpt.checkpoint import (
     CHECKPOINT_NAME, capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state, save_checkpoint,
 )
-from nanogpt.config import TrainConfig, load_config
+from nanogpt.config import TrainConfig, check_train_config, load_config
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
@@ -104,8 +106,7 @@ def main():
 
 def train():
     cfg = load_config(TrainConfig, sys.argv[1:])
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"dropout is a probability of dropping, at least 0 and below 1, not {cfg.dropout}")
+    check_train_config(cfg)
     stop_signals = catch_stop_signals()
     procs = start_processes(cfg)
     run = set_up(cfg, procs)
@@ -155,9 +156,11 @@ def start_processes(cfg):
     ddp = int(os.environ.get("RANK", -1)) != -1
     if not ddp:
         return Processes(False, 0, 1, resolve_device(cfg.device), cfg.gradient_accumulation_steps)
-    init_process_group(backend=cfg.backend)
-    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     device = resolve_device(cfg.device)
+    # NCCL talks between GPUs only (and CPU builds of torch lack it); gloo runs anywhere
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
+    init_process_group(backend=backend)
+    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
@@ -189,6 +192,8 @@ def set_up(cfg, procs):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: much faster, accuracy unchanged in practice
         torch.backends.cudnn.allow_tf32 = True
     run.ctx = autocast_context(procs.device, run.dtype)
+    if procs.master:
+        check_out_dir(cfg.out_dir)
 
     run.data = Dataset(cfg.data_dir, cfg.dataset)
     run.data.check_length(cfg.block_size)
@@ -271,6 +276,24 @@ def open_logs(run):
             raise UserError("wandb_log=True needs wandb: pip install wandb (or pip install -e '.[wandb]')") from None
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
         run.wandb = wandb
+
+
+def check_out_dir(out_dir):
+    """Refuse an out_dir that cannot be created, before minutes of work are spent, and leave nothing
+    behind: the folders made to find out are removed again."""
+    path = Path(out_dir).absolute()
+    first_missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        first_missing = folder
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create out_dir {out_dir} ({e.strerror}); choose a folder you can write to with --out_dir") from None
+    finally:
+        if first_missing is not None and first_missing.is_dir():
+            shutil.rmtree(first_missing)
 
 
 def build_model(cfg, data, master):

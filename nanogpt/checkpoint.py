@@ -39,12 +39,25 @@ def save_checkpoint(out_dir, checkpoint):
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(out_dir)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save's own writer reports a full disk as a RuntimeError
         if tmp.is_file():
             tmp.unlink()
         kept = f"the previous checkpoint {path} is intact" if path.is_file() else "no checkpoint was written"
-        raise UserError(f"could not write a checkpoint to {out_dir} ({e.strerror or e}); {kept}") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        needed = tensor_bytes(checkpoint) / 2**20
+        raise UserError(f"could not write a checkpoint to {out_dir} ({reason}); it needs about {needed:,.0f} MB free; {kept}") from None
     return path
+
+
+def tensor_bytes(value):
+    """Bytes of the tensors in a nested dict / list: about the size of the checkpoint on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def capture_rng_state(batch_generator_state):

@@ -6,6 +6,7 @@ an error naming the closest known one.
 """
 
 import difflib
+import math
 import sys
 import types
 import typing
@@ -70,7 +71,7 @@ class TrainConfig:
     lr_decay_iters: int = setting(600000, "step where the cosine decay reaches min_lr (usually max_iters)")
     min_lr: float = setting(6e-5, "floor of the learning rate (usually learning_rate / 10)")
     # system
-    backend: str = setting("nccl", "torch.distributed backend under torchrun: nccl (GPUs) or gloo (CPU)")
+    backend: str = setting("auto", "torch.distributed backend under torchrun: 'auto' (nccl on CUDA, gloo elsewhere), 'nccl' or 'gloo'")
     fsdp: bool = setting(False, "under torchrun, shard weights, gradients and optimizer state over the processes (FSDP2) instead of DDP")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'")
@@ -97,6 +98,35 @@ class SampleConfig:
     seed: int = setting(1337, "random seed; the same seed gives the same samples")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'mps'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'")
+
+
+# the smallest value each numeric training setting may take; every float must also be finite
+TRAIN_MINIMUMS = dict(
+    eval_interval=1, log_interval=1, eval_iters=1, gradient_accumulation_steps=1, batch_size=1, block_size=1,
+    n_layer=1, n_head=1, n_embd=1, logit_softcap=0.0, muon_lr=0.0, learning_rate=0.0, max_iters=0,
+    weight_decay=0.0, beta1=0.0, beta2=0.0, grad_clip=0.0, decay_fraction=0.0, warmup_iters=0,
+    lr_decay_iters=0, min_lr=0.0,
+)
+BELOW_ONE = ("beta1", "beta2")  # AdamW's betas are averaging weights: 1 would never move
+
+
+def check_train_config(cfg):
+    """Refuse a setting that cannot work, in one sentence naming it, before anything loads."""
+    for key, minimum in TRAIN_MINIMUMS.items():
+        value = getattr(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {value}")
+        if value < minimum:
+            raise UserError(f"{key} must be at least {minimum}, got {value}")
+    for key in BELOW_ONE:
+        if getattr(cfg, key) >= 1:
+            raise UserError(f"{key} must be below 1, got {getattr(cfg, key)}")
+    if cfg.decay_fraction > 1:
+        raise UserError(f"decay_fraction is a share of lr_decay_iters, at most 1, got {cfg.decay_fraction}")
+    if not 0 <= cfg.dropout < 1:  # NaN too
+        raise UserError(f"dropout is a probability of dropping, at least 0 and below 1, not {cfg.dropout}")
+    if cfg.backend not in ("auto", "nccl", "gloo"):
+        raise UserError(f"unknown backend {cfg.backend!r}; use auto, nccl or gloo")
 
 
 def _unwrap_optional(hint):

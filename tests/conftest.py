@@ -42,7 +42,7 @@ TINY_TRAIN = TINY_MODEL + [
 DDP_RUN = TINY_MODEL + [
     "--dataset=shakespeare_char", "--batch_size=8", "--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=5",
     "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--always_save_checkpoint=True",
-    "--learning_rate=3e-3", "--backend=gloo",
+    "--learning_rate=3e-3",  # the backend follows the device: gloo on the CPU
 ]
 
 

@@ -1,6 +1,9 @@
+import re
+
 import pytest
 
-from nanogpt.config import SampleConfig, TrainConfig, help_text, load_config
+from conftest import REPO
+from nanogpt.config import SampleConfig, TrainConfig, check_train_config, help_text, load_config
 from nanogpt.errors import UserError
 
 
@@ -109,8 +112,25 @@ def test_help_lists_every_key_with_default_and_meaning(capsys):
     assert "peak learning rate" in printed
 
 
-def test_shipped_configs_load():
-    from conftest import REPO
-
+def test_shipped_configs_load_and_pass_the_checks():
     for path in sorted((REPO / "config").glob("*.py")):
-        load_config(TrainConfig, [str(path)])
+        check_train_config(load_config(TrainConfig, [str(path)]))
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("--batch_size=0", "batch_size must be at least 1, got 0"),
+        ("--eval_iters=0", "eval_iters must be at least 1"),
+        ("--gradient_accumulation_steps=-2", "gradient_accumulation_steps must be at least 1"),
+        ("--learning_rate=nan", "learning_rate must be a finite number"),
+        ("--grad_clip=inf", "grad_clip must be a finite number"),
+        ("--beta2=1.0", "beta2 must be below 1"),
+        ("--decay_fraction=1.5", "decay_fraction is a share"),
+        ("--dropout=nan", "dropout is a probability"),
+        ("--backend=mpi", "unknown backend 'mpi'"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_by_name(override, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        check_train_config(load_config(TrainConfig, [override]))

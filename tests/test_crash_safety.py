@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, run_script, run_torchrun
+from conftest import REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 N = 40  # steps before the stop; the full run is 2N
@@ -164,6 +165,31 @@ def test_failed_checkpoint_write_is_reported_and_the_old_one_kept(data_dir, fini
     result = resume(data_dir, finished_run, "--max_iters=305", "--always_save_checkpoint=True")
     assert_user_error(result, "could not write a checkpoint", "is intact")
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_a_full_disk_leaves_no_temporary_file_and_the_old_checkpoint_intact(data_dir, finished_run):
+    """A file-size limit makes torch.save's writer fail (a RuntimeError, not an OSError) as a full disk does."""
+    before = (finished_run / CHECKPOINT_NAME).read_bytes()
+    limit = len(before) // 2  # metrics.jsonl and loss.png stay far below it
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = [*TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume", "--max_iters=305", "--always_save_checkpoint=True"]
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=limit_file_size,
+    )
+    assert_user_error(result, f"could not write a checkpoint to {finished_run}", "MB free", "is intact")
+    assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
+    assert not (finished_run / (CHECKPOINT_NAME + ".tmp")).exists()
+
+
+def test_settings_are_checked_before_anything_loads(tmp_path):
+    """No dataset exists under this data_dir: the setting is refused first."""
+    result = run_script("train.py", "--batch_size=0", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}")
+    assert_user_error(result, "batch_size must be at least 1, got 0")
+    result = run_script("train.py", "--out_dir=/proc/forbidden/run", f"--data_dir={tmp_path}")
+    assert_user_error(result, "cannot create out_dir /proc/forbidden/run")
 
 
 class RunsCode:
