@@ -23,6 +23,7 @@ class ExportConfig:
     out_dir: str = setting("out", "folder holding the checkpoint to export")
     to: str = setting("", "folder to write the Hugging Face model into")
     force: bool = setting(False, "write into --to even if it already holds files (they may be replaced)")
+    checkpoint: str = setting("best", "'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)")
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
         import transformers  # noqa: F401
     except ImportError:
         raise UserError("export needs transformers: pip install -e '.[hf]' (or pip install transformers safetensors)") from None
-    checkpoint = load_checkpoint(cfg.out_dir)
+    checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     model = model_from_checkpoint(checkpoint, dropout=0.0)
     export_hf_gpt2(model, target, checkpoint["tokenizer"])
     print(f"exported {model.get_num_params() / 1e6:.2f}M parameters to {target}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(target)!r})")

@@ -42,7 +42,7 @@ def check_settings(cfg):
 
 def load_model(cfg):
     if cfg.init_from == "resume":
-        checkpoint = load_checkpoint(cfg.out_dir)
+        checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
         return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
     if is_pretrained_source(cfg.init_from):
         return gpt_from_pretrained(cfg.init_from), tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))

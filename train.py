@@ -27,7 +27,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt.checkpoint import (
-    CHECKPOINT_NAME, capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state, save_checkpoint,
+    BEST_NAME, CHECKPOINT_NAME, MODEL_KEYS, capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state,
+    save_checkpoint,
 )
 from nanogpt.config import TrainConfig, check_train_config, load_config
 from nanogpt.data import Dataset
@@ -426,9 +427,10 @@ def learning_rate(cfg, it):
     return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
 
 
-def save(run):
-    """Write a checkpoint from rank 0. Under FSDP every process must call it: the full weights are
-    gathered from all shards, so the file is the same as an unsharded run's."""
+def save(run, best=False):
+    """Write ckpt.pt, the full state, from rank 0; with best, also best.pt (the model alone), and with
+    keep_checkpoints a numbered copy. Under FSDP every process must call it: the full weights are
+    gathered from all shards, so the files are the same as an unsharded run's."""
     if run.cfg.fsdp:
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(run.raw_model, options=full)
@@ -450,7 +452,15 @@ def save(run):
         # the optimizer step and evaluation ran, and none of them draws random numbers
         "rng": capture_rng_state(run.batch_rng),
     }
-    print(f"saved checkpoint to {save_checkpoint(run.cfg.out_dir, checkpoint)}")
+    out_dir = run.cfg.out_dir
+    path = save_checkpoint(out_dir, checkpoint)
+    if best:
+        save_checkpoint(out_dir, {key: checkpoint[key] for key in MODEL_KEYS}, BEST_NAME)
+    print(f"saved checkpoint to {path}" + (f" and the best model so far to {BEST_NAME}" if best else ""))
+    if run.cfg.keep_checkpoints:
+        save_checkpoint(out_dir, checkpoint, f"ckpt-{run.iter_num:06d}.pt")
+        for old in sorted(Path(out_dir).glob("ckpt-[0-9]*.pt"))[: -run.cfg.keep_checkpoints]:
+            old.unlink()
 
 
 def evaluate_and_save(run, lr):
@@ -465,9 +475,10 @@ def evaluate_and_save(run, lr):
             run.wandb.log({"iter": run.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
     if not math.isfinite(losses["val"]):
         raise UserError(f"val loss is {losses['val']} at step {run.iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
-    if run.iter_num > 0 and not cfg.eval_only and (losses["val"] < run.best_val_loss or cfg.always_save_checkpoint):
+    if run.iter_num > 0 and not cfg.eval_only:
+        improved = losses["val"] < run.best_val_loss
         run.best_val_loss = min(run.best_val_loss, losses["val"])
-        save(run)
+        save(run, best=improved)
 
 
 def optimizer_step(run):

@@ -10,7 +10,6 @@ wandb_log = False
 
 dataset = "shakespeare"
 init_from = "gpt2-xl"  # the largest; use gpt2 (124M) on a small GPU or a CPU
-always_save_checkpoint = False  # keep the checkpoint with the best val loss
 
 # 1 sequence x 1024 tokens x 32 steps = 32,768 tokens per step; tiny Shakespeare is ~300K tokens,
 # so one epoch is ~9 steps

@@ -5,7 +5,6 @@ out_dir = "out-shakespeare-char"
 eval_interval = 500  # the model overfits on so little text: keep an eye on val loss
 eval_iters = 200
 log_interval = 10
-always_save_checkpoint = False  # keep the checkpoint with the best val loss
 
 dataset = "shakespeare_char"
 gradient_accumulation_steps = 1

@@ -5,7 +5,6 @@ out_dir = "out-shakespeare-char-cpu"
 eval_interval = 250
 eval_iters = 200  # enough batches that val loss is steady to about 0.01
 log_interval = 10
-always_save_checkpoint = False
 
 dataset = "shakespeare_char"
 gradient_accumulation_steps = 1

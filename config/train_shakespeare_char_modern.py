@@ -7,7 +7,6 @@ out_dir = "out-shakespeare-char-modern"
 eval_interval = 250
 eval_iters = 200
 log_interval = 10
-always_save_checkpoint = False
 
 dataset = "shakespeare_char"
 gradient_accumulation_steps = 1

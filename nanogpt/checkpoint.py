@@ -14,7 +14,9 @@ import torch
 
 from nanogpt.errors import UserError
 
-CHECKPOINT_NAME = "ckpt.pt"
+CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
+BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
+MODEL_KEYS = ("model", "model_args", "iter_num", "best_val_loss", "config", "tokenizer")  # best.pt: no optimizer
 
 
 def fsync_dir(path):
@@ -25,13 +27,13 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def save_checkpoint(out_dir, checkpoint):
+def save_checkpoint(out_dir, checkpoint, name=CHECKPOINT_NAME):
     """Write to a temporary file, flush it to disk, then rename over the old one: a crash at any
     moment leaves either the old checkpoint or the new one, never a torn file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / CHECKPOINT_NAME
-    tmp = out_dir / (CHECKPOINT_NAME + ".tmp")
+    path = out_dir / name
+    tmp = out_dir / (name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             torch.save(checkpoint, f)
@@ -102,8 +104,13 @@ def strip_compile_prefix(state_dict):
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
-def load_checkpoint(out_dir, device="cpu"):
+def load_checkpoint(out_dir, which="latest", device="cpu"):
+    """which: 'latest' (ckpt.pt) or 'best' (best.pt; ckpt.pt for runs saved before best.pt existed)."""
+    if which not in ("latest", "best"):
+        raise UserError(f"unknown checkpoint {which!r}; use best (the lowest val loss) or latest (where training stopped)")
     path = Path(out_dir) / CHECKPOINT_NAME
+    if which == "best" and (Path(out_dir) / BEST_NAME).is_file():
+        path = Path(out_dir) / BEST_NAME
     if not path.is_file():
         raise UserError(f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py config/train_shakespeare_char.py, or pass --out_dir=FOLDER")
     try:

@@ -29,7 +29,8 @@ class TrainConfig:
     log_interval: int = setting(1, "print and record the training loss every this many iterations")
     eval_iters: int = setting(200, "batches averaged for each loss estimate")
     eval_only: bool = setting(False, "evaluate once and exit")
-    always_save_checkpoint: bool = setting(True, "save at every eval, not only when val loss improves")
+    always_save_checkpoint: bool = setting(True, "nanoGPT's setting, accepted so its configs run; no effect: ckpt.pt is written at every eval and best.pt keeps the best model")
+    keep_checkpoints: int = setting(0, "also keep the last N step checkpoints (ckpt-000500.pt ...) to roll back to; 0 keeps only ckpt.pt and best.pt")
     init_from: str = setting("scratch", "'scratch', 'resume' (from out_dir) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     # logging
     wandb_log: bool = setting(False, "log to Weights & Biases (pip install wandb)")
@@ -96,13 +97,14 @@ class SampleConfig:
     stream: typing.Optional[bool] = setting(None, "print tokens as they are generated; None means on when num_samples is 1")
     use_cache: bool = setting(True, "decode with a key/value cache (same tokens as without, much faster)")
     seed: int = setting(1337, "random seed; the same seed gives the same samples")
+    checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'mps'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'")
 
 
 # the smallest value each numeric training setting may take; every float must also be finite
 TRAIN_MINIMUMS = dict(
-    eval_interval=1, log_interval=1, eval_iters=1, gradient_accumulation_steps=1, batch_size=1, block_size=1,
+    eval_interval=1, log_interval=1, eval_iters=1, keep_checkpoints=0, gradient_accumulation_steps=1, batch_size=1, block_size=1,
     n_layer=1, n_head=1, n_embd=1, logit_softcap=0.0, muon_lr=0.0, learning_rate=0.0, max_iters=0,
     weight_decay=0.0, beta1=0.0, beta2=0.0, grad_clip=0.0, decay_fraction=0.0, warmup_iters=0,
     lr_decay_iters=0, min_lr=0.0,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, run_script, run_torchrun
-from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
 N = 40  # steps before the stop; the full run is 2N
 EXACT = TINY_TRAIN + [
@@ -113,6 +113,38 @@ def test_signal_saves_and_resume_is_exact(data_dir, straight_run, start_training
     assert resumed.returncode == 0, resumed.stderr
     assert step_losses(out) == step_losses(straight_run)
     assert_same_weights(out, straight_run)
+
+
+def test_a_stop_after_the_best_eval_leaves_best_pt_untouched(data_dir, start_training, tmp_path):
+    """The stop writes the latest state to ckpt.pt; best.pt, the model of the best eval, stays as it was,
+    and sample.py reads it unless asked for the latest."""
+    out = tmp_path / "best"
+    proc = start_training([sys.executable], out, "--eval_interval=10")
+    wait_for_line(proc, "saved checkpoint")  # step 10: the first eval after 0, so the best so far
+    best = (out / BEST_NAME).read_bytes()
+    wait_for_line(proc, "iter 13/")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(proc)
+    assert proc.returncode == 0, stderr
+    assert (out / BEST_NAME).read_bytes() == best
+    latest, kept = load_checkpoint(out), load_checkpoint(out, "best")
+    assert kept["iter_num"] == 10 and latest["iter_num"] >= 13
+    assert "optimizer" not in kept and len(best) < (out / CHECKPOINT_NAME).stat().st_size / 2  # no optimizer state
+    assert not torch.equal(kept["model"]["lm_head.weight"], latest["model"]["lm_head.weight"])
+    args = ("sample.py", f"--out_dir={out}", "--device=cpu", "--num_samples=1", "--max_new_tokens=100", "--temperature=1.0", "--top_k=None")
+    best_text, latest_text = run_script(*args), run_script(*args, "--checkpoint=latest")
+    assert best_text.returncode == 0, best_text.stderr
+    assert best_text.stdout != latest_text.stdout  # the same random draws through other weights
+    (out / BEST_NAME).unlink()  # a run saved before best.pt existed: ckpt.pt serves
+    assert run_script(*args).stdout == latest_text.stdout
+
+
+def test_keep_checkpoints_keeps_the_last_n(data_dir, tmp_path):
+    out = tmp_path / "kept"
+    result = train(data_dir, out, "--eval_interval=10", "--max_iters=40", "--keep_checkpoints=2")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-000030.pt", "ckpt-000040.pt"]
+    assert load_checkpoint(out)["iter_num"] == 40
 
 
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(data_dir, start_training, tmp_path):
