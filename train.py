@@ -9,6 +9,7 @@ python train.py --help lists every setting.
 
 import contextlib
 import gc
+import inspect
 import math
 import os
 import shutil
@@ -108,9 +109,14 @@ def main():
 def train():
     cfg = load_config(TrainConfig, sys.argv[1:])
     check_train_config(cfg)
-    stop_signals = catch_stop_signals()
+    if cfg.init_from == "auto":
+        # for restarts (torchrun --max-restarts, a requeued job): continue the run if it has saved, else start it
+        cfg.init_from = "resume" if os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) else "scratch"
     procs = start_processes(cfg)
     run = set_up(cfg, procs)
+    # from here a stop request is honoured at the end of a step; before, there is nothing to save, and a
+    # signal ends the process at once (e.g. one waiting for peers that torchrun is restarting)
+    stop_signals = catch_stop_signals()
     stopped = training_loop(run, stop_signals)
     if procs.master and not stopped:
         print(f"done: best val loss {run.best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
@@ -254,10 +260,11 @@ def wrap_model(run, model):
     if procs.ddp and not run.cfg.fsdp:
         # The model's only buffers (rotary tables) are constants, the same on every rank, so DDP need not
         # broadcast them before each forward; left on, that broadcast is a collective, and rank 0's
-        # evaluation alone would issue one the other ranks never join.
-        run.train_model = DDP(
-            run.model, device_ids=[int(procs.device.split(":")[1])] if procs.device_type == "cuda" else None, broadcast_buffers=False
-        )
+        # evaluation alone would issue one the other ranks never join. (torch 2.13 renamed the switch.)
+        renamed = "forward_sync_buffers" in inspect.signature(DDP).parameters
+        no_buffer_sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
+        device_ids = [int(procs.device.split(":")[1])] if procs.device_type == "cuda" else None
+        run.train_model = DDP(run.model, device_ids=device_ids, **no_buffer_sync)
 
 
 def open_logs(run):
@@ -340,7 +347,7 @@ def build_model(cfg, data, master):
         model = pretrained_model(cfg, data)
         model_args = asdict(model.config)
     else:
-        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'scratch', 'resume', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
+        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
         model_args["block_size"] = cfg.block_size

@@ -31,7 +31,7 @@ class TrainConfig:
     eval_only: bool = setting(False, "evaluate once and exit")
     always_save_checkpoint: bool = setting(True, "nanoGPT's setting, accepted so its configs run; no effect: ckpt.pt is written at every eval and best.pt keeps the best model")
     keep_checkpoints: int = setting(0, "also keep the last N step checkpoints (ckpt-000500.pt ...) to roll back to; 0 keeps only ckpt.pt and best.pt")
-    init_from: str = setting("scratch", "'scratch', 'resume' (from out_dir) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    init_from: str = setting("scratch", "'scratch', 'resume' (from out_dir), 'auto' (resume if out_dir holds a checkpoint, else scratch) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     # logging
     wandb_log: bool = setting(False, "log to Weights & Biases (pip install wandb)")
     wandb_project: str = setting("owt", "wandb project name")
