@@ -315,17 +315,20 @@ def test_torchrun_restarts_a_run_whose_worker_was_killed(data_dir, tmp_path):
     straight = run_torchrun("train.py", *schedule, f"--out_dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
-    command = [*TORCHRUN, "--max-restarts=3", "train.py", *schedule, f"--out_dir={out}", "--init_from=auto"]
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as agent:
+    # gloo's connect after a restart sometimes reads a peer address left from the killed generation and is
+    # refused (seen about once in 25 runs on this machine); each such try fails within a second, so allow several
+    command = [*TORCHRUN, "--max-restarts=10", "train.py", *schedule, f"--out_dir={out}", "--init_from=auto"]
+    log = tmp_path / "torchrun.stderr"
+    with open(log, "w") as stderr, subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True) as agent:
         for line in agent.stdout:
             if line.startswith("saved checkpoint"):
                 break  # step 20 of 200
         workers = child_pids(agent.pid)
-        assert len(workers) == 2
+        assert len(workers) == 2, workers
         os.kill(max(workers), signal.SIGKILL)
         rest = agent.stdout.read()
-        assert agent.wait(timeout=SCRIPT_TIMEOUT) == 0, rest
-    assert "resuming from" in rest
+        assert agent.wait(timeout=SCRIPT_TIMEOUT) == 0, rest + log.read_text()[-3000:]
+    assert "resuming from" in rest, rest + log.read_text()[-3000:]
     assert load_checkpoint(out)["iter_num"] == 200
     for key, value in load_checkpoint(tmp_path / "straight")["model"].items():
         assert torch.equal(load_checkpoint(out)["model"][key], value), key  # bitwise
