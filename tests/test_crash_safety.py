@@ -315,8 +315,8 @@ def test_torchrun_restarts_a_run_whose_worker_was_killed(data_dir, tmp_path):
     straight = run_torchrun("train.py", *schedule, f"--out_dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "killed"
-    # gloo's connect after a restart sometimes reads a peer address left from the killed generation and is
-    # refused (seen about once in 25 runs on this machine); each such try fails within a second, so allow several
+    # a restarted generation's gloo connect is sometimes refused (about once in 25 runs on this machine;
+    # cause not established) and each such try fails within a second, so allow several
     command = [*TORCHRUN, "--max-restarts=10", "train.py", *schedule, f"--out_dir={out}", "--init_from=auto"]
     log = tmp_path / "torchrun.stderr"
     with open(log, "w") as stderr, subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True) as agent:
