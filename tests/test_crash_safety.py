@@ -12,9 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import (
-    DDP_RUN, REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, child_pids, run_script, run_torchrun,
-)
+from conftest import REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
 N = 40  # steps before the stop; the full run is 2N
@@ -308,27 +306,14 @@ def test_a_batch_that_does_not_fit_in_memory(data_dir, tmp_path):
     assert_user_error(result, "out of memory with batch_size=50000, block_size=256", "--gradient_accumulation_steps")
 
 
-def test_torchrun_restarts_a_run_whose_worker_was_killed(data_dir, tmp_path):
-    """torchrun --max-restarts with --init_from=auto: SIGKILL one worker mid-run, torchrun restarts the
-    group, the run resumes from its last checkpoint and ends with the weights of a run never killed."""
-    schedule = [*DDP_RUN, "--gradient_accumulation_steps=2", "--max_iters=200", "--lr_decay_iters=200", "--eval_interval=20", f"--data_dir={data_dir}"]
-    straight = run_torchrun("train.py", *schedule, f"--out_dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr
-    out = tmp_path / "killed"
-    # a restarted generation's gloo connect is sometimes refused (about once in 25 runs on this machine;
-    # cause not established) and each such try fails within a second, so allow several
-    command = [*TORCHRUN, "--max-restarts=10", "train.py", *schedule, f"--out_dir={out}", "--init_from=auto"]
-    log = tmp_path / "torchrun.stderr"
-    with open(log, "w") as stderr, subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True) as agent:
-        for line in agent.stdout:
-            if line.startswith("saved checkpoint"):
-                break  # step 20 of 200
-        workers = child_pids(agent.pid)
-        assert len(workers) == 2, workers
-        os.kill(max(workers), signal.SIGKILL)
-        rest = agent.stdout.read()
-        assert agent.wait(timeout=SCRIPT_TIMEOUT) == 0, rest + log.read_text()[-3000:]
-    assert "resuming from" in rest, rest + log.read_text()[-3000:]
-    assert load_checkpoint(out)["iter_num"] == 200
-    for key, value in load_checkpoint(tmp_path / "straight")["model"].items():
-        assert torch.equal(load_checkpoint(out)["model"][key], value), key  # bitwise
+
+def test_init_from_auto_starts_then_resumes(data_dir, tmp_path):
+    """init_from='auto' lets a restarted job run the same command: fresh when out_dir has no checkpoint,
+    resumed when it has one."""
+    out = tmp_path / "auto"
+    first = train(data_dir, out, "--init_from=auto", "--max_iters=20", "--eval_interval=10")
+    assert first.returncode == 0, first.stderr
+    assert "training a new model from scratch" in first.stdout
+    again = train(data_dir, out, "--init_from=auto", "--max_iters=30", "--eval_interval=10")
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {out}" in again.stdout and load_checkpoint(out)["iter_num"] == 30
