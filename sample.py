@@ -92,6 +92,7 @@ class Endings:
     def __init__(self, tokenizer, stop):
         self.tokenizer, self.stop = tokenizer, stop
         self.end_token = getattr(tokenizer, "eot_token", None)
+        self.possible = bool(stop) or self.end_token is not None  # else no sample ends early: no checks
 
     def text(self, ids):
         """The completion's text: the new ids decoded, cut where the sample ends."""
@@ -179,7 +180,7 @@ def main():
             with torch.no_grad():
                 completions = engine.generate(
                     [ids for _, ids in batch], cfg.max_new_tokens, sampling[first : first + batch_size],
-                    vocab_size=vocab_size, on_token=printer, stop=endings,
+                    vocab_size=vocab_size, on_token=printer, stop=endings if endings.possible else None,
                 )
             if stream:
                 printer.finish()

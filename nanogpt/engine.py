@@ -295,19 +295,15 @@ class Engine:
     def _prefill_where_needed(self, rows):
         """Before a step, encode from scratch the context of each row whose context has moved (its first
         step, or a cut past block_size): every token of it but the pending one, which the decode step feeds."""
-        block_size = self.config.block_size
-        groups = {}
+        by_length = {}  # rows to re-encode, grouped by context length so each group is one forward
         for r in range(len(rows)):
             total = rows.prompt_lengths[r] + rows.count  # tokens so far, the pending one included
-            start = context_start(total, block_size)
+            start = context_start(total, self.config.block_size)
             if start != rows.cache_start[r]:
                 rows.cache_start[r], rows.cache_length[r] = start, total - 1 - start
-                groups.setdefault((start, total), []).append(r)
+                by_length.setdefault(total - 1 - start, []).append((r, start, total))
             else:
                 rows.cache_length[r] += 1  # last step's token
-        by_length = {}
-        for (start, total), members in groups.items():
-            by_length.setdefault(total - 1 - start, []).extend((r, start, total) for r in members)
         for length, members in by_length.items():
             index = torch.tensor([r for r, _, _ in members], dtype=torch.long, device=self.device)
             rows.cache.lengths[index] = length
