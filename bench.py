@@ -14,35 +14,46 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import load_config, setting
+from nanogpt.config import DTYPES, load_config, setting
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.model import GPT, ConfigError, GPTConfig
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
 
 
 @dataclass
 class BenchConfig:
-    batch_size: int = setting(12, "sequences per step")
-    block_size: int = setting(1024, "tokens per sequence")
-    n_layer: int = setting(12, "transformer blocks (GPT-2 124M: 12)")
-    n_head: int = setting(12, "attention heads")
-    n_embd: int = setting(768, "embedding width")
+    batch_size: int = setting(12, "sequences per step", within="[1, inf)")
+    block_size: int = setting(1024, "tokens per sequence", within="[1, inf)")
+    n_layer: int = setting(12, "transformer blocks (GPT-2 124M: 12)", within="[1, inf)")
+    n_head: int = setting(12, "attention heads", within="[1, inf)")
+    n_embd: int = setting(768, "embedding width", within="[1, inf)")
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
-    dropout: float = setting(0.0, "dropout rate (the spec's char model trains with 0.2)")
+    dropout: float = setting(0.0, "dropout rate (the spec's char model trains with 0.2)", within="[0, 1)")
     real_data: bool = setting(True, "draw batches from data_dir/dataset/train.bin; False: random tokens")
     dataset: str = setting("openwebtext", "prepared dataset to draw batches from")
     data_dir: str = setting("data", "folder holding the dataset folders")
-    warmup_iters: int = setting(10, "untimed steps first (compilation, allocator warm-up)")
-    iters: int = setting(20, "timed steps")
+    warmup_iters: int = setting(10, "untimed steps first (compilation, allocator warm-up)", within="[0, inf)")
+    iters: int = setting(20, "timed steps", within="[1, inf)")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
-    dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'")
+    dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     compile: Optional[bool] = setting(None, "torch.compile; None means on for CUDA only")
     seed: int = setting(1337, "random seed")
 
 
+def read_settings(argv):
+    """The settings, refused in one sentence if they cannot work, before any data or model loads."""
+    cfg = load_config(BenchConfig, argv, script="bench.py")
+    try:
+        GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+    except ConfigError as e:  # the model's own shape checks, without building it
+        raise UserError(str(e)) from None
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return cfg
+
+
 def main():
-    cfg = load_config(BenchConfig, sys.argv[1:], script="bench.py")
+    cfg = read_settings(sys.argv[1:])
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if device == "cpu":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
-from nanogpt.config import load_config, setting
+from nanogpt.config import CHECKPOINTS, load_config, setting
 from nanogpt.errors import UserError, run_main
 from nanogpt.hf import export_hf_gpt2
 
@@ -23,16 +23,23 @@ class ExportConfig:
     out_dir: str = setting("out", "folder holding the checkpoint to export")
     to: str = setting("", "folder to write the Hugging Face model into")
     force: bool = setting(False, "write into --to even if it already holds files (they may be replaced)")
-    checkpoint: str = setting("best", "'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)")
+    checkpoint: str = setting("best", "'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)", choices=CHECKPOINTS)
 
 
-def main():
-    cfg = load_config(ExportConfig, sys.argv[1:], script="export.py")
+def read_settings(argv):
+    """The settings, refused in one sentence if they cannot work, before the checkpoint loads."""
+    cfg = load_config(ExportConfig, argv, script="export.py")
     if not cfg.to:
         raise UserError("say where to write the model: --to=FOLDER")
     target = Path(cfg.to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not cfg.force:
         raise UserError(f"{target} already exists and is not empty; choose another --to, or pass --force=True to write into it")
+    return cfg
+
+
+def main():
+    cfg = read_settings(sys.argv[1:])
+    target = Path(cfg.to)
     try:
         import transformers  # noqa: F401
     except ImportError:

@@ -19,34 +19,32 @@ from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.config import SampleConfig, load_config
 from nanogpt.engine import Engine, Sampling, context_start, inference_model
 from nanogpt.errors import UserError, run_main
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_tokenizer_meta
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
 from nanogpt.system import resolve_device, resolve_dtype
 from nanogpt.tokenizer import tokenizer_from_meta
 
 
-def check_settings(cfg):
-    """Refuse settings that cannot work, before the model loads."""
-    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
-        raise UserError(f"num_samples and max_new_tokens must be at least 1, got {cfg.num_samples} and {cfg.max_new_tokens}")
-    if not cfg.temperature >= 0:  # NaN too
-        raise UserError(f"temperature must be 0 (greedy) or more, got {cfg.temperature}")
-    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
-        raise UserError(f"top_p must be in (0, 1], got {cfg.top_p}")
-    if cfg.batch_size < 0:
-        raise UserError(f"batch_size must be 0 (all prompts at once) or more, got {cfg.batch_size}")
+def read_settings(argv):
+    """The settings, refused in one sentence if they cannot work, before the model loads: each key
+    against what it declares (nanogpt/config.py), then what depends on more than one key."""
+    cfg = load_config(SampleConfig, argv, script="sample.py")
     if cfg.prompts and cfg.stream:
         raise UserError("--stream=True prints one sample as it is made; it cannot be used with --prompts")
+    if cfg.init_from != "resume":
+        if not is_pretrained_source(cfg.init_from):
+            raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
+        pretrained_block_size(cfg.init_from)  # checks the name or folder
     if cfg.output and not cfg.prompts:
         raise UserError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return cfg
 
 
 def load_model(cfg):
     if cfg.init_from == "resume":
         checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
         return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
-    if is_pretrained_source(cfg.init_from):
-        return gpt_from_pretrained(cfg.init_from), tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))
-    raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
+    return gpt_from_pretrained(cfg.init_from), tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))
 
 
 def read_prompt(start):
@@ -137,8 +135,7 @@ class StreamPrinter:
 
 
 def main():
-    cfg = load_config(SampleConfig, sys.argv[1:], script="sample.py")
-    check_settings(cfg)
+    cfg = read_settings(sys.argv[1:])
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer = load_model(cfg)
@@ -146,7 +143,7 @@ def main():
     vocab_size = tokenizer.vocab_size
     # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
     top_k_given = cfg.top_k != SampleConfig().top_k
-    if cfg.top_k is not None and (cfg.top_k < 1 or (top_k_given and cfg.top_k > vocab_size)):
+    if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
         raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
 
     if cfg.prompts:

@@ -12,7 +12,6 @@ import gc
 import inspect
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -31,9 +30,10 @@ from nanogpt.checkpoint import (
     BEST_NAME, CHECKPOINT_NAME, MODEL_KEYS, capture_rng_state, load_checkpoint, model_from_checkpoint, restore_rng_state,
     save_checkpoint,
 )
-from nanogpt.config import TrainConfig, check_train_config, load_config
+from nanogpt.config import TrainConfig, load_config
 from nanogpt.data import Dataset
-from nanogpt.errors import UserError, run_main
+from nanogpt.errors import UserError, is_out_of_memory, run_main
+from nanogpt.files import check_writable_folder
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
 from nanogpt.metrics import METRICS_NAME, append_record, keep_records_through, plot_loss_curve
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
@@ -81,15 +81,10 @@ def resume_command():
     return " ".join(["python", "train.py", *args, "--init_from=resume"])
 
 
-def is_out_of_memory(error):
-    message = str(error)
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in message or "can't allocate memory" in message
-
-
 def main():
     try:
         train()
-    except RuntimeError as e:
+    except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
         cfg = load_config(TrainConfig, sys.argv[1:])
@@ -106,9 +101,32 @@ def main():
         destroy_process_group()
 
 
+def read_settings(argv):
+    """The run's settings, refused in one sentence if they cannot work, before any data or model loads:
+    each key against what it declares (nanogpt/config.py), then what depends on more than one key."""
+    cfg = load_config(TrainConfig, argv)
+    if cfg.init_from not in ("scratch", "resume", "auto"):
+        if not is_pretrained_source(cfg.init_from):
+            raise UserError(f"unknown init_from {cfg.init_from!r}; use 'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
+        pretrained_positions = pretrained_block_size(cfg.init_from)  # also checks the name or folder
+        if cfg.block_size > pretrained_positions:
+            raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if cfg.gradient_accumulation_steps % world_size != 0:
+        raise UserError(
+            f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of"
+            f" processes ({world_size}), e.g. --gradient_accumulation_steps={world_size * max(1, cfg.gradient_accumulation_steps // world_size)}"
+        )
+    try:
+        GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, **{key: getattr(cfg, key) for key in ARCHITECTURE_SWITCHES})
+    except ConfigError as e:  # the model's own shape checks, without building it
+        raise UserError(str(e)) from None
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return cfg
+
+
 def train():
-    cfg = load_config(TrainConfig, sys.argv[1:])
-    check_train_config(cfg)
+    cfg = read_settings(sys.argv[1:])
     if cfg.init_from == "auto":
         # for restarts (torchrun --max-restarts, a requeued job): continue the run if it has saved, else start it
         cfg.init_from = "resume" if os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) else "scratch"
@@ -171,8 +189,6 @@ def start_processes(cfg):
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
-    if cfg.gradient_accumulation_steps % world_size != 0:
-        raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of processes ({world_size})")
     return Processes(True, rank, world_size, device, cfg.gradient_accumulation_steps // world_size)
 
 
@@ -200,7 +216,7 @@ def set_up(cfg, procs):
         torch.backends.cudnn.allow_tf32 = True
     run.ctx = autocast_context(procs.device, run.dtype)
     if procs.master:
-        check_out_dir(cfg.out_dir)
+        check_writable_folder(cfg.out_dir, "out_dir")
 
     run.data = Dataset(cfg.data_dir, cfg.dataset)
     run.data.check_length(cfg.block_size)
@@ -217,10 +233,6 @@ def set_up(cfg, procs):
 
     # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
     run.scaler = torch.amp.GradScaler(procs.device_type, enabled=(run.dtype == "float16"))
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise UserError(f"unknown optimizer {cfg.optimizer!r}; use adamw or muon")
-    if cfg.lr_schedule not in ("cosine", "wsd"):
-        raise UserError(f"unknown lr_schedule {cfg.lr_schedule!r}; use cosine or wsd")
     if cfg.fsdp:
         shard(model, cfg, procs)
     run.optimizers = model.configure_optimizers(
@@ -286,24 +298,6 @@ def open_logs(run):
         run.wandb = wandb
 
 
-def check_out_dir(out_dir):
-    """Refuse an out_dir that cannot be created, before minutes of work are spent, and leave nothing
-    behind: the folders made to find out are removed again."""
-    path = Path(out_dir).absolute()
-    first_missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        first_missing = folder
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create out_dir {out_dir} ({e.strerror}); choose a folder you can write to with --out_dir") from None
-    finally:
-        if first_missing is not None and first_missing.is_dir():
-            shutil.rmtree(first_missing)
-
-
 def build_model(cfg, data, master):
     """The model to train, its constructor arguments, and the checkpoint it resumes (None otherwise)."""
     if cfg.init_from != "resume" and os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) and not cfg.overwrite:
@@ -325,10 +319,7 @@ def build_model(cfg, data, master):
             bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout,
             **{key: getattr(cfg, key) for key in ARCHITECTURE_SWITCHES},
         )
-        try:
-            model = GPT(GPTConfig(**model_args))
-        except ConfigError as e:
-            raise UserError(str(e)) from None
+        model = GPT(GPTConfig(**model_args))
     elif cfg.init_from == "resume":
         if master:
             print(f"resuming from {cfg.out_dir}")
@@ -343,11 +334,9 @@ def build_model(cfg, data, master):
         # the architecture comes from the checkpoint; only dropout may change on resume
         model_args = dict(checkpoint["model_args"], dropout=cfg.dropout)
         model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
-    elif is_pretrained_source(cfg.init_from):
+    else:
         model = pretrained_model(cfg, data)
         model_args = asdict(model.config)
-    else:
-        raise UserError(f"unknown init_from {cfg.init_from!r}; use 'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
         model_args["block_size"] = cfg.block_size
@@ -366,9 +355,6 @@ def pretrained_model(cfg, data):
             if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
         )
         raise UserError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
-    pretrained_positions = pretrained_block_size(cfg.init_from)
-    if cfg.block_size > pretrained_positions:
-        raise UserError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
     return gpt_from_pretrained(cfg.init_from, dropout=cfg.dropout)
 
 

@@ -5,7 +5,6 @@ with torch.save and read back with torch.load(weights_only=True), which refuses 
 checkpoint from a stranger cannot run code on load.
 """
 
-import os
 import random
 from pathlib import Path
 
@@ -13,41 +12,18 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.files import write_atomically
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
 BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
 MODEL_KEYS = ("model", "model_args", "iter_num", "best_val_loss", "config", "tokenizer")  # best.pt: no optimizer
 
 
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(out_dir, checkpoint, name=CHECKPOINT_NAME):
-    """Write to a temporary file, flush it to disk, then rename over the old one: a crash at any
-    moment leaves either the old checkpoint or the new one, never a torn file."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    tmp = out_dir / (name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(out_dir)
-    except (OSError, RuntimeError) as e:  # torch.save's own writer reports a full disk as a RuntimeError
-        if tmp.is_file():
-            tmp.unlink()
-        kept = f"the previous checkpoint {path} is intact" if path.is_file() else "no checkpoint was written"
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
-        needed = tensor_bytes(checkpoint) / 2**20
-        raise UserError(f"could not write a checkpoint to {out_dir} ({reason}); it needs about {needed:,.0f} MB free; {kept}") from None
+    """Write atomically: a crash at any moment leaves either the old checkpoint or the new one, never a
+    torn file, and a full disk leaves the old one untouched."""
+    path = Path(out_dir) / name
+    write_atomically({path: lambda f: torch.save(checkpoint, f)}, tensor_bytes(checkpoint))
     return path
 
 

@@ -2,7 +2,9 @@
 
 A config file is plain Python that assigns some of the keys below, e.g. `batch_size = 32`.
 Files and overrides apply left to right, each checked against the key's type; an unknown key is
-an error naming the closest known one.
+an error naming the closest known one. Each setting may also declare the interval its number must lie
+in or the values its text may take; load_config refuses anything else in one sentence naming the key,
+so every script checks every setting before it loads anything.
 """
 
 import difflib
@@ -16,8 +18,15 @@ from pathlib import Path
 from nanogpt.errors import UserError
 
 
-def setting(default, help):
-    return field(default=default, metadata={"help": help})
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+CHECKPOINTS = ("best", "latest")
+LARGEST_INT = 2**62  # beyond this a count overflows torch's 64-bit integers somewhere
+
+
+def setting(default, help, within=None, choices=None):
+    """A config key: its default, what it means, and what it may be: `within` an interval such as
+    "[0, 1)" for a number, `choices` the values a text may take."""
+    return field(default=default, metadata={"help": help, "within": within, "choices": choices})
 
 
 @dataclass
@@ -25,12 +34,12 @@ class TrainConfig:
     # I/O
     out_dir: str = setting("out", "folder for the checkpoint, metrics.jsonl and loss-curve PNG")
     overwrite: bool = setting(False, "start from scratch even if out_dir already holds a checkpoint (it is replaced)")
-    eval_interval: int = setting(2000, "evaluate train/val loss every this many iterations")
-    log_interval: int = setting(1, "print and record the training loss every this many iterations")
-    eval_iters: int = setting(200, "batches averaged for each loss estimate")
+    eval_interval: int = setting(2000, "evaluate train/val loss every this many iterations", within="[1, inf)")
+    log_interval: int = setting(1, "print and record the training loss every this many iterations", within="[1, inf)")
+    eval_iters: int = setting(200, "batches averaged for each loss estimate", within="[1, inf)")
     eval_only: bool = setting(False, "evaluate once and exit")
     always_save_checkpoint: bool = setting(True, "nanoGPT's setting, accepted so its configs run; no effect: ckpt.pt is written at every eval and best.pt keeps the best model")
-    keep_checkpoints: int = setting(0, "also keep the last N step checkpoints (ckpt-000500.pt ...) to roll back to; 0 keeps only ckpt.pt and best.pt")
+    keep_checkpoints: int = setting(0, "also keep the last N step checkpoints (ckpt-000500.pt ...) to roll back to; 0 keeps only ckpt.pt and best.pt", within="[0, inf)")
     init_from: str = setting("scratch", "'scratch', 'resume' (from out_dir), 'auto' (resume if out_dir holds a checkpoint, else scratch) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     # logging
     wandb_log: bool = setting(False, "log to Weights & Biases (pip install wandb)")
@@ -39,43 +48,43 @@ class TrainConfig:
     # data
     dataset: str = setting("openwebtext", "dataset folder under data_dir holding train.bin, val.bin, meta.json")
     data_dir: str = setting("data", "folder that holds the dataset folders")
-    gradient_accumulation_steps: int = setting(40, "micro-batches per optimizer step, summed over all processes")
-    batch_size: int = setting(12, "sequences per micro-batch")
-    block_size: int = setting(1024, "context length in tokens")
+    gradient_accumulation_steps: int = setting(40, "micro-batches per optimizer step, summed over all processes", within="[1, inf)")
+    batch_size: int = setting(12, "sequences per micro-batch", within="[1, inf)")
+    block_size: int = setting(1024, "context length in tokens", within="[1, inf)")
     # model
-    n_layer: int = setting(12, "transformer blocks")
-    n_head: int = setting(12, "attention heads per block")
-    n_embd: int = setting(768, "embedding width")
-    dropout: float = setting(0.0, "dropout probability (0 for pretraining, ~0.1+ for fine-tuning small data)")
+    n_layer: int = setting(12, "transformer blocks", within="[1, inf)")
+    n_head: int = setting(12, "attention heads per block", within="[1, inf)")
+    n_embd: int = setting(768, "embedding width", within="[1, inf)")
+    dropout: float = setting(0.0, "dropout probability (0 for pretraining, ~0.1+ for fine-tuning small data)", within="[0, 1)")
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
     rotary: bool = setting(False, "rotary position embeddings instead of a learned position table")
     rmsnorm: bool = setting(False, "RMSNorm instead of LayerNorm")
     qk_norm: bool = setting(False, "RMS-normalise queries and keys in attention")
     relu2: bool = setting(False, "ReLU^2 MLP activation instead of GELU")
     tie_embeddings: bool = setting(True, "share the token embedding with the output head")
-    logit_softcap: float = setting(0.0, "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))")
+    logit_softcap: float = setting(0.0, "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))", within="[0, inf)")
     zero_init_proj: bool = setting(False, "start the residual projections at zero")
     # optimizer
-    optimizer: str = setting("adamw", "'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest)")
-    muon_lr: float = setting(0.02, "peak learning rate of Muon's matrices (learning_rate is AdamW's)")
-    learning_rate: float = setting(6e-4, "peak learning rate")
-    max_iters: int = setting(600000, "total optimizer steps")
-    weight_decay: float = setting(1e-1, "AdamW weight decay on matrices")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    grad_clip: float = setting(1.0, "clip the gradient norm to this value; 0 disables")
+    optimizer: str = setting("adamw", "'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest)", choices=("adamw", "muon"))
+    muon_lr: float = setting(0.02, "peak learning rate of Muon's matrices (learning_rate is AdamW's)", within="[0, inf)")
+    learning_rate: float = setting(6e-4, "peak learning rate", within="[0, inf)")
+    max_iters: int = setting(600000, "total optimizer steps", within="[0, inf)")
+    weight_decay: float = setting(1e-1, "AdamW weight decay on matrices", within="[0, inf)")
+    beta1: float = setting(0.9, "AdamW beta1", within="[0, 1)")
+    beta2: float = setting(0.95, "AdamW beta2", within="[0, 1)")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this value; 0 disables", within="[0, inf)")
     # learning rate schedule
     decay_lr: bool = setting(True, "decay the learning rate after warmup (False: constant)")
-    lr_schedule: str = setting("cosine", "'cosine', or 'wsd' (warmup, stable, then linear decay over the last decay_fraction)")
-    decay_fraction: float = setting(0.2, "with lr_schedule='wsd': share of lr_decay_iters spent decaying")
-    warmup_iters: int = setting(2000, "linear warmup steps")
-    lr_decay_iters: int = setting(600000, "step where the cosine decay reaches min_lr (usually max_iters)")
-    min_lr: float = setting(6e-5, "floor of the learning rate (usually learning_rate / 10)")
+    lr_schedule: str = setting("cosine", "'cosine', or 'wsd' (warmup, stable, then linear decay over the last decay_fraction)", choices=("cosine", "wsd"))
+    decay_fraction: float = setting(0.2, "with lr_schedule='wsd': share of lr_decay_iters spent decaying", within="[0, 1]")
+    warmup_iters: int = setting(2000, "linear warmup steps", within="[0, inf)")
+    lr_decay_iters: int = setting(600000, "step where the cosine decay reaches min_lr (usually max_iters)", within="[0, inf)")
+    min_lr: float = setting(6e-5, "floor of the learning rate (usually learning_rate / 10)", within="[0, inf)")
     # system
-    backend: str = setting("auto", "torch.distributed backend under torchrun: 'auto' (nccl on CUDA, gloo elsewhere), 'nccl' or 'gloo'")
+    backend: str = setting("auto", "torch.distributed backend under torchrun: 'auto' (nccl on CUDA, gloo elsewhere), 'nccl' or 'gloo'", choices=("auto", "nccl", "gloo"))
     fsdp: bool = setting(False, "under torchrun, shard weights, gradients and optimizer state over the processes (FSDP2) instead of DDP")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
-    dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'")
+    dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'", choices=DTYPES)
     compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")
     seed: int = setting(1337, "random seed")
 
@@ -86,49 +95,20 @@ class SampleConfig:
     init_from: str = setting("resume", "'resume' (checkpoint in out_dir) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     start: str = setting("\n", "prompt text, FILE:path to read it from a file, or - to read it from stdin")
     prompts: str = setting("", "a file of prompts, one a line (or .jsonl with a 'prompt' field a line): one completion each, instead of --start")
-    batch_size: int = setting(0, "with --prompts, how many prompts are generated together; 0 for all")
+    batch_size: int = setting(0, "with --prompts, how many prompts are generated together; 0 for all", within="[0, inf)")
     output: str = setting("", "with --prompts, write one {\"prompt\": ..., \"completion\": ...} a line to this .jsonl file, in input order")
     stop: str = setting("", "end a sample where this text appears (the text itself is not printed); GPT-2 BPE samples also end at <|endoftext|>")
-    num_samples: int = setting(10, "how many samples to draw from --start (generated together, as one batch)")
-    max_new_tokens: int = setting(500, "tokens generated per sample")
-    temperature: float = setting(0.8, "1.0 samples the model as is; lower is more conservative; 0 is greedy")
-    top_k: typing.Optional[int] = setting(200, "sample only among the top_k most likely tokens; None for all")
-    top_p: typing.Optional[float] = setting(None, "nucleus sampling: only the most likely tokens that together reach top_p probability; None for all")
+    num_samples: int = setting(10, "how many samples to draw from --start (generated together, as one batch)", within="[1, inf)")
+    max_new_tokens: int = setting(500, "tokens generated per sample", within="[1, inf)")
+    temperature: float = setting(0.8, "1.0 samples the model as is; lower is more conservative; 0 is greedy", within="[0, inf)")
+    top_k: typing.Optional[int] = setting(200, "sample only among the top_k most likely tokens; None for all", within="[1, inf)")
+    top_p: typing.Optional[float] = setting(None, "nucleus sampling: only the most likely tokens that together reach top_p probability; None for all", within="(0, 1]")
     stream: typing.Optional[bool] = setting(None, "print tokens as they are generated; None means on when num_samples is 1")
     use_cache: bool = setting(True, "decode with a key/value cache (same tokens as without, much faster)")
     seed: int = setting(1337, "random seed; the same seed gives the same samples")
-    checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)")
+    checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)", choices=CHECKPOINTS)
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'mps'")
-    dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'")
-
-
-# the smallest value each numeric training setting may take; every float must also be finite
-TRAIN_MINIMUMS = dict(
-    eval_interval=1, log_interval=1, eval_iters=1, keep_checkpoints=0, gradient_accumulation_steps=1, batch_size=1, block_size=1,
-    n_layer=1, n_head=1, n_embd=1, logit_softcap=0.0, muon_lr=0.0, learning_rate=0.0, max_iters=0,
-    weight_decay=0.0, beta1=0.0, beta2=0.0, grad_clip=0.0, decay_fraction=0.0, warmup_iters=0,
-    lr_decay_iters=0, min_lr=0.0,
-)
-BELOW_ONE = ("beta1", "beta2")  # AdamW's betas are averaging weights: 1 would never move
-
-
-def check_train_config(cfg):
-    """Refuse a setting that cannot work, in one sentence naming it, before anything loads."""
-    for key, minimum in TRAIN_MINIMUMS.items():
-        value = getattr(cfg, key)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{key} must be a finite number, got {value}")
-        if value < minimum:
-            raise UserError(f"{key} must be at least {minimum}, got {value}")
-    for key in BELOW_ONE:
-        if getattr(cfg, key) >= 1:
-            raise UserError(f"{key} must be below 1, got {getattr(cfg, key)}")
-    if cfg.decay_fraction > 1:
-        raise UserError(f"decay_fraction is a share of lr_decay_iters, at most 1, got {cfg.decay_fraction}")
-    if not 0 <= cfg.dropout < 1:  # NaN too
-        raise UserError(f"dropout is a probability of dropping, at least 0 and below 1, not {cfg.dropout}")
-    if cfg.backend not in ("auto", "nccl", "gloo"):
-        raise UserError(f"unknown backend {cfg.backend!r}; use auto, nccl or gloo")
+    dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
 
 
 def _unwrap_optional(hint):
@@ -237,4 +217,43 @@ def load_config(config_cls, argv, script="train.py"):
         if key not in hints:
             raise _unknown_key(key, config_cls, "the command line")
         values[key] = parse_text(key, text, hints[key])
-    return config_cls(**values)
+    cfg = config_cls(**values)
+    check_settings(cfg)
+    return cfg
+
+
+def _describe_interval(within):
+    """'[1, inf)' -> 'at least 1'; '(0, 1]' -> 'above 0 and at most 1'."""
+    low, high = (text.strip() for text in within[1:-1].split(","))
+    parts = []
+    if low != "-inf":
+        parts.append(("at least " if within[0] == "[" else "above ") + low)
+    if high != "inf":
+        parts.append(("at most " if within[-1] == "]" else "below ") + high)
+    return " and ".join(parts)
+
+
+def _in_interval(value, within):
+    low, high = (float(text) for text in within[1:-1].split(","))
+    above_low = value >= low if within[0] == "[" else value > low
+    below_high = value <= high if within[-1] == "]" else value < high
+    return above_low and below_high  # False for NaN
+
+
+def check_settings(cfg):
+    """Refuse any setting outside what its key declares, in one sentence naming the key and what works.
+    Every float must be finite; a text whose default is not empty must not be empty."""
+    for f in fields(cfg):
+        value, within, choices = getattr(cfg, f.name), f.metadata.get("within"), f.metadata.get("choices")
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{f.name} must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LARGEST_INT:
+            raise UserError(f"{f.name} is too large ({value}); it must be below 2**62")
+        if within and not _in_interval(value, within):
+            raise UserError(f"{f.name} must be {_describe_interval(within)}, got {value}")
+        if choices and value not in choices:
+            raise UserError(f"unknown {f.name} {value!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
+        if isinstance(value, str) and f.default and not value:
+            raise UserError(f"{f.name} cannot be empty (its default is {f.default!r})")

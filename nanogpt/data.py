@@ -10,12 +10,15 @@ import json
 import os
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nanogpt.config import setting
 from nanogpt.errors import UserError
+from nanogpt.files import check_writable_folder, write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,29 +70,34 @@ def token_dtype(vocab_size):
 
 
 def write_dataset(out_dir, train_ids, val_ids, meta):
-    """Write train.bin, val.bin and meta.json; meta gets the id dtype added."""
+    """Write train.bin, val.bin and meta.json, all three or none; meta gets the id dtype added."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, dtype=token_dtype(meta["vocab_size"]))
-    np.asarray(train_ids, dtype=meta["dtype"]).tofile(out_dir / "train.bin")
-    np.asarray(val_ids, dtype=meta["dtype"]).tofile(out_dir / "val.bin")
-    (out_dir / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    train, val = (np.asarray(ids, dtype=meta["dtype"]) for ids in (train_ids, val_ids))
+    write_atomically({
+        out_dir / "train.bin": train.tofile,
+        out_dir / "val.bin": val.tofile,
+        out_dir / "meta.json": lambda f: f.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode()),
+    }, train.nbytes + val.nbytes)
     return meta
 
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
-def prepare_tiny_shakespeare(description, tokenizer_kind, dataset_dir):
-    """The whole of data/shakespeare*/prepare.py: options, finding the text, tokenising, writing."""
-    import argparse
+@dataclass
+class ShakespeareSettings:
+    input: str = setting("", "text file to use instead of input.txt beside prepare.py")
+    out_dir: str = setting("", "where to write train.bin, val.bin, meta.json; empty: beside prepare.py")
 
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="text file to use instead of input.txt")
-    parser.add_argument("--out_dir", default=str(dataset_dir), help="where to write train.bin, val.bin, meta.json")
-    args = parser.parse_args()
-    text = find_source_text(args.input, Path(dataset_dir) / "input.txt", "tinyshakespeare/input.txt", TINY_SHAKESPEARE_URL)
-    prepare_text(text, tokenizer_kind, args.out_dir)
+
+def prepare_tiny_shakespeare(cfg, tokenizer_kind, dataset_dir):
+    """The whole of data/shakespeare*/prepare.py after reading its settings: finding the text,
+    tokenising, writing."""
+    out_dir = cfg.out_dir or dataset_dir
+    check_writable_folder(out_dir, "out_dir")
+    text = find_source_text(cfg.input, Path(dataset_dir) / "input.txt", "tinyshakespeare/input.txt", TINY_SHAKESPEARE_URL)
+    prepare_text(text, tokenizer_kind, out_dir)
 
 
 def prepare_text(text, tokenizer_kind, out_dir):

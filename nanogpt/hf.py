@@ -33,16 +33,22 @@ def pretrained_block_size(name_or_dir):
     also checks that the folder holds a GPT-2."""
     if not Path(name_or_dir).is_dir():
         if name_or_dir not in GPT2_SIZES:
-            raise UserError(f"unknown model {name_or_dir!r}: use one of {', '.join(GPT2_SIZES)} or a folder saved with save_pretrained")
+            raise UserError(f"init_from {name_or_dir!r} is not a GPT-2 model: use one of {', '.join(GPT2_SIZES)} or a folder saved with save_pretrained")
         return 1024
     config_path = Path(name_or_dir) / "config.json"
     if not config_path.is_file():
         raise UserError(f"{name_or_dir} holds no config.json; it is not a Hugging Face model folder")
     # transformers would build a GPT-2 from another model's config with only a warning
-    config = json.loads(config_path.read_text())
-    if config.get("model_type") != "gpt2":
-        raise UserError(f"{name_or_dir} holds a {config.get('model_type')!r} model, not GPT-2")
-    return config.get("n_positions", 1024)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{config_path} is not valid JSON ({e}); save the model again with save_pretrained") from None
+    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+        raise UserError(f"{name_or_dir} holds a {config.get('model_type') if isinstance(config, dict) else config!r} model, not GPT-2")
+    positions = config.get("n_positions", 1024)
+    if not isinstance(positions, int) or positions < 1:
+        raise UserError(f"{config_path} gives n_positions {positions!r}, not a positive whole number; save the model again with save_pretrained")
+    return positions
 
 
 def load_hf_gpt2(name_or_dir):

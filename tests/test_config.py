@@ -3,7 +3,7 @@ import re
 import pytest
 
 from conftest import REPO
-from nanogpt.config import SampleConfig, TrainConfig, check_train_config, help_text, load_config
+from nanogpt.config import SampleConfig, TrainConfig, help_text, load_config
 from nanogpt.errors import UserError
 
 
@@ -114,7 +114,7 @@ def test_help_lists_every_key_with_default_and_meaning(capsys):
 
 def test_shipped_configs_load_and_pass_the_checks():
     for path in sorted((REPO / "config").glob("*.py")):
-        check_train_config(load_config(TrainConfig, [str(path)]))
+        load_config(TrainConfig, [str(path)])
 
 
 @pytest.mark.parametrize(
@@ -125,12 +125,14 @@ def test_shipped_configs_load_and_pass_the_checks():
         ("--gradient_accumulation_steps=-2", "gradient_accumulation_steps must be at least 1"),
         ("--learning_rate=nan", "learning_rate must be a finite number"),
         ("--grad_clip=inf", "grad_clip must be a finite number"),
-        ("--beta2=1.0", "beta2 must be below 1"),
-        ("--decay_fraction=1.5", "decay_fraction is a share"),
-        ("--dropout=nan", "dropout is a probability"),
-        ("--backend=mpi", "unknown backend 'mpi'"),
+        ("--beta2=1.0", "beta2 must be at least 0 and below 1, got 1.0"),
+        ("--decay_fraction=1.5", "decay_fraction must be at least 0 and at most 1, got 1.5"),
+        ("--dropout=nan", "dropout must be a finite number, got nan"),
+        ("--backend=mpi", "unknown backend 'mpi'; use auto, nccl or gloo"),
+        ("--out_dir=", "out_dir cannot be empty"),
+        ("--max_iters=10000000000000000000", "max_iters is too large"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_by_name(override, fragment):
     with pytest.raises(UserError, match=re.escape(fragment)):
-        check_train_config(load_config(TrainConfig, [override]))
+        load_config(TrainConfig, [override])

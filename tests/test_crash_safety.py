@@ -195,7 +195,7 @@ def test_failed_checkpoint_write_is_reported_and_the_old_one_kept(data_dir, fini
     before = (finished_run / CHECKPOINT_NAME).read_bytes()
     (finished_run / (CHECKPOINT_NAME + ".tmp")).mkdir()  # makes the write fail, even for root
     result = resume(data_dir, finished_run, "--max_iters=305", "--always_save_checkpoint=True")
-    assert_user_error(result, "could not write a checkpoint", "is intact")
+    assert_user_error(result, "could not write ckpt.pt", "is intact")
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
 
 
@@ -211,7 +211,7 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_old_checkpoint_intact(data
     result = subprocess.run(
         [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=limit_file_size,
     )
-    assert_user_error(result, f"could not write a checkpoint to {finished_run}", "MB free", "is intact")
+    assert_user_error(result, f"could not write ckpt.pt to {finished_run}", "MB free", "is intact")
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
     assert not (finished_run / (CHECKPOINT_NAME + ".tmp")).exists()
 

@@ -44,13 +44,13 @@ def test_prompt_from_stdin(trained_run):
     [
         ("--max_new_tokens=0", "max_new_tokens must be at least 1"),
         ("--top_k=66", "top_k must be between 1 and the vocabulary size 65"),
-        ("--top_k=0", "top_k must be between 1"),
-        ("--top_p=0", "top_p must be in (0, 1]"),
-        ("--top_p=1.5", "top_p must be in (0, 1]"),
+        ("--top_k=0", "top_k must be at least 1, got 0"),
+        ("--top_p=0", "top_p must be above 0 and at most 1, got 0.0"),
+        ("--top_p=1.5", "top_p must be above 0 and at most 1, got 1.5"),
         ("--start=", "the prompt is empty"),
-        ("--temperature=-1", "temperature must be 0"),
-        ("--temperature=nan", "temperature must be 0"),
-        ("--batch_size=-1", "batch_size must be 0"),
+        ("--temperature=-1", "temperature must be at least 0, got -1.0"),
+        ("--temperature=nan", "temperature must be a finite number, got nan"),
+        ("--batch_size=-1", "batch_size must be at least 0, got -1"),
     ],
 )
 def test_bad_sampling_settings(trained_run, arg, fragment):

@@ -91,7 +91,7 @@ def test_sample_from_a_hf_folder(hf_gpt2_dir):
 
 def test_pretrained_bad_inputs(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
     base = ("train.py", "config/finetune_shakespeare.py", f"--data_dir={bpe_data_dir}", f"--out_dir={tmp_path / 'o'}", "--device=cpu")
-    assert_user_error(run_script(*base, "--init_from=gpt2-huge"), "unknown model 'gpt2-huge'")
+    assert_user_error(run_script(*base, "--init_from=gpt2-huge"), "init_from 'gpt2-huge' is not a GPT-2 model")
     assert_user_error(run_script(*base, f"--init_from={hf_gpt2_dir}", "--block_size=256"), "block_size 256 is larger than the 128 positions")
     not_gpt2 = tmp_path / "bert"
     not_gpt2.mkdir()

@@ -94,7 +94,7 @@ def test_bad_config_inputs_fail_cleanly():
     assert_user_error(run_script("train.py", "config/nope.py"), "config file config/nope.py not found")
     assert_user_error(run_script("train.py", "--batch_sise=3"), "did you mean batch_size")
     assert_user_error(run_script("train.py", "--batch_size=three"), "--batch_size expects int")
-    assert_user_error(run_script("train.py", "--dropout=1.0"), "dropout is a probability of dropping, at least 0 and below 1")
+    assert_user_error(run_script("train.py", "--dropout=1.0"), "dropout must be at least 0 and below 1, got 1.0")
 
 
 def test_help_lists_keys():

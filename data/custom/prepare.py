@@ -10,25 +10,36 @@ last 10%) and meta.json to data/custom/. Ids are stored as uint16 when the vocab
 (up to 65,536 tokens), else uint32.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
+from nanogpt.config import load_config, setting  # noqa: E402
 from nanogpt.data import prepare_text, read_text_files  # noqa: E402
 from nanogpt.errors import run_main  # noqa: E402
+from nanogpt.files import check_writable_folder  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
+@dataclass
+class CustomSettings:
+    input: str = setting("", "a text file or a folder of .txt files; empty: data/custom/input.txt")
+    tokenizer: str = setting("char", "'char' (one id per distinct character) or 'gpt2' (GPT-2 BPE)", choices=("char", "gpt2"))
+    out_dir: str = setting("", "where to write train.bin, val.bin, meta.json; empty: data/custom/")
+
+
+def read_settings(argv):
+    return load_config(CustomSettings, argv, script="data/custom/prepare.py")
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", default=str(HERE / "input.txt"), help="a text file or a folder of .txt files (default data/custom/input.txt)")
-    parser.add_argument("--tokenizer", choices=["char", "gpt2"], default="char", help="char-level or GPT-2 BPE")
-    parser.add_argument("--out_dir", default=str(HERE), help="where to write train.bin, val.bin, meta.json")
-    args = parser.parse_args()
-    prepare_text(read_text_files(args.input), args.tokenizer, args.out_dir)
+    cfg = read_settings(sys.argv[1:])
+    out_dir = cfg.out_dir or HERE
+    check_writable_folder(out_dir, "out_dir")
+    prepare_text(read_text_files(cfg.input or HERE / "input.txt"), cfg.tokenizer, out_dir)
 
 
 if __name__ == "__main__":

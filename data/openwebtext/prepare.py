@@ -11,21 +11,41 @@ split, and writes train.bin / val.bin (uint16) and meta.json, with progress bars
 Result for the full dataset: about 9B train tokens (17 GB) and 4M val tokens.
 """
 
-import argparse
+import errno
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
+from nanogpt.config import load_config, setting  # noqa: E402
 from nanogpt.data import shown_path, token_dtype  # noqa: E402
 from nanogpt.errors import UserError, run_main  # noqa: E402
+from nanogpt.files import check_writable_folder, write_atomically  # noqa: E402
 from nanogpt.tokenizer import GPT2Tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class OpenWebTextSettings:
+    input: str = setting("", "a folder (or file) of .txt, .jsonl or .parquet documents instead of the hub")
+    hf_dataset: str = setting("Skylion007/openwebtext", "dataset on the Hugging Face hub")
+    revision: str = setting("refs/convert/parquet", "hub revision (the parquet conversion)")
+    num_proc: int = setting(8, "tokenising processes", within="[1, 1024]")
+    max_docs: int = setting(0, "use only the first N documents (0: all)", within="[0, inf)")
+    val_fraction: float = setting(0.0005, "share of documents held out for val", within="(0, 1)")
+    seed: int = setting(2357, "seed of the train/val split", within="[0, 4294967295]")  # numpy's seed range
+    out_dir: str = setting("", "where to write train.bin, val.bin, meta.json; empty: data/openwebtext/")
+
+
+def read_settings(argv):
+    return load_config(OpenWebTextSettings, argv, script="data/openwebtext/prepare.py")
 
 
 def load_documents(args):
@@ -54,18 +74,38 @@ def load_documents(args):
     return dataset
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="a folder (or file) of .txt, .jsonl or .parquet documents instead of the hub")
-    parser.add_argument("--hf_dataset", default="Skylion007/openwebtext", help="dataset on the Hugging Face hub")
-    parser.add_argument("--revision", default="refs/convert/parquet", help="hub revision (the parquet conversion)")
-    parser.add_argument("--num_proc", type=int, default=8, help="tokenising processes")
-    parser.add_argument("--max_docs", type=int, default=0, help="use only the first N documents (0: all)")
-    parser.add_argument("--val_fraction", type=float, default=0.0005, help="share of documents held out for val")
-    parser.add_argument("--seed", type=int, default=2357)
-    parser.add_argument("--out_dir", default=str(HERE))
-    args = parser.parse_args()
+def write_tokens(f, tokenized, n_tokens, dtype, name):
+    """The ids of every document, one after another, written through a memmap in shards: the whole split
+    never has to fit in memory. The file's space is claimed first, so a full disk is an error here and
+    not a crash (a memmap that cannot get its page is killed by SIGBUS)."""
+    from tqdm import tqdm
 
+    size = n_tokens * np.dtype(dtype).itemsize
+    if hasattr(os, "posix_fallocate"):  # not on macOS
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without it: a sparse file below
+                raise
+    f.truncate(size)
+    arr = np.memmap(f, dtype=dtype, mode="r+", shape=(n_tokens,))
+    num_shards = min(1024, len(tokenized))
+    pos = 0
+    for shard_index in tqdm(range(num_shards), desc=f"writing {name}.bin"):
+        shard = tokenized.shard(num_shards=num_shards, index=shard_index, contiguous=True).with_format("numpy")
+        if len(shard) == 0:
+            continue
+        ids = np.concatenate(shard["ids"])
+        arr[pos : pos + len(ids)] = ids
+        pos += len(ids)
+    arr.flush()
+    del arr
+
+
+def main():
+    args = read_settings(sys.argv[1:])
+    out_dir = Path(args.out_dir or HERE)
+    check_writable_folder(out_dir, "out_dir")
     t0 = time.time()
     documents = load_documents(args).filter(lambda row: bool(row["text"].strip()))
     if len(documents) < 2:
@@ -81,34 +121,19 @@ def main():
         ids.append(tokenizer.eot_token)  # documents are separated by <|endoftext|>
         return {"ids": ids, "len": len(ids)}
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
-    total = 0
+    writers, total = {}, 0
     for name, part in (("train", split["train"]), ("val", split["test"])):
         num_proc = min(args.num_proc, len(part)) or 1
         tokenized = part.map(tokenize, remove_columns=part.column_names, desc=f"tokenizing {name}", num_proc=num_proc)
         n_tokens = int(np.sum(tokenized["len"], dtype=np.uint64))
-        # write through a memmap, in shards: the whole split never has to fit in memory
-        tmp = out_dir / f"{name}.bin.tmp"
-        arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(n_tokens,))
-        num_shards = min(1024, len(tokenized))
-        pos = 0
-        from tqdm import tqdm
-
-        for shard_index in tqdm(range(num_shards), desc=f"writing {name}.bin"):
-            shard = tokenized.shard(num_shards=num_shards, index=shard_index, contiguous=True).with_format("numpy")
-            if len(shard) == 0:
-                continue
-            ids = np.concatenate(shard["ids"])
-            arr[pos : pos + len(ids)] = ids
-            pos += len(ids)
-        arr.flush()
-        del arr
-        tmp.replace(out_dir / f"{name}.bin")  # a half-written file never takes the real name
+        writers[out_dir / f"{name}.bin"] = lambda f, t=tokenized, n=n_tokens, name=name: write_tokens(f, t, n, dtype, name)
         total += n_tokens
         print(f"{name}.bin: {n_tokens:,} tokens")
-    (out_dir / "meta.json").write_text('{"tokenizer": "gpt2", "vocab_size": %d, "dtype": "%s"}\n' % (tokenizer.vocab_size, dtype))
+    meta = '{"tokenizer": "gpt2", "vocab_size": %d, "dtype": "%s"}\n' % (tokenizer.vocab_size, dtype)
+    writers[out_dir / "meta.json"] = lambda f: f.write(meta.encode())
+    # all three files or none: a full disk or a crash never leaves a half-written or mismatched set
+    write_atomically(writers, total * np.dtype(dtype).itemsize)
     seconds = time.time() - t0
     print(f"{total:,} tokens in {seconds:.1f} s: {total / seconds:,.0f} tokens/s with num_proc={args.num_proc}; written to {shown_path(out_dir)}")
 

@@ -12,8 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
-from nanogpt.data import prepare_tiny_shakespeare  # noqa: E402
+from nanogpt.config import load_config  # noqa: E402
+from nanogpt.data import ShakespeareSettings, prepare_tiny_shakespeare  # noqa: E402
 from nanogpt.errors import run_main  # noqa: E402
 
+
+def read_settings(argv):
+    return load_config(ShakespeareSettings, argv, script="data/shakespeare/prepare.py")
+
+
 if __name__ == "__main__":
-    run_main(lambda: prepare_tiny_shakespeare(__doc__, "gpt2", Path(__file__).resolve().parent))
+    run_main(lambda: prepare_tiny_shakespeare(read_settings(sys.argv[1:]), "gpt2", Path(__file__).resolve().parent))
