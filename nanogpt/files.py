@@ -28,7 +28,7 @@ def write_atomically(writers, needed_bytes):
     temporary = {path: path.with_name(path.name + ".tmp") for path in paths}
     try:
         for path, write in zip(paths, writers.values()):
-            with open(temporary[path], "wb") as f:
+            with open(temporary[path], "w+b") as f:  # readable too: a writer may map the file
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -36,7 +36,7 @@ def write_atomically(writers, needed_bytes):
         for tmp in temporary.values():
             if tmp.is_file():
                 tmp.unlink()
-        names = " and ".join(path.name for path in paths)
+        names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])
         kept = f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact" if all(p.is_file() for p in paths) else "nothing was replaced"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
         raise UserError(

@@ -47,7 +47,7 @@ def test_prompt_from_stdin(trained_run):
         ("--top_k=0", "top_k must be at least 1, got 0"),
         ("--top_p=0", "top_p must be above 0 and at most 1, got 0.0"),
         ("--top_p=1.5", "top_p must be above 0 and at most 1, got 1.5"),
-        ("--start=", "the prompt is empty"),
+        ("--start=", "start cannot be empty"),
         ("--temperature=-1", "temperature must be at least 0, got -1.0"),
         ("--temperature=nan", "temperature must be a finite number, got nan"),
         ("--batch_size=-1", "batch_size must be at least 0, got -1"),

@@ -99,7 +99,7 @@ def test_pretrained_bad_inputs(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
     assert_user_error(run_script(*base, f"--init_from={not_gpt2}"), "holds a 'bert' model, not GPT-2")
     assert_user_error(run_script(*base, f"--init_from={tmp_path}"), "holds no config.json")
     char_data = ("train.py", "config/finetune_shakespeare.py", "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
-    assert_user_error(run_script(*char_data, f"--init_from={hf_gpt2_dir}"), "reads a vocabulary of 50257 GPT-2 BPE tokens, but dataset 'shakespeare_char' has a vocabulary of 65 characters")
+    assert_user_error(run_script(*char_data, f"--init_from={hf_gpt2_dir}", "--block_size=64"), "reads a vocabulary of 50257 GPT-2 BPE tokens, but dataset 'shakespeare_char' has a vocabulary of 65 characters")
     assert not (tmp_path / "o").exists()
 
 
