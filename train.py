@@ -12,6 +12,7 @@ import gc
 import inspect
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -76,9 +77,29 @@ def check_resume_config(cfg, checkpoint):
 
 
 def resume_command():
-    """The command line that continues this run."""
+    """The command line that continues this run: the launcher as it was run, then the same settings."""
     args = [a for a in sys.argv[1:] if not a.startswith(("--init_from=", "--overwrite="))]
-    return " ".join(["python", "train.py", *args, "--init_from=resume"])
+    return shlex.join([*launcher_command(), *args, "--init_from=resume"])
+
+
+def launcher_command():
+    """`python train.py`, or under torchrun its command up to the script, read from the torchrun process
+    (this process's parent) on Linux, else rebuilt from what torchrun tells its workers."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # set by torchrun
+        return ["python", "train.py"]
+    try:
+        argv = [a.decode() for a in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")[:-1]]
+        script = next(i for i, a in enumerate(argv) if Path(a).name == "train.py")
+    except (OSError, UnicodeDecodeError, StopIteration):
+        return ["torchrun", f"--nnodes={os.environ.get('GROUP_WORLD_SIZE', 1)}", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', 1)}", "train.py"]
+    launcher = argv[: script + 1]
+    if Path(launcher[0]).name.startswith("python"):
+        launcher[0] = "python"
+        if len(launcher) > 1 and Path(launcher[1]).name == "torchrun":  # the torchrun script run by python
+            launcher = ["torchrun", *launcher[2:]]
+    elif Path(launcher[0]).name == "torchrun":
+        launcher[0] = "torchrun"
+    return launcher
 
 
 def main():
@@ -134,8 +155,8 @@ def train():
     run = set_up(cfg, procs)
     # from here a stop request is honoured at the end of a step; before, there is nothing to save, and a
     # signal ends the process at once (e.g. one waiting for peers that torchrun is restarting)
-    stop_signals = catch_stop_signals()
-    stopped = training_loop(run, stop_signals)
+    run.stop_signals = catch_stop_signals()
+    stopped = training_loop(run)
     if procs.master and not stopped:
         print(f"done: best val loss {run.best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
     if procs.ddp:
@@ -242,6 +263,10 @@ def set_up(cfg, procs):
         restore_training_state(run, model, checkpoint)
     del checkpoint  # free it before training: it holds a second copy of the model and optimizer
     run.resumed_at = run.iter_num if cfg.init_from == "resume" else None  # its eval is already in the log
+    run.saved_iter = run.iter_num  # the step whose state is on disk (or, at 0, can be made again from the seed)
+    run.has_checkpoint = cfg.init_from == "resume"
+    run.rank_rng = None
+    run.eval_timed = False
     wrap_model(run, model)
     open_logs(run)
     run.flops_per_iter = model.estimate_flops_per_token() * run.tokens_per_iter
@@ -379,28 +404,39 @@ def restore_training_state(run, model, checkpoint):
         run.scaler.load_state_dict(checkpoint["scaler"])
     # continue every random stream exactly where the saved run was
     if "rng" in checkpoint:
-        restore_rng_state(checkpoint["rng"], run.batch_generator)
-        if run.procs.rank > 0:  # the saved streams are rank 0's; other ranks need dropout masks of their own
-            torch.manual_seed(cfg.seed + run.procs.rank + run.iter_num)
+        procs, rank_rng = run.procs, checkpoint.get("rank_rng")
+        if rank_rng is not None and len(rank_rng) == procs.world_size:
+            restore_rng_state(rank_rng[procs.rank], run.batch_generator)  # this process's own streams
+        else:
+            restore_rng_state(checkpoint["rng"], run.batch_generator)
+            if procs.rank > 0:  # rank 0's streams (another number of processes, or an older checkpoint)
+                torch.manual_seed(cfg.seed + procs.rank + run.iter_num)
     elif run.procs.master:
         print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
 
 
 @torch.no_grad()
 def estimate_loss(run):
-    """Mean loss over eval_iters batches per split. The batches are the same at every eval (a fixed
-    seed), so the curve shows the model changing, not the batches."""
+    """Mean loss over eval_iters batches per split, or None if a stop request came first (an evaluation
+    can take minutes). The batches are the same at every eval (a fixed seed), so the curve shows the
+    model changing, not the batches."""
     cfg = run.cfg
     means = torch.zeros(2)
     run.model.eval()
+    t0 = time.time()
     for i, split in enumerate(("train", "val")):
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         losses = torch.zeros(cfg.eval_iters)
         for k in range(cfg.eval_iters):
+            if eval_stop_requested(run):
+                run.model.train()
+                return None
             X, Y = run.data.get_batch(split, cfg.batch_size, cfg.block_size, run.procs.device, generator)
             with run.ctx:
                 _, loss = run.model(X, Y)
             losses[k] = loss.item()
+            if not run.eval_timed:
+                report_eval_time(run, time.time() - t0)
         means[i] = losses.mean()
     run.model.train()
     if cfg.fsdp:
@@ -409,6 +445,29 @@ def estimate_loss(run):
         means = means.to(run.procs.device)
         torch.distributed.broadcast(means, src=0)
     return dict(train=means[0].item(), val=means[1].item())
+
+
+def eval_stop_requested(run):
+    """A stop request, checked between eval batches. Under FSDP every process evaluates, and its
+    forward is a collective, so they agree before each batch; under DDP rank 0 evaluates alone."""
+    stop = bool(run.stop_signals)
+    if run.cfg.fsdp:
+        flag = torch.tensor(float(stop), device=run.procs.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = flag.item() > 0
+    return stop
+
+
+def report_eval_time(run, first_batch_seconds):
+    """Once the first eval batch is timed, say how long every evaluation will take if that is long: the
+    evaluation at step 0 comes before any step, and a run set up too big would otherwise sit silent."""
+    run.eval_timed = True
+    seconds = first_batch_seconds * 2 * run.cfg.eval_iters
+    if seconds > 30 and run.procs.master:
+        print(
+            f"note: each evaluation will take about {format_duration(seconds)} (2 x {run.cfg.eval_iters} batches at"
+            f" {first_batch_seconds:.2f} s each); --eval_iters and --eval_interval set how many and how often"
+        )
 
 
 def learning_rate(cfg, it):
@@ -430,6 +489,7 @@ def save(run, best=False):
         optimizer_states = [get_optimizer_state_dict(run.raw_model, optimizer, options=full) for optimizer in run.optimizers]
     else:
         model_state, optimizer_states = run.raw_model.state_dict(), [optimizer.state_dict() for optimizer in run.optimizers]
+    run.saved_iter, run.has_checkpoint = run.iter_num, True
     if not run.procs.master:
         return
     checkpoint = {
@@ -445,6 +505,8 @@ def save(run, best=False):
         # the optimizer step and evaluation ran, and none of them draws random numbers
         "rng": capture_rng_state(run.batch_rng),
     }
+    if run.procs.ddp:
+        checkpoint["rank_rng"] = run.rank_rng  # gathered at this step by gather_rank_rng
     out_dir = run.cfg.out_dir
     path = save_checkpoint(out_dir, checkpoint)
     if best:
@@ -457,9 +519,12 @@ def save(run, best=False):
 
 
 def evaluate_and_save(run, lr):
-    """Losses on both splits, logged by rank 0; a checkpoint when val loss improved (or always, if set)."""
+    """Losses on both splits, logged by rank 0, and a checkpoint (best.pt too when val loss improved).
+    Returns False when a stop request cut the evaluation short."""
     cfg = run.cfg
     losses = estimate_loss(run)
+    if losses is None:
+        return False
     if run.procs.master:
         print(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         append_record(cfg.out_dir, dict(kind="eval", iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
@@ -472,6 +537,7 @@ def evaluate_and_save(run, lr):
         improved = losses["val"] < run.best_val_loss
         run.best_val_loss = min(run.best_val_loss, losses["val"])
         save(run, best=improved)
+    return True
 
 
 def optimizer_step(run):
@@ -532,18 +598,48 @@ def log_step(run, loss, lr, seconds_per_iter):
         run.wandb.log({"iter": run.iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec})
 
 
-def stop_requested(run, stop_signals):
-    """Whether to stop after this step. Under DDP every process stops at the same step, even if only
-    some got the signal; they agree at log steps only, because reading the result back waits for the GPU."""
-    stop = bool(stop_signals)
-    if run.procs.ddp and run.iter_num % run.cfg.log_interval == 0:
-        flag = torch.tensor(float(stop), device=run.procs.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        stop = flag.item() > 0
-    return stop
+def stop_requested(run):
+    """Whether to stop after this step. Under DDP every process must stop at the same step, even if only
+    some got the signal (or got it a step later), so they decide together, and only at log steps,
+    because reading the agreed flag back waits for the GPU."""
+    if not run.procs.ddp:
+        return bool(run.stop_signals)
+    if run.iter_num % run.cfg.log_interval != 0:
+        return False
+    flag = torch.tensor(float(bool(run.stop_signals)), device=run.procs.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag.item() > 0
 
 
-def training_loop(run, stop_signals):
+def stop(run):
+    """End the run on a stop request: save, unless the state on disk is already this one, and say how
+    to go on."""
+    cfg, procs = run.cfg, run.procs
+    if run.iter_num != run.saved_iter:
+        if procs.ddp:
+            gather_rank_rng(run)
+        if procs.master or cfg.fsdp:
+            save(run)
+    if procs.master:
+        cause = run.stop_signals[0] if run.stop_signals else "another process was signalled"
+        if not run.has_checkpoint:
+            print(f"stopped at iter {run.iter_num} ({cause}) before anything was trained; nothing saved")
+            return
+        print(f"stopped at iter {run.iter_num} ({cause}); resume with:")
+        print(f"  {resume_command()}")
+
+
+def gather_rank_rng(run):
+    """Every process's random streams (each draws dropout masks of its own), gathered on rank 0 for the
+    checkpoint, so a resumed run continues each one: an exact resume under DDP too. Every process must
+    call it at the same step."""
+    procs = run.procs
+    state = capture_rng_state(run.batch_rng)
+    run.rank_rng = [None] * procs.world_size if procs.master else None
+    torch.distributed.gather_object(state, run.rank_rng, dst=0)
+
+
+def training_loop(run):
     """Train until max_iters or a stop signal; returns whether a signal stopped it."""
     cfg, procs = run.cfg, run.procs
     draw_batch(run)
@@ -557,8 +653,14 @@ def training_loop(run, stop_signals):
         eval_due = (run.iter_num % cfg.eval_interval == 0 or run.iter_num == cfg.max_iters) and run.iter_num != run.resumed_at
         # FSDP's forward gathers weights from every process, so there all of them evaluate (and, with
         # rank 0's losses, stop or save together)
+        if eval_due and procs.ddp:
+            gather_rank_rng(run)
         if (eval_due or cfg.eval_only) and (procs.master or cfg.fsdp):
-            evaluate_and_save(run, lr)
+            finished = evaluate_and_save(run, lr)
+            # under DDP the other processes are already in the next step: rank 0 joins it and they stop together
+            if not finished and (not procs.ddp or cfg.fsdp):
+                stop(run)
+                return True
             t_log = time.time()  # leave eval time out of ms/iter
         if cfg.eval_only or run.iter_num >= cfg.max_iters:
             return False
@@ -571,12 +673,8 @@ def training_loop(run, stop_signals):
             log_step(run, loss, lr, (now - t_log) / iters_since_log)
             t_log, iters_since_log = now, 0
 
-        if stop_requested(run, stop_signals):
-            if procs.master or cfg.fsdp:
-                save(run)
-            if procs.master:
-                print(f"stopped at iter {run.iter_num} ({stop_signals[0] if stop_signals else 'another process was signalled'}); resume with:")
-                print(f"  {resume_command()}")
+        if stop_requested(run):
+            stop(run)
             return True
 
 

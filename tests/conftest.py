@@ -6,8 +6,11 @@ Data comes from ../shared/data (offline copy) or the download, exactly as a user
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +93,37 @@ def run_torchrun(*args, timeout=SCRIPT_TIMEOUT):
             process.communicate()
             raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def run_two_launchers(*args, timeout=SCRIPT_TIMEOUT):
+    """The multi-node command, rehearsed on one machine: two torchrun launchers ("nodes") of one process
+    each, meeting at a c10d rendezvous on a loopback port. Returns both launchers' results."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    for node in (0, 1):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", *map(str, args),
+        ]
+        # output to files: a pipe read only after the other launcher ends could fill and stall both
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        processes.append((subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True), out, err))
+    deadline = time.time() + timeout
+    results = []
+    try:
+        for process, out, err in processes:
+            process.wait(timeout=max(1, deadline - time.time()))
+            out.seek(0), err.seek(0)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()))
+    finally:
+        for process, out, err in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            out.close(), err.close()
+    return results
 
 
 def eval_losses(out_dir):

@@ -115,6 +115,54 @@ def test_signal_saves_and_resume_is_exact(data_dir, straight_run, start_training
     assert_same_weights(out, straight_run)
 
 
+def stop_within_seconds(proc, seconds=10):
+    """SIGTERM, then the run's stdout once it has ended, which must be within `seconds`."""
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = finish(proc)
+    assert time.time() - t0 < seconds, f"took {time.time() - t0:.1f} s to stop"
+    assert proc.returncode == 0, stderr
+    return stdout
+
+
+def test_a_stop_during_a_long_first_evaluation_ends_it_at_once(start_training, tmp_path):
+    """The evaluation at step 0 of a run set up too big: its projected time is reported after one batch,
+    a stop request ends it within seconds, and nothing trained means nothing is written."""
+    out = tmp_path / "long_eval"
+    proc = start_training([sys.executable], out, "--eval_iters=100000")
+    wait_for_line(proc, "note: each evaluation will take about")
+    stdout = stop_within_seconds(proc)
+    assert "stopped at iter 0 (SIGTERM) before anything was trained; nothing saved" in stdout
+    assert not (out / CHECKPOINT_NAME).exists()
+
+
+def test_a_stop_during_a_later_evaluation_saves_the_steps_since(data_dir, start_training, tmp_path):
+    out = tmp_path / "later_eval"
+    assert train(data_dir, out, "--max_iters=20", "--eval_interval=20").returncode == 0
+    proc = start_training([sys.executable], out, "--init_from=resume", "--max_iters=40", "--eval_interval=20", "--eval_iters=100000")
+    wait_for_line(proc, "note: each evaluation will take about")  # the eval at step 40, after 20 steps
+    stdout = stop_within_seconds(proc)
+    assert "stopped at iter 40 (SIGTERM); resume with:" in stdout
+    assert load_checkpoint(out)["iter_num"] == 40
+
+
+def test_ddp_resume_with_dropout_is_exact(data_dir, tmp_path):
+    """Each process draws dropout masks of its own; the checkpoint holds every process's random streams,
+    so a resumed 2-process run repeats an unbroken one bit for bit."""
+    args = [
+        "train.py", *EXACT, "--dropout=0.1", "--gradient_accumulation_steps=2", f"--data_dir={data_dir}",
+        "--max_iters=20", "--lr_decay_iters=20", "--eval_interval=10",
+    ]
+    straight = run_torchrun(*args, f"--out_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    first = run_torchrun(*args, f"--out_dir={tmp_path / 'split'}", "--max_iters=10")
+    assert first.returncode == 0, first.stderr
+    second = run_torchrun(*args, f"--out_dir={tmp_path / 'split'}", "--init_from=resume")
+    assert second.returncode == 0, second.stderr
+    assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
+    assert_same_weights(tmp_path / "split", tmp_path / "straight")
+
+
 def test_a_stop_after_the_best_eval_leaves_best_pt_untouched(data_dir, start_training, tmp_path):
     """The stop writes the latest state to ckpt.pt; best.pt, the model of the best eval, stays as it was,
     and sample.py reads it unless asked for the latest."""
@@ -287,6 +335,8 @@ def test_ddp_processes_stop_together_on_sigterm(data_dir, start_training, tmp_pa
     os.killpg(proc.pid, signal.SIGTERM)  # as a cluster scheduler does: the whole process group
     stdout, stderr = finish(proc)
     assert "(SIGTERM); resume with:" in stdout, stdout + stderr
+    # the command that continues it is the torchrun command that was run, not python train.py
+    assert stdout.splitlines()[-1].strip().startswith("python -m torch.distributed.run --standalone --nproc_per_node=2 train.py ")
     stopped_at = load_checkpoint(out)["iter_num"]
     assert stopped_at >= 5
     resumed = run_torchrun(

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DDP_RUN, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, run_script, run_torchrun
+from conftest import (
+    DDP_RUN, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, run_script, run_torchrun, run_two_launchers,
+)
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.data import shared_data_dir
 from nanogpt.hf import gpt_from_pretrained
@@ -154,17 +156,26 @@ def test_webtext_prepare_end_to_end(tmp_path):
     assert f"{len(train):,} tokens" in result.stdout
 
 
-def test_ddp_matches_a_single_process(data_dir, tmp_path):
-    """2 processes x 1 accumulation step == 1 process x 2 accumulation steps: same data, same update."""
-    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
-    ddp = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={ddp_out}")
+def test_ddp_matches_a_single_process_and_two_launchers_match_one(data_dir, tmp_path):
+    """2 processes x 1 accumulation step == 1 process x 2 accumulation steps: same data, same update. And
+    the multi-node path (torchrun on each machine, a c10d rendezvous), rehearsed with two launchers of one
+    process each on this machine, equals one launcher with 2 processes."""
+    args = ["train.py", *DDP_RUN, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}"]
+    ddp_out, single_out, nodes_out = tmp_path / "ddp", tmp_path / "single", tmp_path / "nodes"
+    ddp = run_torchrun(*args, f"--out_dir={ddp_out}")
     assert ddp.returncode == 0, ddp.stderr
     assert "2 process(es)" in ddp.stdout
     assert "tokens per iteration: 512 = 1 accumulation steps x 2 processes x 8 sequences x 32 tokens" in ddp.stdout
-    single = run_script("train.py", *DDP_RUN, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={single_out}")
+    single = run_script(*args, f"--out_dir={single_out}")
     assert single.returncode == 0, single.stderr
     assert [i for i, _ in eval_losses(ddp_out)] == [0, 10, 20]
     assert_same_training(ddp_out, single_out)
+
+    nodes = run_two_launchers(*args, f"--out_dir={nodes_out}")
+    for node in nodes:
+        assert node.returncode == 0, node.stderr
+    assert "2 process(es)" in nodes[0].stdout + nodes[1].stdout
+    assert_same_training(nodes_out, ddp_out)
 
 
 def test_ddp_with_more_processes_than_the_batch_allows(data_dir, tmp_path):
