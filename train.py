@@ -104,15 +104,15 @@ def launcher_command():
 
 def main():
     try:
-        train()
-    except (MemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
+        train_with_clear_errors()
+    except UserError as e:
+        if not torch.distributed.is_initialized():
             raise
-        cfg = load_config(TrainConfig, sys.argv[1:])
-        raise UserError(
-            f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
-            f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), or lower --block_size"
-        ) from None
+        # the process group is left mid-collective or broken, and its destructor at exit can abort the
+        # process ("terminate called ..."): say what happened and leave at once, as torchrun would anyway
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     if torch.distributed.is_initialized():
         # DDP's reducer and FSDP's state hold the process group too. Once train() has returned they are
         # gone (gc.collect() for reference cycles), so destroy_process_group() drops the group's last
@@ -120,6 +120,31 @@ def main():
         # need; from anywhere else it can deadlock or abort the process at exit.
         gc.collect()
         destroy_process_group()
+
+
+def train_with_clear_errors():
+    """train(), with running out of memory and losing another process of the run each said in one line."""
+    try:
+        train()
+    except (MemoryError, RuntimeError) as e:
+        if lost_a_peer(e):
+            # the process that failed printed why; torchrun ends the others, and this one says why it ends
+            raise UserError("another process of this run has ended, so this one stops too; its error is above") from None
+        if not is_out_of_memory(e):
+            raise
+        cfg = load_config(TrainConfig, sys.argv[1:])
+        raise UserError(
+            f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
+            f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), or lower --block_size"
+        ) from None
+
+
+def lost_a_peer(error):
+    """A collective that failed because another process of the run is gone (it failed, or was killed)."""
+    peer_gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker")
+    return torch.distributed.is_initialized() and (
+        isinstance(error, torch.distributed.DistError) or any(text in str(error) for text in peer_gone)
+    )
 
 
 def read_settings(argv):

@@ -346,6 +346,29 @@ def test_ddp_processes_stop_together_on_sigterm(data_dir, start_training, tmp_pa
     assert f"iter {stopped_at + 1}/" in resumed.stdout
 
 
+@pytest.mark.parametrize("failure", ["nan", "write"])
+def test_a_failure_on_one_process_ends_every_process_promptly(data_dir, tmp_path, failure):
+    """Rank 0 alone sees the failure (it logs the loss and writes the checkpoint); the other process, waiting
+    in a collective, ends too, with one line, and no process shows a traceback or an abort."""
+    out = tmp_path / "failing"
+    args = [*EXACT, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={out}", "--eval_interval=10"]
+    if failure == "nan":
+        args += ["--learning_rate=1e9", "--decay_lr=False", "--grad_clip=0"]
+        expected = "error: training loss is nan"
+    else:
+        (out / (CHECKPOINT_NAME + ".tmp")).mkdir(parents=True)  # the first save, at step 10, fails
+        expected = f"error: could not write {CHECKPOINT_NAME} to {out}"
+    t0 = time.time()
+    result = run_torchrun("train.py", *args, timeout=30)
+    assert time.time() - t0 < 30
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert sum(line.startswith(expected) for line in lines) == 1, result.stderr
+    assert "error: another process of this run has ended, so this one stops too; its error is above" in lines
+    assert 'train.py", line' not in result.stderr and "[rank" not in result.stderr, result.stderr  # no worker traceback
+    assert "terminate called" not in result.stderr and "Aborted" not in result.stderr
+
+
 def test_a_batch_that_does_not_fit_in_memory(data_dir, tmp_path):
     # the first activation alone would be 50,000 x 256 x 1024 floats = 52 GB
     result = run_script(

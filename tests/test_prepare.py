@@ -1,8 +1,12 @@
 import json
+import resource
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 
-from conftest import REPO, assert_user_error, run_script
+from conftest import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
 from nanogpt.data import shared_data_dir
 from nanogpt.tokenizer import CharTokenizer
 
@@ -51,3 +55,23 @@ def test_prepare_runs_from_any_directory(tmp_path):
     result = run_script(REPO / "data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
+
+
+def test_a_full_disk_leaves_the_prepared_dataset_as_it_was(data_dir, tmp_path):
+    """A write that fails part way (a file-size limit, as a full disk does) leaves no temporary file and
+    the previous train.bin, val.bin and meta.json byte-identical: all three are replaced or none."""
+    out = tmp_path / "prepared"
+    shutil.copytree(data_dir / "shakespeare_char", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    source = tmp_path / "more.txt"
+    source.write_text("a different text, so that a torn write would show\n" * 20_000)  # train.bin: 1.8 MB
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))
+
+    result = subprocess.run(
+        [sys.executable, "data/shakespeare_char/prepare.py", f"--input={source}", f"--out_dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=limit_file_size,
+    )
+    assert_user_error(result, f"could not write train.bin, val.bin and meta.json to {out}", "MB free", "are intact")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
