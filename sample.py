@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
+from nanogpt.completion import Endings
 from nanogpt.config import SampleConfig, load_config
 from nanogpt.engine import Engine, Sampling, context_start, inference_model
 from nanogpt.errors import UserError, run_main
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
 from nanogpt.system import resolve_device, resolve_dtype
-from nanogpt.tokenizer import tokenizer_from_meta
 
 
 def read_settings(argv):
@@ -30,21 +29,11 @@ def read_settings(argv):
     cfg = load_config(SampleConfig, argv, script="sample.py")
     if cfg.prompts and cfg.stream:
         raise UserError("--stream=True prints one sample as it is made; it cannot be used with --prompts")
-    if cfg.init_from != "resume":
-        if not is_pretrained_source(cfg.init_from):
-            raise UserError(f"unknown init_from {cfg.init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
-        pretrained_block_size(cfg.init_from)  # checks the name or folder
+    check_model_source(cfg.init_from)
     if cfg.output and not cfg.prompts:
         raise UserError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     return cfg
-
-
-def load_model(cfg):
-    if cfg.init_from == "resume":
-        checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
-        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
-    return gpt_from_pretrained(cfg.init_from), tokenizer_from_meta(pretrained_tokenizer_meta(cfg.init_from))
 
 
 def read_prompt(start):
@@ -84,33 +73,9 @@ def read_prompts_file(path, tokenizer):
     return prompts
 
 
-class Endings:
-    """Where a sample ends: at the stop text, and for GPT-2 BPE at <|endoftext|>."""
-
-    def __init__(self, tokenizer, stop):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.end_token = getattr(tokenizer, "eot_token", None)
-        self.possible = bool(stop) or self.end_token is not None  # else no sample ends early: no checks
-
-    def text(self, ids):
-        """The completion's text: the new ids decoded, cut where the sample ends."""
-        if self.end_token in ids:
-            ids = ids[: ids.index(self.end_token)]
-        text = self.tokenizer.decode(ids)
-        return text[: text.index(self.stop)] if self.stop and self.stop in text else text
-
-    def ended(self, ids):
-        return self.end_token in ids or bool(self.stop) and self.stop in self.tokenizer.decode(ids)
-
-    def __call__(self, row, ids):
-        """For the engine: keep every id of a row that has ended (text() cuts it), None to go on."""
-        return len(ids) if self.ended(ids) else None
-
-
 class StreamPrinter:
-    """Prints one sample's text as its tokens arrive. It decodes the whole completion each time and prints
-    what is new, holding back an unfinished character (a BPE token can end inside one) and any tail that
-    could be the start of the stop text."""
+    """Prints one sample's text as its tokens arrive: what is safe to show of it (Endings.shown) that
+    was not printed yet."""
 
     def __init__(self, prompt_text, endings):
         self.endings, self.ids, self.printed = endings, [], ""
@@ -121,13 +86,10 @@ class StreamPrinter:
         self.flush()
 
     def flush(self, final=False):
-        text = self.endings.text(self.ids)
-        if not final and not self.endings.ended(self.ids):
-            text = text.rstrip("\ufffd")  # an unfinished character: wait for the rest of its bytes
-            if self.endings.stop:
-                text = text[: max(len(text) - len(self.endings.stop) + 1, len(self.printed))]
-        print(text[len(self.printed) :], end="", flush=True)
-        self.printed = text
+        text = self.endings.shown(self.ids, final)
+        if len(text) > len(self.printed):
+            print(text[len(self.printed) :], end="", flush=True)
+            self.printed = text
 
     def finish(self):
         self.flush(final=True)
@@ -138,7 +100,7 @@ def main():
     cfg = read_settings(sys.argv[1:])
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer = load_model(cfg)
+    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
     model = inference_model(model, device, dtype)
     vocab_size = tokenizer.vocab_size
     # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
@@ -161,7 +123,7 @@ def main():
     stream = (len(prompts) == 1 and not cfg.prompts) if cfg.stream is None else cfg.stream
     if stream and len(prompts) > 1:
         raise UserError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
-    endings = Endings(tokenizer, cfg.stop)
+    endings = Endings(tokenizer, [cfg.stop])
     engine = Engine(model, use_cache=cfg.use_cache)
     # each row has its own random stream (seed + its place), so a sample does not depend on the batch
     sampling = [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=cfg.seed + i) for i in range(len(prompts))]

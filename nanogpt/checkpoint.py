@@ -13,6 +13,8 @@ import torch
 
 from nanogpt.errors import UserError
 from nanogpt.files import write_atomically
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
+from nanogpt.tokenizer import tokenizer_from_meta
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
 BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
@@ -111,3 +113,22 @@ def model_from_checkpoint(checkpoint, **overrides):
         first_line = str(e).strip().splitlines()[0]
         raise UserError(f"the checkpoint's weights do not fit its model settings ({first_line}); it is damaged or from another program") from None
     return model
+
+
+def check_model_source(init_from):
+    """Refuse, before anything loads, an init_from that names no model: 'resume', a GPT-2 name or a
+    Hugging Face folder."""
+    if init_from == "resume":
+        return
+    if not is_pretrained_source(init_from):
+        raise UserError(f"unknown init_from {init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
+    pretrained_block_size(init_from)  # checks the name or folder
+
+
+def load_model_and_tokenizer(init_from, out_dir, which="best"):
+    """The model and tokenizer that sample.py and serve.py generate with: the checkpoint in out_dir
+    (init_from='resume'; which: 'best' or 'latest'), or GPT-2 weights (a name or a Hugging Face folder)."""
+    if init_from == "resume":
+        checkpoint = load_checkpoint(out_dir, which)
+        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
+    return gpt_from_pretrained(init_from), tokenizer_from_meta(pretrained_tokenizer_meta(init_from))

@@ -67,6 +67,17 @@ class KVCache:
         self.k = self.v = None  # allocated on first use, in the dtype of the keys the model makes
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
 
+    def with_rows(self, rows=None, added=0):
+        """A new cache (this one is left as it is: a CUDA graph may hold its tensors) with only the rows
+        at these positions (a tensor of row indices; None for all), then `added` empty rows."""
+        cache = KVCache(self.config, 0, self.lengths.device)
+        keep = (lambda t, dim: t) if rows is None else (lambda t, dim: t.index_select(dim, rows))
+        cache.lengths = torch.cat([keep(self.lengths, 0), self.lengths.new_zeros(added)])
+        if self.k is not None:
+            empty = self.k.new_zeros((self.k.shape[0], added, *self.k.shape[2:]))
+            cache.k, cache.v = (torch.cat([keep(t, 1), empty], dim=1) if added else keep(t, 1) for t in (self.k, self.v))
+        return cache
+
     def layer(self, index, like):
         if self.k is None:
             B, cfg = self.lengths.numel(), self.config
@@ -74,12 +85,6 @@ class KVCache:
             self.k = like.new_zeros(shape)
             self.v = torch.zeros_like(self.k)
         return self.k[index], self.v[index]
-
-    def keep_rows(self, rows):
-        """Drop every row not in `rows` (a tensor of row indices), e.g. rows that finished."""
-        self.lengths = self.lengths[rows]
-        if self.k is not None:
-            self.k, self.v = self.k[:, rows], self.v[:, rows]
 
 
 class Prefill:
@@ -171,46 +176,85 @@ def sample_tokens(logits, temperature, top_k, top_p, seeds, steps, filtered=True
 
 
 class Rows:
-    """The state of one batch of rows on the device (pending token, cache, sampling settings) and on
-    the host (each row's prompt, its context start and how many tokens its cache holds)."""
+    """A batch of rows on the device (pending token, cache, sampling settings, what each generated) and
+    on the host (each row's prompt, its context start, how many tokens its cache holds and how many it
+    generated). Rows join (add) and leave (keep) between steps: the server's batch changes as requests
+    come and go, and generate() drops rows that finished."""
 
     STEP_STATE = ("tokens", "temperature", "top_k", "top_p", "seeds", "steps")  # what a decode step reads
 
-    def __init__(self, prompts, sampling, vocab_size, max_new_tokens, config, device):
-        self.index = list(range(len(prompts)))  # each row's place in the caller's list
-        self.prompts = [torch.tensor(p, dtype=torch.long, device=device) for p in prompts]
-        self.prompt_lengths = [len(p) for p in prompts]
-        self.cache_start = [None] * len(prompts)  # where each row's cached context begins (None: no cache yet)
-        self.cache_length = [0] * len(prompts)
-        self.count = 0  # tokens generated so far, the same for every row
-        self.cache = KVCache(config, len(prompts), device)
-        self.tokens = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=device)
-        self.generated = torch.zeros((len(prompts), max_new_tokens), dtype=torch.long, device=device)
-        self.temperature = torch.tensor([s.temperature for s in sampling], dtype=torch.float32, device=device)
-        self.top_k = torch.tensor([min(s.top_k or vocab_size, vocab_size) for s in sampling], device=device)
-        self.top_p = torch.tensor([1.0 if s.top_p is None else s.top_p for s in sampling], device=device)
-        self.seeds = torch.tensor([s.seed for s in sampling], dtype=torch.long, device=device)
-        self.steps = torch.zeros(len(prompts), dtype=torch.long, device=device)
-        self.greedy = all(s.temperature == 0 for s in sampling)
-        self.filtered = any(s.top_k is not None and s.top_k < vocab_size or s.top_p is not None and s.top_p < 1 for s in sampling)
+    def __init__(self, config, vocab_size, device):
+        self.config, self.vocab_size, self.device = config, vocab_size, device
+        self.index, self.prompts, self.prompt_lengths, self.sampling = [], [], [], []
+        self.cache_start = []  # where each row's cached context begins (None: no cache yet)
+        self.cache_length = []
+        self.counts = []  # tokens each row generated so far
+        self.cache = KVCache(config, 0, device)
+        self.tokens = torch.zeros((0, 1), dtype=torch.long, device=device)
+        self.generated = torch.zeros((0, 0), dtype=torch.long, device=device)
+        self.temperature = torch.zeros(0, device=device)
+        self.top_k = torch.zeros(0, dtype=torch.long, device=device)
+        self.top_p = torch.zeros(0, device=device)
+        self.seeds = torch.zeros(0, dtype=torch.long, device=device)
+        self.steps = torch.zeros(0, dtype=torch.long, device=device)
+        self.changed()
 
     def __len__(self):
         return len(self.index)
+
+    def add(self, prompts, sampling, max_new_tokens, index=None):
+        """New rows at the end of the batch: their prompts (lists of ids), a Sampling each, room for
+        max_new_tokens each, and their places in the caller's list (default: after the last)."""
+        n, device = len(prompts), self.device
+        first = len(self.index)
+        self.index += list(range(first, first + n)) if index is None else list(index)
+        self.prompts += [torch.tensor(p, dtype=torch.long, device=device) for p in prompts]
+        self.prompt_lengths += [len(p) for p in prompts]
+        self.sampling += sampling
+        self.cache_start += [None] * n
+        self.cache_length += [0] * n
+        self.counts += [0] * n
+        self.cache = self.cache.with_rows(added=n)
+        new = dict(
+            tokens=torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=device),
+            temperature=torch.tensor([s.temperature for s in sampling], dtype=torch.float32, device=device),
+            top_k=torch.tensor([min(s.top_k or self.vocab_size, self.vocab_size) for s in sampling], dtype=torch.long, device=device),
+            top_p=torch.tensor([1.0 if s.top_p is None else s.top_p for s in sampling], dtype=torch.float32, device=device),
+            seeds=torch.tensor([s.seed for s in sampling], dtype=torch.long, device=device),
+            steps=torch.zeros(n, dtype=torch.long, device=device),
+        )
+        for name, tensor in new.items():
+            setattr(self, name, torch.cat([getattr(self, name), tensor]))
+        width = max(self.generated.shape[1], max_new_tokens)
+        grown = self.generated.new_zeros((len(self.index), width))
+        grown[:first, : self.generated.shape[1]] = self.generated
+        self.generated = grown
+        self.changed()
+
+    def keep(self, rows):
+        """Keep only the rows at these positions, in this order."""
+        keep = torch.tensor(rows, dtype=torch.long, device=self.device)
+        for name in (*self.STEP_STATE, "generated"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.cache = self.cache.with_rows(keep)
+        for name in ("index", "prompts", "prompt_lengths", "sampling", "cache_start", "cache_length", "counts"):
+            setattr(self, name, [getattr(self, name)[r] for r in rows])
+        self.changed()
+
+    def changed(self):
+        """After rows joined or left: what the whole batch needs, and no graph yet for its new shape."""
+        self.greedy = all(s.temperature == 0 for s in self.sampling)
+        self.filtered = any(
+            s.top_k is not None and s.top_k < self.vocab_size or s.top_p is not None and s.top_p < 1 for s in self.sampling
+        )
+        self.row_index = torch.arange(len(self.index), device=self.device)
+        self.graph = None
 
     def sequence(self, row, start, end):
         """Tokens start..end-1 of a row's prompt followed by what it generated, as a device tensor."""
         P = self.prompt_lengths[row]
         parts = [self.prompts[row][min(start, P) : min(end, P)], self.generated[row, max(start - P, 0) : max(end - P, 0)]]
         return torch.cat(parts)
-
-    def keep(self, rows):
-        """Keep only the rows at these positions, in this order."""
-        keep = torch.tensor(rows, dtype=torch.long, device=self.tokens.device)
-        for name in (*self.STEP_STATE, "generated"):
-            setattr(self, name, getattr(self, name)[keep])
-        self.cache.keep_rows(keep)
-        for name in ("index", "prompts", "prompt_lengths", "cache_start", "cache_length"):
-            setattr(self, name, [getattr(self, name)[r] for r in rows])
 
 
 class Engine:
@@ -248,34 +292,17 @@ class Engine:
             raise ValueError("every prompt needs at least one token")
         vocab_size = vocab_size or self.config.vocab_size
         sampling = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
-        rows = Rows(prompts, sampling, vocab_size, max_new_tokens, self.config, self.device)
+        rows = Rows(self.config, vocab_size, self.device)
+        rows.add(prompts, sampling, max_new_tokens)
         stop_interval = stop_interval or (8 if self.device.type == "cuda" else 1)
-        # torch 2.11 sends bf16 attention on Hopper to cuDNN first, which builds an execution plan for every
-        # new shape, and a growing context is a new shape at every token: eager bf16 decoding of the 6 x 384
-        # model took 20 ms a token on an H100 against 1.3 ms for a bare forward. Flash and memory-efficient
-        # attention need no plans.
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            return self._generate(rows, prompts, max_new_tokens, vocab_size, on_token, stop, stop_interval)
-
-    def _generate(self, rows, prompts, max_new_tokens, vocab_size, on_token, stop, stop_interval):
-        results, graph = [None] * len(prompts), None
+        results = [None] * len(prompts)
         for step in range(max_new_tokens):
-            if self.use_cache:
-                self._prefill_where_needed(rows)
-                if self.cuda_graph:
-                    graph = graph or self._graph_for(rows, vocab_size)
-                    graph.replay()
-                else:
-                    self._decode(rows, vocab_size, self.fixed_span)
-            else:
-                self._recompute(rows, vocab_size)
-            rows.generated[:, step] = rows.tokens[:, 0]
-            rows.count += 1
+            tokens = self.step(rows)
             if on_token is not None:
-                on_token(rows.index, rows.tokens[:, 0])
+                on_token(rows.index, tokens)
             last = step == max_new_tokens - 1
             if stop is not None and ((step + 1) % stop_interval == 0 or last):
-                ids = rows.generated[:, : rows.count].tolist()
+                ids = rows.generated[:, : step + 1].tolist()
                 for r, row in enumerate(rows.index):
                     cut = stop(row, ids[r]) if results[row] is None else None
                     if cut is not None:
@@ -285,19 +312,56 @@ class Engine:
                     break
                 if len(unfinished) <= len(rows) // 2 and not last:
                     rows.keep(unfinished)  # a smaller batch from here on (a graph for its size)
-                    graph = None
-        ids = rows.generated[:, : rows.count].tolist()
+        ids = rows.generated[:, : rows.counts[0]].tolist()
         for r, row in enumerate(rows.index):
             if results[row] is None:
                 results[row] = ids[r]
         return results
+
+    @torch.no_grad()
+    def step(self, rows):
+        """One new token for every row of `rows` (a Rows): returns them, a (len(rows),) device tensor,
+        and records them in rows.generated."""
+        # torch 2.11 sends bf16 attention on Hopper to cuDNN first, which builds an execution plan for every
+        # new shape, and a growing context is a new shape at every token: eager bf16 decoding of the 6 x 384
+        # model took 20 ms a token on an H100 against 1.3 ms for a bare forward. Flash and memory-efficient
+        # attention need no plans.
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            if not self.use_cache:
+                self._recompute(rows)
+            else:
+                self._prefill_where_needed(rows)
+                if not self.cuda_graph:
+                    self._decode(rows, self.fixed_span)
+        if self.use_cache and self.cuda_graph:
+            rows.graph = rows.graph or self._graph_for(rows)
+            rows.graph.replay()
+        rows.generated[rows.row_index, rows.steps - 1] = rows.tokens[:, 0]
+        rows.counts = [count + 1 for count in rows.counts]
+        return rows.tokens[:, 0]
+
+    @torch.no_grad()
+    def token_logprobs(self, ids, top=0, vocab_size=None):
+        """For a sequence within the context: each token's log-probability given the tokens before it
+        (None for the first), and at each place the `top` most likely tokens with theirs, as a list of
+        {id: logprob} (None for the first)."""
+        vocab_size = vocab_size or self.config.vocab_size
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits, _ = self.model(x, targets=torch.full_like(x, -1))  # targets: the logits of every position
+        logprobs = F.log_softmax(logits[0, :-1, :vocab_size].float(), dim=-1)
+        chosen = logprobs.gather(1, x[0, 1:, None])[:, 0].tolist()
+        tops = [None] * len(chosen)
+        if top:
+            values, indices = logprobs.topk(top, dim=-1)
+            tops = [dict(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+        return [None, *chosen], [None, *tops]
 
     def _prefill_where_needed(self, rows):
         """Before a step, encode from scratch the context of each row whose context has moved (its first
         step, or a cut past block_size): every token of it but the pending one, which the decode step feeds."""
         by_length = {}  # rows to re-encode, grouped by context length so each group is one forward
         for r in range(len(rows)):
-            total = rows.prompt_lengths[r] + rows.count  # tokens so far, the pending one included
+            total = rows.prompt_lengths[r] + rows.counts[r]  # tokens so far, the pending one included
             start = context_start(total, self.config.block_size)
             if start != rows.cache_start[r]:
                 rows.cache_start[r], rows.cache_length[r] = start, total - 1 - start
@@ -312,22 +376,22 @@ class Engine:
             context = torch.stack([rows.sequence(r, start, total - 1) for r, start, total in members])
             self.model(context, cache=Prefill(rows.cache, index, length))
 
-    def _decode(self, rows, vocab_size, fixed_span=False):
+    def _decode(self, rows, fixed_span=False):
         """One token for every row: feed the pending token, draw the next one. fixed_span (for a graph)
         attends over the whole cache; otherwise as far as the longest row, masked only if rows differ."""
         lengths = rows.cache_length
         span = self.config.block_size if fixed_span else max(lengths) + 1
         view = Decode(rows.cache, span, masked=fixed_span or min(lengths) != max(lengths))
         logits, _ = self.model(rows.tokens, cache=view)
-        self._draw(rows, logits[:, -1, :vocab_size])
+        self._draw(rows, logits[:, -1, : rows.vocab_size])
         rows.cache.lengths += 1
 
-    def _recompute(self, rows, vocab_size):
+    def _recompute(self, rows):
         """One token for every row from a full forward over its context (no cache); rows whose
         contexts have the same length share a forward."""
-        by_length = {}
+        by_length, vocab_size = {}, rows.vocab_size
         for r in range(len(rows)):
-            end = rows.prompt_lengths[r] + rows.count  # tokens so far, the pending one included
+            end = rows.prompt_lengths[r] + rows.counts[r]  # tokens so far, the pending one included
             start = context_start(end, self.config.block_size)
             by_length.setdefault(end - start, []).append((r, start, end))
         logits = torch.empty((len(rows), vocab_size), device=self.device)
@@ -344,13 +408,14 @@ class Engine:
             rows.tokens[:, 0] = sample_tokens(logits, rows.temperature, rows.top_k, rows.top_p, rows.seeds, rows.steps, rows.filtered)
         rows.steps += 1
 
-    def _graph_for(self, rows, vocab_size):
+    def _graph_for(self, rows):
         """The decode step's CUDA graph for a batch of this size, captured the first time. A graph reads
-        and writes fixed tensors, so later batches of the same size copy their state into those."""
-        key = (len(rows), rows.greedy, rows.filtered, vocab_size)
+        and writes fixed tensors, so a later batch of the same size copies its state into those."""
+        key = (len(rows), rows.greedy, rows.filtered, rows.vocab_size)
         if key not in self.graphs:
-            self.graphs[key] = (self._capture(rows, vocab_size), rows.cache, {name: getattr(rows, name) for name in Rows.STEP_STATE})
-            return self.graphs[key][0]
+            graph = self._capture(rows)
+            self.graphs[key] = (graph, rows.cache, {name: getattr(rows, name) for name in Rows.STEP_STATE})
+            return graph
         graph, cache, tensors = self.graphs[key]
         for name, tensor in tensors.items():
             setattr(rows, name, tensor.copy_(getattr(rows, name)))
@@ -358,10 +423,10 @@ class Engine:
         if rows.cache.k is not None:
             cache.k.copy_(rows.cache.k)
             cache.v.copy_(rows.cache.v)
-        rows.cache = cache
+        rows.cache = cache  # the graph's own cache object: Rows never changes one in place, only replaces it
         return graph
 
-    def _capture(self, rows, vocab_size):
+    def _capture(self, rows):
         """Capture one decode step as a CUDA graph over rows' tensors. The warm-up step before it
         (kernel choice, workspaces) writes keys at each row's next position, which the first real step
         overwrites; the tensors it advances are put back."""
@@ -370,13 +435,13 @@ class Engine:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._decode(rows, vocab_size, fixed_span=True)
+            self._decode(rows, fixed_span=True)
         torch.cuda.current_stream().wait_stream(side)
         for tensor, value in zip((rows.tokens, rows.steps, rows.cache.lengths), saved):
             tensor.copy_(value)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._decode(rows, vocab_size, fixed_span=True)
+            self._decode(rows, fixed_span=True)
         torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - t0
         return graph

@@ -43,7 +43,7 @@ def settings_class(module):
     return classes.pop()
 
 
-SCRIPTS = ["train.py", "sample.py", "bench.py", "export.py"] + sorted(
+SCRIPTS = ["train.py", "sample.py", "bench.py", "export.py", "serve.py"] + sorted(
     str(p.relative_to(REPO)) for p in REPO.glob("data/*/prepare.py")
 )
 
@@ -86,8 +86,8 @@ def train_schedule_works(module, cfg):
 def sampling_works(module, cfg):
     """Accepted sampling settings draw a valid token from random logits."""
     vocab = 65
-    rows = Rows([[0]], [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)], vocab, 1,
-                GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=vocab), "cpu")
+    rows = Rows(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=vocab), vocab, "cpu")
+    rows.add([[0]], [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)], 1)
     token = sample_tokens(torch.randn(1, vocab), rows.temperature, rows.top_k, rows.top_p, rows.seeds, rows.steps)
     assert 0 <= token.item() < vocab
 

@@ -1,0 +1,338 @@
+"""The HTTP side of serve.py: OpenAI's completions API (so its client, and lm-evaluation-harness, work
+unchanged), a page to try the model, a health check and Prometheus metrics. Generation is the
+scheduler's: continuous batching on the engine.
+"""
+
+import asyncio
+import hmac
+import json
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from nanogpt.completion import Endings
+from nanogpt.engine import Sampling
+from nanogpt.errors import UserError
+from nanogpt.scheduler import Busy, Job, Scheduler
+
+MAX_BODY_BYTES = 1 << 20
+PAGE = Path(__file__).with_name("page.html")
+
+
+class BadRequest(Exception):
+    """A request the server refuses, with the status and the one sentence that says why."""
+
+    def __init__(self, message, status=400, param=None):
+        super().__init__(message)
+        self.status, self.param = status, param
+
+
+def error(message, status, param=None):
+    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+    body = {"error": {"message": message, "type": kind.get(status, "invalid_request_error"), "param": param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+@dataclass
+class Completion:
+    """A checked POST /v1/completions body."""
+
+    prompts: list  # (text, ids) per prompt
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int | None
+    n: int
+    stop: list
+    seed: int
+    stream: bool
+    echo: bool
+    logprobs: int | None
+
+
+def number(body, key, default, kind, low=None, high=None, low_open=False, allow_none=False):
+    """body[key] checked to be a finite number of `kind` (int or float) within [low, high]."""
+    value = body.get(key, default)
+    if value is None and (allow_none or default is None):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise BadRequest(f"{key} must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)}", param=key)
+    if not math.isfinite(value):
+        raise BadRequest(f"{key} must be a finite number, got {value}", param=key)
+    if low is not None and (value <= low if low_open else value < low) or high is not None and value > high:
+        bounds = f"{'above' if low_open else 'at least'} {low}" + (f" and at most {high}" if high is not None else "")
+        raise BadRequest(f"{key} must be {bounds}, got {value}", param=key)
+    return value
+
+
+def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object with at least a prompt")
+    if "prompt" not in body:
+        raise BadRequest("prompt is missing: send the text to complete as prompt", param="prompt")
+    prompt = body["prompt"]
+    if isinstance(prompt, str) or prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise BadRequest("prompt must be a string, a list of strings, or token ids", param="prompt")
+    prompts = []
+    for item in prompt:
+        if isinstance(item, str):
+            try:
+                ids = tokenizer.encode(item)
+            except UserError as e:
+                raise BadRequest(str(e), param="prompt") from None
+            if not ids and getattr(tokenizer, "eot_token", None) is not None:
+                ids = [tokenizer.eot_token]  # GPT-2's way to start from nothing
+        elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in item):
+            ids = item
+        else:
+            raise BadRequest("prompt must be a string, a list of strings, or token ids below the vocabulary size", param="prompt")
+        if not ids:
+            raise BadRequest("prompt is empty: send at least one character", param="prompt")
+        if len(ids) > block_size:
+            raise BadRequest(f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}", param="prompt")
+        prompts.append((item if isinstance(item, str) else tokenizer.decode(ids), ids))
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise BadRequest("stop must be a string or a list of up to 4 strings", param="stop")
+    for key in ("stream", "echo"):
+        if not isinstance(body.get(key, False), bool):
+            raise BadRequest(f"{key} must be true or false", param=key)
+    request = Completion(
+        prompts=prompts,
+        max_tokens=number(body, "max_tokens", 16, int, 1, max_tokens_limit),
+        temperature=number(body, "temperature", 1.0, float, 0),
+        top_p=number(body, "top_p", 1.0, float, 0, 1, low_open=True),
+        top_k=number(body, "top_k", None, int, 1),
+        n=number(body, "n", 1, int, 1, max_n),
+        stop=stop,
+        seed=number(body, "seed", None, int, -(2**62), 2**62 - 1),
+        stream=body.get("stream", False),
+        echo=body.get("echo", False),
+        logprobs=number(body, "logprobs", None, int, 0, 5),
+    )
+    if request.seed is None:
+        request.seed = random.randrange(2**31)
+    if request.logprobs is not None:
+        longest = max(len(ids) for _, ids in prompts) + request.max_tokens
+        if longest > block_size:
+            raise BadRequest(f"logprobs needs prompt and completion within the model's context of {block_size} tokens; lower max_tokens", param="logprobs")
+    return request
+
+
+def make_metrics():
+    registry = CollectorRegistry()
+    return registry, {
+        "requests": Counter("nanogpt_requests", "completion requests answered, by status", ["status"], registry=registry),
+        "tokens": Counter("nanogpt_generated_tokens", "tokens generated", registry=registry),
+        "cancelled": Counter("nanogpt_rows_freed_by_disconnect", "rows freed because their client went away", registry=registry),
+        "rows_per_step": Histogram("nanogpt_rows_per_step", "rows in each decode step", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry),
+        "running": Gauge("nanogpt_rows_running", "rows in the running batch", registry=registry),
+        "queue": Gauge("nanogpt_queue_length", "jobs waiting for a row", registry=registry),
+        "first_token_seconds": Histogram("nanogpt_time_to_first_token_seconds", "from submission to the first token", registry=registry),
+    }
+
+
+def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_limit=None, api_key=None):
+    config = engine.config
+    vocab_size = tokenizer.vocab_size
+    max_tokens_limit = max_tokens_limit or config.block_size
+    registry, metrics = make_metrics()
+    scheduler = Scheduler(engine, vocab_size, max_rows, max_queue, metrics)
+    app = FastAPI(title="nanogpt", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler = scheduler
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Every request but /health needs the key, when there is one; bodies stay under 1 MB."""
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if request.url.path == "/":
+                given = given or request.query_params.get("key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                metrics["requests"].labels("401").inc()
+                return error("a valid API key is needed: send the header Authorization: Bearer KEY", 401)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            metrics["requests"].labels("413").inc()
+            return error(f"the body is larger than {MAX_BODY_BYTES // 1024} KB", 413)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "nanogpt", "context_length": config.block_size}]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        return error("this server has no chat endpoint: these are base models without a chat template; use /v1/completions with a prompt", 404)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        raw = await request.body()
+        try:
+            if len(raw) > MAX_BODY_BYTES:
+                raise BadRequest(f"the body is larger than {MAX_BODY_BYTES // 1024} KB", status=413)
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise BadRequest("the body is not valid JSON") from None
+            completion = parse_completion(body, tokenizer, config.block_size, max_tokens_limit, max_rows)
+            answer = Answer(completion, tokenizer, scheduler, vocab_size, name)
+            scheduler.submit(answer.jobs)
+        except BadRequest as e:
+            metrics["requests"].labels(str(e.status)).inc()
+            return error(str(e), e.status, e.param)
+        except Busy:
+            metrics["requests"].labels("429").inc()
+            return error(f"the server is busy ({max_rows} rows running and {max_queue} waiting); try again shortly", 429)
+        metrics["requests"].labels("200").inc()
+        if completion.stream:
+            return StreamingResponse(answer.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            return JSONResponse(await answer.whole())
+        except BadRequest as e:
+            return error(str(e), e.status)
+        finally:
+            answer.cancel()
+
+    return app
+
+
+class Answer:
+    """One request's completions (n per prompt) as they are generated: jobs for the scheduler, and the
+    response built from their events, whole or streamed."""
+
+    def __init__(self, completion, tokenizer, scheduler, vocab_size, model_name):
+        self.completion, self.tokenizer, self.scheduler, self.vocab_size = completion, tokenizer, scheduler, vocab_size
+        self.engine = scheduler.engine
+        self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model_name
+        self.endings = Endings(tokenizer, completion.stop)
+        self.loop = asyncio.get_running_loop()
+        self.inbox = asyncio.Queue()  # (job index, event), put there from the scheduler's thread
+        self.jobs = []
+        for p, (_, ids) in enumerate(completion.prompts):
+            for i in range(completion.n):
+                index = len(self.jobs)
+                sampling = Sampling(completion.temperature, completion.top_k, completion.top_p, completion.seed + i)
+                self.jobs.append(Job(ids, sampling, completion.max_tokens, self.endings.ended, self._deliverer(index)))
+
+    def _deliverer(self, index):
+        def deliver(event):  # called on the scheduler's thread
+            self.loop.call_soon_threadsafe(self.inbox.put_nowait, (index, event))
+
+        return deliver
+
+    def cancel(self):
+        for job in self.jobs:
+            job.cancelled = True
+
+    async def choice(self, index, ids, reason):
+        completion = self.completion
+        prompt_text, prompt_ids = completion.prompts[index // completion.n]
+        text = self.endings.text(ids)
+        choice = {"text": (prompt_text if completion.echo else "") + text, "index": index, "logprobs": None, "finish_reason": reason}
+        if completion.logprobs is not None:
+            kept = self._kept_ids(ids, text)
+            choice["logprobs"] = await self._logprobs(prompt_ids, kept)
+        return choice
+
+    def _kept_ids(self, ids, text):
+        """The generated ids up to where the text was cut (for logprobs)."""
+        kept = []
+        for token in ids:
+            if len(self.endings.text([*kept, token])) > len(text) or token == self.endings.end_token:
+                break
+            kept.append(token)
+        return kept
+
+    async def _logprobs(self, prompt_ids, ids):
+        """OpenAI's logprobs object for the completion (and the prompt, with echo): one forward over the
+        whole sequence, run on a worker thread while the scheduler's step is not using the model."""
+        decode = self.tokenizer.decode
+        sequence = [*prompt_ids, *ids]
+
+        def score():
+            with self.scheduler.model_lock:
+                return self.engine.token_logprobs(sequence, self.completion.logprobs, self.vocab_size)
+
+        chosen, tops = await asyncio.to_thread(score)
+        first = 0 if self.completion.echo else len(prompt_ids)
+        tokens = [decode([t]) for t in sequence[first:]]
+        offsets, position = [], 0
+        for token in tokens:
+            offsets.append(position)
+            position += len(token)
+        top = [None if t is None else {decode([k]): v for k, v in t.items()} for t in tops[first:]]
+        return {"tokens": tokens, "token_logprobs": chosen[first:], "top_logprobs": top if self.completion.logprobs else None, "text_offset": offsets}
+
+    async def whole(self):
+        choices = [None] * len(self.jobs)
+        while any(c is None for c in choices):
+            index, event = await self.inbox.get()
+            if event[0] == "done":
+                choices[index] = await self.choice(index, event[1], event[2])
+            elif event[0] == "error":
+                raise BadRequest(event[1], status=500)
+        completion_tokens = sum(len(job.ids) for job in self.jobs)
+        prompt_tokens = sum(len(ids) for _, ids in self.completion.prompts)
+        return {
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    def chunk(self, index, text, reason=None, logprobs=None):
+        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
+        return "data: " + json.dumps({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [choice]}) + "\n\n"
+
+    async def events(self):
+        """Server-sent events in OpenAI's chunk format: text as it becomes safe to show, a last chunk per
+        choice with its finish_reason, then [DONE]. A client that goes away cancels its rows."""
+        shown = [""] * len(self.jobs)
+        received = [[] for _ in self.jobs]  # each choice's ids so far, from its events
+        open_choices = len(self.jobs)
+        try:
+            if self.completion.echo:
+                for index in range(len(self.jobs)):
+                    yield self.chunk(index, self.completion.prompts[index // self.completion.n][0])
+            while open_choices:
+                index, event = await self.inbox.get()
+                if event[0] == "error":
+                    yield "data: " + json.dumps({"error": {"message": event[1], "type": "server_error"}}) + "\n\n"
+                    break
+                final = event[0] == "done"
+                if not final:
+                    received[index].append(event[1])
+                ids = event[1] if final else received[index]
+                text = self.endings.shown(ids, final=final)
+                if len(text) > len(shown[index]) or final:
+                    delta, shown[index] = text[len(shown[index]) :], max(text, shown[index], key=len)
+                    logprobs = None
+                    if final and self.completion.logprobs is not None:
+                        prompt_ids = self.completion.prompts[index // self.completion.n][1]
+                        logprobs = await self._logprobs(prompt_ids, self._kept_ids(ids, text))
+                    yield self.chunk(index, delta, event[2] if final else None, logprobs)
+                open_choices -= final
+            yield "data: [DONE]\n\n"
+        finally:
+            self.cancel()

@@ -1,0 +1,258 @@
+"""serve.py as its users meet it: a real server on a free loopback port in a subprocess, the official
+openai client, concurrent streams, bad input, a disconnect, an API key, and the page in a real browser."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO, run_script
+
+openai = pytest.importorskip("openai", reason="the serve tests need the serve extra: pip install -e '.[serve,dev]'")
+httpx = pytest.importorskip("httpx")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(out_dir, tmp_path_factory, *extra):
+    """serve.py in the background; returns (process, base URL) once /health answers."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"--out_dir={out_dir}", "--device=cpu", f"--port={port}", *extra],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1) as response:
+                if response.status == 200:
+                    return process, base, log
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    log.seek(0)
+    process.kill()
+    raise AssertionError(f"the server did not start: {log.read()}")
+
+
+def stop_server(process, log):
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    out_dir, _ = trained_run
+    process, base, log = start_server(out_dir, tmp_path_factory, "--max_rows=16", "--max_tokens_limit=100000")
+    yield base
+    stop_server(process, log)
+
+
+def client(base, key="unused"):
+    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def metric(base, name):
+    """The value of one Prometheus sample (labels included in `name`), 0 if absent."""
+    text = httpx.get(base + "/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def sample_py(out_dir, prompt, tokens):
+    result = run_script("sample.py", f"--out_dir={out_dir}", f"--start={prompt}", "--temperature=0", f"--max_new_tokens={tokens}", "--num_samples=1", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n---------------")[0][len(prompt) :]
+
+
+def test_openai_client_completion_stream_n_and_stop(server, trained_run):
+    out_dir, _ = trained_run
+    c = client(server)
+    plain = c.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=0)
+    text = plain.choices[0].text
+    assert plain.choices[0].finish_reason == "length" and plain.usage.completion_tokens == 40
+    assert plain.usage.prompt_tokens == len("ROMEO:")
+    # greedy text is what sample.py writes for the same prompt
+    assert text == sample_py(out_dir, "ROMEO:", 40)
+
+    streamed = "".join(chunk.choices[0].text for chunk in c.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=0, stream=True))
+    assert streamed == text
+
+    three = c.completions.create(model="any", prompt="JULIET:", max_tokens=30, n=3, temperature=1.0, seed=7)
+    assert sorted(choice.index for choice in three.choices) == [0, 1, 2]
+    again = c.completions.create(model="any", prompt="JULIET:", max_tokens=30, n=3, temperature=1.0, seed=7)
+    assert [x.text for x in three.choices] == [x.text for x in again.choices]  # a seed repeats them
+    assert len({x.text for x in three.choices}) > 1  # and each choice has its own stream
+
+    stop = text[10]  # a character the greedy completion holds: it must end there
+    stopped = c.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == text[: text.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_echo_and_logprobs_score_the_prompt(server):
+    """What lm-evaluation-harness's local-completions model asks to score a text."""
+    body = {"prompt": "ROMEO: speak", "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+    choice = httpx.post(server + "/v1/completions", json=body).json()["choices"][0]
+    logprobs = choice["logprobs"]
+    assert choice["text"].startswith("ROMEO: speak")
+    assert logprobs["tokens"][:12] == list("ROMEO: speak")
+    assert logprobs["token_logprobs"][0] is None and all(lp < 0 for lp in logprobs["token_logprobs"][1:])
+    assert logprobs["text_offset"][:3] == [0, 1, 2]
+
+
+def test_sixteen_concurrent_streams_share_the_batch(server):
+    prompts = [("ROMEO:", "JULIET:", "First Citizen:", "O", "KING")[i % 5] + " " * (i % 3) for i in range(16)]
+    lengths = [8 + 2 * i for i in range(16)]
+    c = client(server)
+    alone = [c.completions.create(model="any", prompt=p, max_tokens=n, temperature=0).choices[0].text for p, n in zip(prompts, lengths)]
+    steps_before = metric(server, "nanogpt_rows_per_step_count")
+    single_row_steps_before = metric(server, 'nanogpt_rows_per_step_bucket{le="1.0"}')
+    together = [None] * 16
+
+    def stream(i):
+        chunks = c.completions.create(model="any", prompt=prompts[i], max_tokens=lengths[i], temperature=0, stream=True)
+        together[i] = "".join(chunk.choices[0].text for chunk in chunks)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert together == alone
+    steps = metric(server, "nanogpt_rows_per_step_count") - steps_before
+    single_row_steps = metric(server, 'nanogpt_rows_per_step_bucket{le="1.0"}') - single_row_steps_before
+    assert steps > 0 and single_row_steps < steps  # some steps ran several rows at once
+    assert steps < sum(lengths)  # fewer steps than one a token
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"max_tokens": 5}).encode(), 400, "prompt is missing"),
+    (json.dumps({"prompt": "ROMEO:", "max_tokens": 0}).encode(), 400, "max_tokens must be at least 1"),
+    (json.dumps({"prompt": "ROMEO:", "max_tokens": 10**9}).encode(), 400, "max_tokens must be at least 1 and at most 100000"),
+    (json.dumps({"prompt": "ROMEO:", "temperature": -1}).encode(), 400, "temperature must be at least 0"),
+    (b'{"prompt": "ROMEO:", "temperature": NaN}', 400, "temperature must be a finite number"),
+    (json.dumps({"prompt": "ROMEO:", "top_p": 0}).encode(), 400, "top_p must be above 0 and at most 1"),
+    (json.dumps({"prompt": "ROMEO:", "top_p": 1.5}).encode(), 400, "top_p must be above 0 and at most 1"),
+    (json.dumps({"prompt": "ROMEO: \u00e9\u00e8"}).encode(), 400, "characters outside the model's vocabulary"),
+    (json.dumps({"prompt": "x" * 100}).encode(), 400, "longer than the model's context of 32"),
+    (json.dumps({"prompt": "ROMEO:", "stop": 5}).encode(), 400, "stop must be a string"),
+    (json.dumps({"prompt": "ROMEO:", "n": "two"}).encode(), 400, "n must be an integer"),
+    (json.dumps({"prompt": "x" * (2 << 20)}).encode(), 413, "larger than 1024 KB"),
+]
+
+
+@pytest.mark.parametrize("body, status, fragment", BAD_REQUESTS, ids=[f"{s}-{f}" for _, s, f in BAD_REQUESTS])
+def test_bad_requests_get_one_sentence(server, body, status, fragment):
+    response = httpx.post(server + "/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    message = response.json()["error"]["message"]
+    assert fragment in message and "\n" not in message, message
+
+
+def test_the_server_keeps_serving_after_fifty_bad_requests(server):
+    for i in range(50):
+        body, status, _ = BAD_REQUESTS[i % len(BAD_REQUESTS)]
+        assert httpx.post(server + "/v1/completions", content=body).status_code == status
+    good = httpx.post(server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 5})
+    assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 5
+    chat = httpx.post(server + "/v1/chat/completions", json={"messages": []})
+    assert chat.status_code == 404 and "base models without a chat template" in chat.json()["error"]["message"]
+    models = httpx.get(server + "/v1/models").json()
+    assert models["data"][0]["context_length"] == 32
+
+
+def test_a_client_that_disconnects_frees_its_row(server):
+    freed = metric(server, "nanogpt_rows_freed_by_disconnect_total")
+    with httpx.stream("POST", server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 100000, "stream": True}) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)  # a few chunks arrive, then the client goes away mid-stream
+    deadline = time.time() + 20
+    while time.time() < deadline and metric(server, "nanogpt_rows_freed_by_disconnect_total") == freed:
+        time.sleep(0.1)
+    assert metric(server, "nanogpt_rows_freed_by_disconnect_total") == freed + 1
+    assert metric(server, "nanogpt_rows_running") == 0
+
+
+def test_api_key(trained_run, tmp_path_factory):
+    out_dir, _ = trained_run
+    process, base, log = start_server(out_dir, tmp_path_factory, "--api_key=s3cret")
+    try:
+        assert httpx.get(base + "/health").status_code == 200  # open without a key
+        refused = httpx.post(base + "/v1/completions", json={"prompt": "ROMEO:"})
+        assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
+        assert httpx.get(base + "/").status_code == 401
+        assert httpx.get(base + "/?key=s3cret").status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            client(base, "wrong").completions.create(model="any", prompt="ROMEO:", max_tokens=3)
+        assert client(base, "s3cret").completions.create(model="any", prompt="ROMEO:", max_tokens=3).usage.completion_tokens == 3
+    finally:
+        stop_server(process, log)
+    log_text = (log.name and open(log.name).read())
+    assert "page: http://127.0.0.1:" in log_text and "?key=s3cret" in log_text
+
+
+def test_the_page_in_a_real_browser(server, tmp_path):
+    """Debian's chromium and chromium-driver, driven by Selenium: type a prompt, Generate, watch the text
+    grow, Stop, watch it stop."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not shutil.which("chromedriver") or not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no chromium/chromedriver here: scripts/test.sh installs them with apt-get where it can")
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
+        options.add_argument(argument)
+    options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(server + "/")
+        wait_until(lambda: "context of 32 tokens" in driver.find_element(By.ID, "model").text)
+        prompt = driver.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("ROMEO:")
+        max_tokens = driver.find_element(By.ID, "max_tokens")
+        max_tokens.clear()
+        max_tokens.send_keys("100000")
+        driver.find_element(By.ID, "generate").click()
+        completion = lambda: driver.find_element(By.ID, "completion").text  # noqa: E731
+        wait_until(lambda: len(completion()) > 0)
+        first = len(completion())
+        wait_until(lambda: len(completion()) > first + 20)  # it grows as tokens stream in
+        driver.find_element(By.ID, "stop").click()
+        wait_until(lambda: driver.find_element(By.ID, "generate").is_enabled())
+        stopped = len(completion())
+        time.sleep(1.0)
+        assert len(completion()) == stopped  # nothing more arrives after Stop
+        assert driver.find_element(By.ID, "error").text == ""
+        driver.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
+
+
+def wait_until(condition, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
