@@ -5,7 +5,7 @@ The CUDA tests run where a GPU is present (bench/gpu_decode.sh runs them on a le
 import pytest
 import torch
 
-from nanogpt.engine import Decode, Engine, KVCache, Prefill, Sampling, context_start, inference_model, sample_tokens
+from nanogpt.engine import Decode, Engine, KVCache, Prefill, Rows, Sampling, context_start, inference_model, sample_tokens
 from nanogpt.model import GPT, GPTConfig
 
 SETTINGS = [Sampling(0), Sampling(1.0, seed=3), Sampling(0.8, top_k=10, seed=4), Sampling(1.2, top_p=0.7, seed=5)]
@@ -146,3 +146,31 @@ def test_cuda_graph_equals_eager_and_uncached_in_float32(sampling):
     assert engine.generate(batch, 70, sampling) == graphed  # the captured graph, replayed again
     assert Engine(model, cuda_graph=False).generate(batch, 70, sampling) == graphed
     assert Engine(model, use_cache=False).generate(batch, 70, sampling) == graphed
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_rows_that_join_and_leave_mid_flight_get_their_own_tokens(device):
+    """What the server's continuous batching does: rows join a running batch between steps and leave it
+    when done, and every row gets exactly the tokens its prompt gets alone (past block_size too). On CUDA
+    each new batch size replays a graph of its own, and a size seen before reuses its graph."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = small_model(device)
+    batch = prompts(1, 5, 23, 3)
+    sampling = [Sampling(0), Sampling(1.0, seed=2), Sampling(0.8, top_k=10, seed=3), Sampling(1.0, seed=4)]
+    lengths = [30, 12, 25, 20]
+    alone = [Engine(model).generate([p], n, s)[0] for p, n, s in zip(batch, lengths, sampling)]
+    engine, rows = Engine(model), Rows(model.config, 50, torch.device(device))
+    got = {}
+    joins = {0: [0], 4: [1, 2], 9: [3]}  # step -> rows that join before it
+    for step in range(60):
+        if step in joins:
+            rows.add([batch[i] for i in joins[step]], [sampling[i] for i in joins[step]], max(lengths), index=joins[step])
+        if not len(rows):
+            break
+        engine.step(rows)
+        done = [r for r, row in enumerate(rows.index) if rows.counts[r] == lengths[row]]
+        for r in done:
+            got[rows.index[r]] = rows.generated[r, : lengths[rows.index[r]]].tolist()
+        if done:
+            rows.keep([r for r in range(len(rows)) if r not in done])
+    assert [got[i] for i in range(4)] == alone
