@@ -113,7 +113,7 @@ def main():
         server.terminate()
         server.wait()
     print(f"\n{args.max_tokens} tokens a request, {args.seconds:.0f} s each, server on {args.device}")
-    print(f"| clients | requests | requests/s | tokens/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) |")
+    print("| clients | requests | requests/s | tokens/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['label']} | {r['requests']} | {r['rps']:.2f} | {r['tps']:,.0f} | {r['ttft50']:.3f} / {r['ttft99']:.3f} | {r['lat50']:.2f} / {r['lat99']:.2f} |")

@@ -184,7 +184,7 @@ class Rows:
     STEP_STATE = ("tokens", "temperature", "top_k", "top_p", "seeds", "steps")  # what a decode step reads
 
     def __init__(self, config, vocab_size, device):
-        self.config, self.vocab_size, self.device = config, vocab_size, device
+        self.vocab_size, self.device = vocab_size, device
         self.index, self.prompts, self.prompt_lengths, self.sampling = [], [], [], []
         self.cache_start = []  # where each row's cached context begins (None: no cache yet)
         self.cache_length = []

@@ -79,6 +79,8 @@ class Scheduler:
         while True:
             admitted = self._admit(running)
             running += admitted
+            if not running:  # every waiting job was cancelled before it got a row
+                continue
             self._gauge("running", len(running))
             if self.metrics:
                 self.metrics["rows_per_step"].observe(len(running))
