@@ -325,7 +325,9 @@ class Engine:
         # torch 2.11 sends bf16 attention on Hopper to cuDNN first, which builds an execution plan for every
         # new shape, and a growing context is a new shape at every token: eager bf16 decoding of the 6 x 384
         # model took 20 ms a token on an H100 against 1.3 ms for a bare forward. Flash and memory-efficient
-        # attention need no plans.
+        # attention need no plans. The choice wraps the whole step, graph capture included: wrapping each
+        # forward instead (capture then chooses inside torch.cuda.graph) measured 2x slower graph replay
+        # for GPT-2 at batch 1 on an H200 (769 against 1,532 tokens/s; cause not established).
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
             if not self.use_cache:
                 self._recompute(rows)

@@ -57,10 +57,10 @@ class Completion:
     logprobs: int | None
 
 
-def number(body, key, default, kind, low=None, high=None, low_open=False, allow_none=False):
+def number(body, key, default, kind, low=None, high=None, low_open=False):
     """body[key] checked to be a finite number of `kind` (int or float) within [low, high]."""
     value = body.get(key, default)
-    if value is None and (allow_none or default is None):
+    if value is None and default is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise BadRequest(f"{key} must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)}", param=key)

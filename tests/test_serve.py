@@ -206,7 +206,7 @@ def test_api_key(trained_run, tmp_path_factory):
         assert client(base, "s3cret").completions.create(model="any", prompt="ROMEO:", max_tokens=3).usage.completion_tokens == 3
     finally:
         stop_server(process, log)
-    log_text = (log.name and open(log.name).read())
+    log_text = open(log.name).read()
     assert "page: http://127.0.0.1:" in log_text and "?key=s3cret" in log_text
 
 
