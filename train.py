@@ -21,10 +21,6 @@ from pathlib import Path
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanogpt.checkpoint import (
@@ -36,11 +32,11 @@ from nanogpt.data import Dataset
 from nanogpt.errors import UserError, is_out_of_memory, run_main
 from nanogpt.files import check_writable_folder
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
-from nanogpt.metrics import METRICS_NAME, append_record, keep_records_through, plot_loss_curve
+from nanogpt.metrics import METRICS_NAME, LossPlotter, append_record, keep_records_through, run_record
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.schedule import cosine_lr, wsd_lr
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
-from nanogpt.tokenizer import describe_vocabulary, same_vocabulary
+from nanogpt.tokenizer import describe_vocabulary, same_vocabulary, tokenizer_from_meta
 
 
 def format_duration(seconds):
@@ -182,6 +178,8 @@ def train():
     # signal ends the process at once (e.g. one waiting for peers that torchrun is restarting)
     run.stop_signals = catch_stop_signals()
     stopped = training_loop(run)
+    if procs.master:
+        run.plotter.finish()
     if procs.master and not stopped:
         print(f"done: best val loss {run.best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
     if procs.ddp:
@@ -266,11 +264,14 @@ def set_up(cfg, procs):
 
     run.data = Dataset(cfg.data_dir, cfg.dataset)
     run.data.check_length(cfg.block_size)
+    # each token's length in UTF-8 bytes, for bits per byte
+    run.token_bytes = torch.tensor(tokenizer_from_meta(run.data.meta).token_byte_lengths(), device=procs.device)
     run.batch_generator = torch.Generator().manual_seed(cfg.seed)  # the same in every process: see get_batch
 
     model, run.model_args, checkpoint = build_model(cfg, run.data, procs.master)
     run.iter_num = checkpoint["iter_num"] if checkpoint else 0
     run.best_val_loss = checkpoint["best_val_loss"] if checkpoint else float("inf")
+    run.train_seconds = checkpoint.get("train_seconds", 0.0) if checkpoint else 0.0
     model.to(procs.device)
     if procs.master:
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
@@ -302,6 +303,8 @@ def set_up(cfg, procs):
 def shard(model, cfg, procs):
     """FSDP2: each block, then the rest, keeps only its shard of parameters, gradients and optimizer state
     on each process and gathers a block's full weights just for its forward and backward."""
+    from torch.distributed.fsdp import fully_shard  # imported here: it would add half a second to every start-up
+
     if not procs.ddp:
         raise UserError("fsdp=True shards the model over processes that torchrun starts: torchrun --standalone --nproc_per_node=N train.py ...")
     if cfg.optimizer != "adamw":
@@ -333,12 +336,15 @@ def open_logs(run):
     """metrics.jsonl (started afresh, or cut back to the resumed step) and wandb, on rank 0."""
     cfg, procs = run.cfg, run.procs
     run.wandb = None
+    run.plotter = LossPlotter(cfg.out_dir) if procs.master else None
     if procs.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if run.iter_num == 0:
             open(os.path.join(cfg.out_dir, METRICS_NAME), "w").close()
         else:
             keep_records_through(cfg.out_dir, run.iter_num)
+        # what compare.py reads to tell runs apart; a resumed run adds one where it continues
+        append_record(cfg.out_dir, run_record(cfg, run.iter_num, run.tokens_per_iter, run.data.meta))
     if cfg.wandb_log and procs.master:
         try:
             import wandb
@@ -420,6 +426,8 @@ def restore_training_state(run, model, checkpoint):
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         if cfg.fsdp or any(isinstance(key, str) for key in state["state"]):
             # saved by parameter name (an FSDP run's full state dict): maps onto sharded and plain models
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
             set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
         else:
             optimizer.load_state_dict(state)
@@ -446,12 +454,12 @@ def estimate_loss(run):
     can take minutes). The batches are the same at every eval (a fixed seed), so the curve shows the
     model changing, not the batches."""
     cfg = run.cfg
-    means = torch.zeros(2)
+    results = torch.zeros(3)  # train loss, val loss, val bits per byte
     run.model.eval()
     t0 = time.time()
     for i, split in enumerate(("train", "val")):
         generator = torch.Generator().manual_seed(cfg.seed + 1)
-        losses = torch.zeros(cfg.eval_iters)
+        losses, text_bytes = torch.zeros(cfg.eval_iters), torch.zeros((), dtype=torch.long, device=run.procs.device)
         for k in range(cfg.eval_iters):
             if eval_stop_requested(run):
                 run.model.train()
@@ -460,16 +468,20 @@ def estimate_loss(run):
             with run.ctx:
                 _, loss = run.model(X, Y)
             losses[k] = loss.item()
+            text_bytes += run.token_bytes[Y].sum()
             if not run.eval_timed:
                 report_eval_time(run, time.time() - t0)
-        means[i] = losses.mean()
+        results[i] = losses.mean()
+        if split == "val":
+            # nats over every target token / the UTF-8 bytes of their text / ln 2: comparable across tokenizers
+            results[2] = losses.sum() * Y.numel() / max(text_bytes.item(), 1) / math.log(2)
     run.model.train()
     if cfg.fsdp:
         # every process decides from these whether to save, and saving is a collective: a last-bit
         # difference between processes must not split that decision
-        means = means.to(run.procs.device)
-        torch.distributed.broadcast(means, src=0)
-    return dict(train=means[0].item(), val=means[1].item())
+        results = results.to(run.procs.device)
+        torch.distributed.broadcast(results, src=0)
+    return dict(train=results[0].item(), val=results[1].item(), val_bpb=results[2].item())
 
 
 def eval_stop_requested(run):
@@ -509,6 +521,8 @@ def save(run, best=False):
     keep_checkpoints a numbered copy. Under FSDP every process must call it: the full weights are
     gathered from all shards, so the files are the same as an unsharded run's."""
     if run.cfg.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(run.raw_model, options=full)
         optimizer_states = [get_optimizer_state_dict(run.raw_model, optimizer, options=full) for optimizer in run.optimizers]
@@ -524,6 +538,7 @@ def save(run, best=False):
         "model_args": run.model_args,
         "iter_num": run.iter_num,
         "best_val_loss": run.best_val_loss,
+        "train_seconds": run.train_seconds,  # the time axis of a resumed run's metrics continues from here
         "config": asdict(run.cfg),
         "tokenizer": run.data.meta,
         # the other streams are where they were when that batch was drawn: since then only backward,
@@ -547,13 +562,17 @@ def evaluate_and_save(run, lr):
     """Losses on both splits, logged by rank 0, and a checkpoint (best.pt too when val loss improved).
     Returns False when a stop request cut the evaluation short."""
     cfg = run.cfg
+    t0 = time.time()
     losses = estimate_loss(run)
     if losses is None:
         return False
     if run.procs.master:
-        print(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        append_record(cfg.out_dir, dict(kind="eval", iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], lr=lr))
-        plot_loss_curve(cfg.out_dir)
+        print(f"step {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val {losses['val_bpb']:.4f} bits per byte")
+        append_record(cfg.out_dir, dict(
+            kind="eval", iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], val_bpb=losses["val_bpb"], lr=lr,
+            tokens=run.iter_num * run.tokens_per_iter, train_seconds=run.train_seconds, eval_seconds=time.time() - t0,
+        ))
+        run.plotter.request()
         if run.wandb:
             run.wandb.log({"iter": run.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
     if not math.isfinite(losses["val"]):
@@ -601,9 +620,12 @@ def draw_batch(run):
     run.X, run.Y = run.data.get_batch("train", cfg.batch_size, cfg.block_size, procs.device, run.batch_generator, procs.rank, procs.world_size)
 
 
-def log_step(run, loss, lr, seconds_per_iter):
+def log_step(run, loss, lr):
     """One line and one metrics record for the step just taken (rank 0, every log_interval steps)."""
     cfg = run.cfg
+    last_iter, last_seconds = run.last_log
+    seconds_per_iter = (run.train_seconds - last_seconds) / (run.iter_num - last_iter)
+    run.last_log = (run.iter_num, run.train_seconds)
     loss_value = loss.item() * run.procs.grad_accum  # .item() waits for the GPU, so only at log time
     if not math.isfinite(loss_value):
         raise UserError(f"training loss is {loss_value} at step {run.iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
@@ -613,7 +635,10 @@ def log_step(run, loss, lr, seconds_per_iter):
     tokens_per_sec = run.tokens_per_iter / seconds_per_iter
     eta = format_duration((cfg.max_iters - run.iter_num) * run.ms_per_iter / 1000)
     line = f"iter {run.iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, ETA {eta}"
-    record = dict(kind="train", iter=run.iter_num, loss=loss_value, lr=lr, ms_per_iter=ms, tokens_per_sec=tokens_per_sec)
+    record = dict(
+        kind="train", iter=run.iter_num, loss=loss_value, lr=lr, ms_per_iter=ms, tokens_per_sec=tokens_per_sec,
+        tokens=run.iter_num * run.tokens_per_iter, train_seconds=run.train_seconds,
+    )
     if run.device_peak is not None:
         record["mfu"] = run.flops_per_iter / seconds_per_iter / run.device_peak
         line += f", MFU {record['mfu'] * 100:.1f}%"
@@ -668,7 +693,7 @@ def training_loop(run):
     """Train until max_iters or a stop signal; returns whether a signal stopped it."""
     cfg, procs = run.cfg, run.procs
     draw_batch(run)
-    t_log, iters_since_log, run.ms_per_iter = time.time(), 0, None
+    t_last, run.ms_per_iter, run.last_log = time.time(), None, (run.iter_num, run.train_seconds)
     while True:
         lr = learning_rate(cfg, run.iter_num)
         for optimizer in run.optimizers:
@@ -686,17 +711,16 @@ def training_loop(run):
             if not finished and (not procs.ddp or cfg.fsdp):
                 stop(run)
                 return True
-            t_log = time.time()  # leave eval time out of ms/iter
+            t_last = time.time()  # evaluation is not training time
         if cfg.eval_only or run.iter_num >= cfg.max_iters:
             return False
 
         loss = optimizer_step(run)
         run.iter_num += 1
-        iters_since_log += 1
+        now = time.time()
+        run.train_seconds, t_last = run.train_seconds + now - t_last, now
         if run.iter_num % cfg.log_interval == 0 and procs.master:
-            now = time.time()
-            log_step(run, loss, lr, (now - t_log) / iters_since_log)
-            t_log, iters_since_log = now, 0
+            log_step(run, loss, lr)
 
         if stop_requested(run):
             stop(run)

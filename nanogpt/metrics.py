@@ -2,6 +2,10 @@
 
 import json
 import os
+import subprocess
+import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 METRICS_NAME = "metrics.jsonl"
@@ -11,6 +15,29 @@ PLOT_NAME = "loss.png"
 def append_record(out_dir, record):
     with open(Path(out_dir) / METRICS_NAME, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def run_record(cfg, iter_num, tokens_per_iter, tokenizer_meta):
+    """The first record of a run (and of each resumed part): its full settings, the code's git commit
+    and when it started."""
+    return dict(
+        kind="run", iter=iter_num, started=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=git_commit(),
+        config=asdict(cfg), tokens_per_iter=tokens_per_iter, tokenizer=tokenizer_meta["tokenizer"],
+        vocab_size=tokenizer_meta["vocab_size"],
+    )
+
+
+def git_commit():
+    """The commit of the code that runs, with '+changes' if files differ from it; None outside git."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
 
 
 def read_records(out_dir):
@@ -61,3 +88,59 @@ def plot_loss_curve(out_dir):
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, Path(out_dir) / PLOT_NAME)
+
+
+class LossPlotter:
+    """Redraws loss.png in a child process whenever asked, so a training step never waits for matplotlib
+    (its import and one drawing take about 0.7 s on a small CPU). The child runs at a lower priority,
+    draws the latest metrics on each request, and ends when the pipe closes; if it cannot draw (no
+    matplotlib), it says so once and training goes on."""
+
+    def __init__(self, out_dir):
+        self.out_dir = str(out_dir)
+        self.child = None
+
+    def request(self):
+        if self.child is None:
+            # a session of its own: a Ctrl-C meant for training must not interrupt a drawing
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "nanogpt.metrics", self.out_dir], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                start_new_session=True,
+            )
+        try:
+            self.child.stdin.write("draw\n")
+            self.child.stdin.flush()
+        except OSError:
+            pass  # the child has ended: it said why
+
+    def finish(self, timeout=60):
+        """Wait for the last drawing, so loss.png is up to date when the run says it is done."""
+        if self.child is None:
+            return
+        try:
+            self.child.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+
+
+def draw_on_request(out_dir):
+    """The child's side of LossPlotter: one drawing per line read, until the pipe closes."""
+    os.nice(10)  # training gets the cores first
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("note: loss.png is not drawn: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return
+    for _ in sys.stdin:
+        try:
+            plot_loss_curve(out_dir)
+        except (OSError, ValueError, RuntimeError) as e:  # e.g. a full disk: checkpoints matter more and say so themselves
+            print(f"note: loss.png could not be drawn: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    draw_on_request(sys.argv[1])

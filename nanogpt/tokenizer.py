@@ -16,11 +16,15 @@ class CharTokenizer:
         unknown = sorted(set(text) - self.stoi.keys())
         if unknown:
             shown = ", ".join(repr(ch) for ch in unknown[:10])
-            raise UserError(f"the prompt has characters outside the model's vocabulary: {shown}; use only characters from the training text")
+            raise UserError(f"the text has characters outside the model's vocabulary: {shown}; use only characters from the training text")
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
+
+    def token_byte_lengths(self):
+        """Each id's length in UTF-8 bytes (what bits per byte divides by)."""
+        return [len(ch.encode("utf-8")) for ch in self.chars]
 
 
 class GPT2Tokenizer:
@@ -46,6 +50,12 @@ class GPT2Tokenizer:
 
     def decode(self, ids):
         return self.enc.decode(ids)
+
+    def token_byte_lengths(self):
+        """Each id's length in bytes; <|endoftext|> marks a boundary and stands for no text, so 0."""
+        lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+        lengths[self.eot_token] = 0
+        return lengths
 
 
 def same_vocabulary(a, b):

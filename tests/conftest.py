@@ -166,6 +166,18 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def hf_gpt2_dir(tmp_path_factory):
+    """A randomly initialised small GPT-2 saved the way Hugging Face models are (save_pretrained)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    path = tmp_path_factory.mktemp("hf_gpt2")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_run(data_dir, tmp_path_factory):
     """out_dir of a tiny model trained on shakespeare_char, with the run's stdout."""
     out_dir = tmp_path_factory.mktemp("run")

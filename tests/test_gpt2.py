@@ -18,17 +18,6 @@ from nanogpt.tokenizer import GPT2Tokenizer
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="session")
-def hf_gpt2_dir(tmp_path_factory):
-    """A randomly initialised small GPT-2 saved the way Hugging Face models are (save_pretrained)."""
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=50257, n_positions=128, n_embd=64, n_layer=2, n_head=2)
-    model = transformers.GPT2LMHeadModel(config)
-    path = tmp_path_factory.mktemp("hf_gpt2")
-    model.save_pretrained(path)
-    return path
-
-
 def test_imported_weights_give_the_same_logits(hf_gpt2_dir):
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dir).eval()
     ours = gpt_from_pretrained(str(hf_gpt2_dir)).eval()

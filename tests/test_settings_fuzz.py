@@ -43,7 +43,7 @@ def settings_class(module):
     return classes.pop()
 
 
-SCRIPTS = ["train.py", "sample.py", "bench.py", "export.py", "serve.py"] + sorted(
+SCRIPTS = ["train.py", "sample.py", "bench.py", "export.py", "serve.py", "eval.py", "compare.py"] + sorted(
     str(p.relative_to(REPO)) for p in REPO.glob("data/*/prepare.py")
 )
 
@@ -95,7 +95,7 @@ def sampling_works(module, cfg):
 # what an accepted case must then survive: the first computations its settings feed
 AFTER_ACCEPTED = {"train.py": train_schedule_works, "sample.py": sampling_works}
 # settings that make a case meaningful for the other keys: export needs a target to get past its first check
-BASE_ARGS = {"export.py": lambda tmp: [f"--to={tmp / 'exported'}"]}
+BASE_ARGS = {"export.py": lambda tmp: [f"--to={tmp / 'exported'}"], "compare.py": lambda tmp: [str(tmp / "a"), str(tmp / "b")]}
 EXAMPLES = 250
 
 
@@ -121,6 +121,8 @@ def test_every_setting_is_accepted_or_refused_by_name(script, tmp_path, monkeypa
             assert "\n" not in message.strip(), message
             assert any(re.search(rf"\b{name}\b", message) for name in names), f"{argv}: {message!r} names no setting"
             return
+        if isinstance(cfg, tuple):  # compare.py: (the run folders, the settings)
+            cfg = cfg[-1]
         assert isinstance(cfg, config_cls)
         if script in AFTER_ACCEPTED:
             AFTER_ACCEPTED[script](module, cfg)

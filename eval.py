@@ -1,0 +1,126 @@
+"""Loss and bits per byte of a model on a text: a checkpoint, GPT-2, or a Hugging Face GPT-2 folder.
+
+    python eval.py --out_dir=out-shakespeare-char                       # its dataset's val split
+    python eval.py --out_dir=out-shakespeare-char --input=some_text.txt
+    python eval.py --init_from=gpt2 --input=some_text.txt --stride=512
+
+Loss in nats per token depends on the tokenizer; bits per byte (the nats over every scored token,
+divided by the UTF-8 bytes of their text, over ln 2) does not, so a character-level and a BPE model
+compare on it. A text longer than the model's context is read in windows of block_size tokens moving
+--stride tokens at a time; each token is scored once, by the first window in which it is not among the
+first block_size - stride positions (so it has at least that much context), as in Hugging Face's
+perplexity recipe. A model with an end-of-text token starts from it, so every byte of the text is
+scored; a character-level model has none, so the text's first character is given, not scored.
+"""
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanogpt.checkpoint import check_model_source, load_checkpoint, load_model_and_tokenizer, model_from_checkpoint
+from nanogpt.config import CHECKPOINTS, DTYPES, load_config, setting
+from nanogpt.data import Dataset, read_text
+from nanogpt.engine import inference_model
+from nanogpt.errors import UserError, run_main
+from nanogpt.system import resolve_device, resolve_dtype
+from nanogpt.tokenizer import tokenizer_from_meta
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = setting("out", "folder holding the checkpoint (with init_from='resume')")
+    init_from: str = setting("resume", "'resume' (the checkpoint in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder")
+    checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt) or 'latest' (ckpt.pt)", choices=CHECKPOINTS)
+    input: str = setting("", "a UTF-8 text file; empty: the val split of the dataset the checkpoint was trained on")
+    stride: int = setting(0, "tokens each window moves on; 0: half the context. Smaller: more context per token, slower", within="[0, inf)")
+    batch_size: int = setting(8, "windows per forward pass", within="[1, inf)")
+    device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
+    dtype: str = setting("float32", "'float32', 'bfloat16', 'float16' or 'auto'", choices=DTYPES)
+
+
+def read_settings(argv):
+    cfg = load_config(EvalConfig, argv, script="eval.py")
+    check_model_source(cfg.init_from)
+    if not cfg.input and cfg.init_from != "resume":
+        raise UserError(f"--input=FILE is needed to evaluate {cfg.init_from}: it has no dataset of its own")
+    if cfg.input and not Path(cfg.input).is_file():
+        raise UserError(f"--input={cfg.input} is not a file; give a UTF-8 text file")
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return cfg
+
+
+def model_tokenizer_and_ids(cfg):
+    """The model, its tokenizer, the token ids to score and where they came from."""
+    if cfg.input:
+        model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
+        return model, tokenizer, tokenizer.encode(read_text(cfg.input), ordinary=True), cfg.input
+    checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
+    data = Dataset(checkpoint["config"]["data_dir"], checkpoint["config"]["dataset"])
+    model, tokenizer = model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
+    return model, tokenizer, np.asarray(data.tokens("val"), dtype=np.int64), f"the val split of {data.dir}"
+
+
+def windows(n_ids, context, stride):
+    """(begin, end, first scored) for each window over ids[begin:end]: inputs ids[begin:end-1] predict
+    ids[begin+1:end], of which those from index `first scored` on are scored (the earlier ones were)."""
+    scored_up_to, begin = 1, 0
+    while scored_up_to < n_ids:
+        end = min(begin + context + 1, n_ids)
+        yield begin, end, scored_up_to
+        scored_up_to, begin = end, begin + stride
+
+
+@torch.no_grad()
+def score(model, ids, token_bytes, stride, batch_size, device):
+    """Total nats, scored tokens and their bytes over ids, read window by window."""
+    context = model.config.block_size
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    nats, tokens, text_bytes = 0.0, 0, 0
+    pending = list(windows(len(ids), context, stride))
+    t_report, total = time.time(), len(pending)
+    while pending:
+        # windows of one length go through the model together (all but the last window have the full length)
+        length = pending[0][1] - pending[0][0]
+        batch = [w for w in pending[:batch_size] if w[1] - w[0] == length]
+        pending = pending[len(batch):]
+        x = torch.stack([ids[b : e - 1] for b, e, _ in batch])
+        y = torch.stack([ids[b + 1 : e] for b, e, _ in batch])
+        for row, (b, _, first) in enumerate(batch):
+            y[row, : first - b - 1] = -1  # already scored by an earlier window: context only
+        scored = y[y >= 0]
+        _, loss = model(x.to(device), y.to(device))
+        nats += loss.item() * scored.numel()
+        tokens += scored.numel()
+        text_bytes += int(token_bytes[scored].sum())
+        if time.time() - t_report > 5:
+            print(f"  {total - len(pending)}/{total} windows", file=sys.stderr, flush=True)
+            t_report = time.time()
+    return nats, tokens, text_bytes
+
+
+def main():
+    cfg = read_settings(sys.argv[1:])
+    device = resolve_device(cfg.device)
+    model, tokenizer, ids, source = model_tokenizer_and_ids(cfg)
+    model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
+    stride = cfg.stride or max(1, model.config.block_size // 2)
+    if stride > model.config.block_size:
+        raise UserError(f"stride {stride} is longer than the model's context of {model.config.block_size} tokens; use --stride={model.config.block_size} or less")
+    eot = getattr(tokenizer, "eot_token", None)
+    if eot is not None:
+        ids = np.concatenate([[eot], np.asarray(ids, dtype=np.int64)])  # so the text's first token is scored too
+    if len(ids) < 2:
+        raise UserError(f"{source} is too short to score: it needs at least {3 - (eot is not None)} tokens")
+    token_bytes = torch.tensor(tokenizer.token_byte_lengths())
+    nats, tokens, text_bytes = score(model, ids, token_bytes, stride, cfg.batch_size, device)
+    print(f"{source}: {tokens:,} tokens, {text_bytes:,} bytes scored (context {model.config.block_size}, stride {stride})")
+    print(f"loss {nats / tokens:.6f} nats per token, {nats / max(text_bytes, 1) / math.log(2):.6f} bits per byte")
+
+
+if __name__ == "__main__":
+    run_main(main)
