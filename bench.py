@@ -19,6 +19,7 @@ from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
 from nanogpt.model import GPT, ConfigError, GPTConfig
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
+from nanogpt.tokenizer import model_vocab_size
 
 
 @dataclass
@@ -69,9 +70,7 @@ def main():
         except UserError as e:
             raise UserError(f"{e}, or time random tokens with --real_data=False") from None
         data.check_length(cfg.block_size)
-        vocab_size = data.meta["vocab_size"]
-        if data.meta["tokenizer"] == "gpt2":
-            vocab_size = -(-vocab_size // 64) * 64  # padded as train.py pads it
+        vocab_size = model_vocab_size(data.meta)  # padded as train.py pads it
         generator = torch.Generator().manual_seed(cfg.seed)
 
         def get_batch():

@@ -31,12 +31,12 @@ from nanogpt.config import TrainConfig, load_config
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, is_out_of_memory, run_main
 from nanogpt.files import check_writable_folder
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
 from nanogpt.metrics import METRICS_NAME, LossPlotter, append_record, keep_records_through, run_record
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.schedule import cosine_lr, wsd_lr
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
-from nanogpt.tokenizer import describe_vocabulary, same_vocabulary, tokenizer_from_meta
+from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
 
 
 def format_duration(seconds):
@@ -365,11 +365,7 @@ def build_model(cfg, data, master):
     if cfg.init_from == "scratch":
         if master:
             print("training a new model from scratch")
-        vocab_size = data.meta["vocab_size"]
-        if data.meta["tokenizer"] == "gpt2":
-            # GPT-2's 50257 tokens padded to 50304, a multiple of 64: ~25% faster matmuls on GPUs;
-            # the extra ids never occur in the data, so the model learns to give them no probability
-            vocab_size = -(-vocab_size // 64) * 64
+        vocab_size = model_vocab_size(data.meta)
         model_args = dict(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
             bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout,
@@ -404,7 +400,7 @@ def pretrained_model(cfg, data):
     changed = [key for key in ARCHITECTURE_SWITCHES if getattr(cfg, key) != getattr(TrainConfig(), key)]
     if changed:
         raise UserError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
-    pretrained_meta = pretrained_tokenizer_meta(cfg.init_from)
+    pretrained_meta = meta_from_hf_folder(cfg.init_from)
     if not same_vocabulary(pretrained_meta, data.meta):
         hint = (
             " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python data/custom/prepare.py --tokenizer=gpt2"

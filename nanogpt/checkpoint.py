@@ -13,8 +13,8 @@ import torch
 
 from nanogpt.errors import UserError
 from nanogpt.files import write_atomically
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_tokenizer_meta
-from nanogpt.tokenizer import tokenizer_from_meta
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
+from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
 BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
@@ -98,7 +98,10 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
         raise UserError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise UserError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
+    if not isinstance(checkpoint.get("tokenizer"), dict) or checkpoint["tokenizer"].get("tokenizer") not in KINDS:
+        raise UserError(f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program")
     checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
+    checkpoint["path"] = str(path)  # where it was read from, for messages; not saved
     return checkpoint
 
 
@@ -130,5 +133,5 @@ def load_model_and_tokenizer(init_from, out_dir, which="best"):
     (init_from='resume'; which: 'best' or 'latest'), or GPT-2 weights (a name or a Hugging Face folder)."""
     if init_from == "resume":
         checkpoint = load_checkpoint(out_dir, which)
-        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
-    return gpt_from_pretrained(init_from), tokenizer_from_meta(pretrained_tokenizer_meta(init_from))
+        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"], checkpoint["path"])
+    return gpt_from_pretrained(init_from), tokenizer_from_meta(meta_from_hf_folder(init_from))

@@ -19,6 +19,7 @@ import torch
 from nanogpt.config import setting
 from nanogpt.errors import UserError
 from nanogpt.files import check_writable_folder, write_atomically
+from nanogpt.tokenizer import BPE_FILE, EOT, GPT2_VOCAB_SIZE, CharTokenizer, GPT2Tokenizer, BPETokenizer, check_meta, train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,16 +70,20 @@ def token_dtype(vocab_size):
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
-def write_dataset(out_dir, train_ids, val_ids, meta):
-    """Write train.bin, val.bin and meta.json, all three or none; meta gets the id dtype added."""
+def write_dataset(out_dir, train_ids, val_ids, meta, tokenizer_json=None):
+    """Write train.bin, val.bin, meta.json (and a bpe dataset's tokenizer.json), all or none; meta
+    gets the id dtype added."""
     out_dir = Path(out_dir)
     meta = dict(meta, dtype=token_dtype(meta["vocab_size"]))
     train, val = (np.asarray(ids, dtype=meta["dtype"]) for ids in (train_ids, val_ids))
-    write_atomically({
+    files = {
         out_dir / "train.bin": train.tofile,
         out_dir / "val.bin": val.tofile,
         out_dir / "meta.json": lambda f: f.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode()),
-    }, train.nbytes + val.nbytes)
+    }
+    if tokenizer_json is not None:
+        files[out_dir / BPE_FILE] = lambda f: f.write(tokenizer_json.encode())
+    write_atomically(files, train.nbytes + val.nbytes + len(tokenizer_json or ""))
     return meta
 
 
@@ -103,8 +108,6 @@ def prepare_tiny_shakespeare(cfg, tokenizer_kind, dataset_dir):
 def prepare_text(text, tokenizer_kind, out_dir):
     """Tokenise text (char-level: its own characters; gpt2: GPT-2 BPE), split it 90/10 into train and
     val, and write the dataset to out_dir. Prints what it did and how fast."""
-    from nanogpt.tokenizer import CharTokenizer, GPT2Tokenizer
-
     t0 = time.time()
     if tokenizer_kind == "char":
         chars = sorted(set(text))
@@ -121,9 +124,31 @@ def prepare_text(text, tokenizer_kind, out_dir):
     n = len(text)
     train_ids = tokenizer.encode(text[: int(n * 0.9)], ordinary=True)
     val_ids = tokenizer.encode(text[int(n * 0.9) :], ordinary=True)
+    return finish_dataset(out_dir, train_ids, val_ids, meta, t0)
+
+
+def prepare_bpe(documents, vocab_size, out_dir):
+    """Train a byte-level BPE of vocab_size tokens on the documents, tokenise them, each followed by
+    <|endoftext|> (as GPT-2's data), split the ids 90/10 into train and val, and write the dataset and
+    its tokenizer.json to out_dir."""
+    t0 = time.time()
+    print(f"{len(documents):,} document(s), {sum(map(len, documents)):,} characters; training a BPE of {vocab_size:,} tokens")
+    tokenizer_json = train_bpe(documents, vocab_size)
+    tokenizer = BPETokenizer(tokenizer_json)
+    if tokenizer.vocab_size < vocab_size:
+        print(f"note: this text has too few distinct pieces for {vocab_size:,} tokens; the vocabulary has {tokenizer.vocab_size:,}")
+    ids = []
+    for document in documents:
+        ids += tokenizer.encode(document, ordinary=True) + [tokenizer.eot_token]
+    split = int(len(ids) * 0.9)
+    meta = {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "tokenizer_file": BPE_FILE}
+    return finish_dataset(out_dir, ids[:split], ids[split:], meta, t0, tokenizer_json)
+
+
+def finish_dataset(out_dir, train_ids, val_ids, meta, t0, tokenizer_json=None):
     if not train_ids or not val_ids:
         raise UserError("the text is too short to split into train and val; use more text")
-    meta = write_dataset(out_dir, train_ids, val_ids, meta)
+    meta = write_dataset(out_dir, train_ids, val_ids, meta, tokenizer_json)
     seconds = time.time() - t0
     print(
         f"train has {len(train_ids):,} tokens, val has {len(val_ids):,} tokens ({meta['dtype']});"
@@ -138,17 +163,17 @@ def shown_path(path):
     return relative if not relative.startswith("..") else os.path.abspath(path)
 
 
-def read_text_files(path):
-    """The text of a file, or of every .txt file under a folder (sorted, joined by blank lines)."""
+def read_documents(path):
+    """The documents to prepare: a file's text, or that of every .txt file under a folder (sorted)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
             raise UserError(f"{path} holds no .txt files")
-        return "\n\n".join(read_text(f) for f in files)
+        return [read_text(f) for f in files]
     if not path.is_file():
         raise UserError(f"input {path} not found; pass --input=PATH (a text file or a folder of .txt files)")
-    return read_text(path)
+    return [read_text(path)]
 
 
 def prepare_command(dataset):
@@ -160,15 +185,12 @@ def load_meta(dataset_dir):
     """Read and check meta.json. A folder without one holds GPT-2 token ids (as nanoGPT's openwebtext)."""
     path = Path(dataset_dir) / "meta.json"
     if not path.is_file():
-        return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "dtype": "uint16"}
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); prepare the dataset again") from None
-    if not isinstance(meta, dict) or meta.get("tokenizer") not in ("char", "gpt2") or not isinstance(meta.get("vocab_size"), int):
-        raise UserError(f"{path} must give 'tokenizer' ('char' or 'gpt2') and an integer 'vocab_size'; prepare the dataset again")
-    if meta["tokenizer"] == "char" and len(meta.get("chars", [])) != meta["vocab_size"]:
-        raise UserError(f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; prepare the dataset again")
+    check_meta(meta, path)
     meta.setdefault("dtype", token_dtype(meta["vocab_size"]))
     return meta
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.tokenizer import end_of_text_id, write_hf_tokenizer
 
 GPT2_SIZES = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
@@ -91,25 +92,9 @@ def gpt_from_pretrained(name_or_dir, dropout=0.0):
     return model
 
 
-CHAR_VOCAB_NAME = "char_vocab.json"  # a char-level model's vocabulary, next to its exported weights
-
-
-def pretrained_tokenizer_meta(name_or_dir):
-    """The tokenizer a pretrained model reads: GPT-2 BPE, or the characters of an exported char-level model."""
-    char_vocab = Path(name_or_dir) / CHAR_VOCAB_NAME
-    if Path(name_or_dir).is_dir() and char_vocab.is_file():
-        stoi = json.loads(char_vocab.read_text(encoding="utf-8"))
-        chars = sorted(stoi, key=stoi.get)
-        return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
-    return {"tokenizer": "gpt2", "vocab_size": 50257}
-
-
 def export_hf_gpt2(model, out_dir, tokenizer_meta):
-    """Write model as a transformers GPT-2 (config.json + model.safetensors) into out_dir.
-
-    For GPT-2 BPE models the tokenizer files are written too; for char-level models the vocabulary
-    goes to char_vocab.json (character -> id) next to the weights.
-    """
+    """Write model as a transformers GPT-2 (config.json + model.safetensors) into out_dir, with its
+    tokenizer's files (nanogpt/tokenizer.py's write_hf_tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from nanogpt.model import GPTConfig
@@ -121,18 +106,17 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
         raise UserError(f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic GPT-2 models export")
     state = dict(model.state_dict())
     vocab_size = cfg.vocab_size
-    if tokenizer_meta["tokenizer"] == "gpt2" and vocab_size > tokenizer_meta["vocab_size"]:
-        # drop the padding rows (50304 -> 50257): they are never used, and GPT-2 tools expect 50257
+    if vocab_size > tokenizer_meta["vocab_size"]:
+        # drop the padding rows (50304 -> 50257): they are never used, and tools expect the tokenizer's size
         vocab_size = tokenizer_meta["vocab_size"]
         for key in ("transformer.wte.weight", "lm_head.weight"):
             state[key] = state[key][:vocab_size]
+    eot = end_of_text_id(tokenizer_meta)
     hf_config = GPT2Config(
         vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
     )
-    if tokenizer_meta["tokenizer"] == "char":
-        hf_config.bos_token_id = hf_config.eos_token_id = None  # GPT-2's <|endoftext|> id is not in the vocabulary
     state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in state.items()}
     if not cfg.bias:
         # GPT-2 always has biases; a model trained without them has them all at zero
@@ -147,26 +131,4 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
         raise UserError(f"this model does not map onto GPT-2 (missing {missing[:3]}, unexpected {unexpected[:3]})")
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
-    if tokenizer_meta["tokenizer"] == "char":
-        vocab = {ch: i for i, ch in enumerate(tokenizer_meta["chars"])}
-        Path(out_dir, CHAR_VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    else:
-        write_gpt2_tokenizer_files(out_dir)
-
-
-def write_gpt2_tokenizer_files(out_dir):
-    """GPT-2's vocab.json / merges.txt, from the shared offline copy or tiktoken's, for AutoTokenizer."""
-    from nanogpt.data import shared_data_dir
-
-    shared = shared_data_dir()
-    source = shared / "gpt2_bpe" if shared is not None else None
-    if source is not None and (source / "encoder.json").is_file():
-        Path(out_dir, "vocab.json").write_bytes((source / "encoder.json").read_bytes())
-        Path(out_dir, "merges.txt").write_bytes((source / "vocab.bpe").read_bytes())
-        return
-    try:
-        from transformers import GPT2TokenizerFast
-
-        GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(out_dir)
-    except OSError:
-        print("note: GPT-2 tokenizer files not written (offline); load them with AutoTokenizer.from_pretrained('gpt2')")
+    write_hf_tokenizer(tokenizer_meta, out_dir)

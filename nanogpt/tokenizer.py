@@ -1,9 +1,25 @@
-"""Text <-> token ids: character-level from a dataset's meta.json, or GPT-2's BPE through tiktoken."""
+"""Text <-> token ids, and the one place that knows the kinds of tokenizer:
 
+    char  one id per distinct character of the training text (meta.json lists them)
+    gpt2  GPT-2's BPE, through tiktoken
+    bpe   a byte-level BPE trained on the user's text with Hugging Face tokenizers (tokenizer.json)
+
+A dataset's meta.json names its kind; checkpoints keep that metadata (with a bpe tokenizer's whole
+tokenizer.json), so a model still samples after its data folder is gone.
+"""
+
+import json
 import os
+from pathlib import Path
 
-from nanogpt.data import shared_data_dir
 from nanogpt.errors import UserError
+
+KINDS = ("char", "gpt2", "bpe")
+EOT = "<|endoftext|>"  # separates documents in GPT-2's data and in bpe data
+BPE_FILE = "tokenizer.json"  # a bpe dataset's tokenizer, beside its token files
+CHAR_VOCAB_NAME = "char_vocab.json"  # a char-level model's vocabulary, next to its exported weights
+GPT2_VOCAB_SIZE = 50257
+PREPARE_AGAIN = "prepare the dataset again with python data/custom/prepare.py --tokenizer=bpe"
 
 
 class CharTokenizer:
@@ -31,6 +47,8 @@ class GPT2Tokenizer:
     def __init__(self):
         import tiktoken
 
+        from nanogpt.data import shared_data_dir
+
         # offline, tiktoken's files are found in the shared data's ready-made cache
         shared = shared_data_dir()
         if "TIKTOKEN_CACHE_DIR" not in os.environ and shared is not None and (shared / "tiktoken_cache").is_dir():
@@ -46,7 +64,7 @@ class GPT2Tokenizer:
         """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data)."""
         if ordinary:
             return self.enc.encode_ordinary(text)
-        return self.enc.encode(text, allowed_special={"<|endoftext|>"})
+        return self.enc.encode(text, allowed_special={EOT})
 
     def decode(self, ids):
         return self.enc.decode(ids)
@@ -58,17 +76,149 @@ class GPT2Tokenizer:
         return lengths
 
 
+class BPETokenizer:
+    """A byte-level BPE from a tokenizer.json: every text encodes (any byte has a token), and decoding
+    gives the text back exactly."""
+
+    def __init__(self, tokenizer_json, source="the tokenizer", remedy=PREPARE_AGAIN):
+        from tokenizers import Tokenizer
+
+        try:
+            self.tok = Tokenizer.from_str(tokenizer_json)
+        except Exception as e:  # tokenizers raises plain Exceptions for malformed files
+            raise UserError(f"{source} cannot be read as a tokenizer.json ({str(e).splitlines()[0]}); {remedy}") from None
+        self.eot_token = self.tok.token_to_id(EOT)
+        self.vocab_size = self.tok.get_vocab_size()
+        if self.eot_token is None:
+            raise UserError(f"{source} has no {EOT} token; {remedy}")
+
+    def encode(self, text, ordinary=False):
+        """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data)."""
+        self.tok.encode_special_tokens = ordinary
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids):
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_byte_lengths(self):
+        """Each id's length in bytes: byte-level tokens spell one character per byte; <|endoftext|>, 0."""
+        special = {token.content for token in self.tok.get_added_tokens_decoder().values()}
+        return [0 if token in special else len(token) for token in (self.tok.id_to_token(i) for i in range(self.vocab_size))]
+
+
+def train_bpe(documents, vocab_size):
+    """A byte-level BPE of vocab_size tokens (the 256 bytes, <|endoftext|>, then merges) trained on
+    documents; returns its tokenizer.json text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split, on bytes
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
+    )
+    tokenizer.train_from_iterator(documents, trainer, length=len(documents))
+    return tokenizer.to_str()
+
+
+def tokenizer_from_meta(meta, checkpoint_path=None):
+    """The tokenizer a dataset's (or, from checkpoint_path, a checkpoint's) metadata describes."""
+    if meta["tokenizer"] == "char":
+        return CharTokenizer(meta["chars"])
+    if meta["tokenizer"] == "bpe":
+        if checkpoint_path is None:
+            return BPETokenizer(meta["tokenizer_json"])
+        return BPETokenizer(meta.get("tokenizer_json", ""), f"the tokenizer saved in {checkpoint_path}", "the checkpoint is damaged: use another one or train again")
+    return GPT2Tokenizer()
+
+
+def check_meta(meta, path):
+    """Refuse a meta.json that names no tokenizer this code knows, in one sentence; a bpe dataset's
+    tokenizer.json is read into it, so checkpoints carry it."""
+    if not isinstance(meta, dict) or meta.get("tokenizer") not in KINDS or not isinstance(meta.get("vocab_size"), int):
+        raise UserError(f"{path} must give 'tokenizer' ({', '.join(KINDS)}) and an integer 'vocab_size'; prepare the dataset again")
+    if meta["tokenizer"] == "char" and len(meta.get("chars", [])) != meta["vocab_size"]:
+        raise UserError(f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; prepare the dataset again")
+    if meta["tokenizer"] == "bpe" and "tokenizer_json" not in meta:
+        bpe_file = Path(path).parent / BPE_FILE
+        if not bpe_file.is_file():
+            raise UserError(f"{bpe_file} is missing; {PREPARE_AGAIN}")
+        meta["tokenizer_json"] = bpe_file.read_text(encoding="utf-8")
+        if BPETokenizer(meta["tokenizer_json"], str(bpe_file)).vocab_size != meta["vocab_size"]:
+            raise UserError(f"{bpe_file} does not match the vocab_size in {path}; {PREPARE_AGAIN}")
+    return meta
+
+
+def model_vocab_size(meta):
+    """Rows of the model's embedding: BPE vocabularies padded to a multiple of 64 (GPT-2's 50257 ->
+    50304: ~25% faster matmuls on GPUs); the extra ids never occur, so the model learns to give them no
+    probability. Character vocabularies stay as they are."""
+    return meta["vocab_size"] if meta["tokenizer"] == "char" else -(-meta["vocab_size"] // 64) * 64
+
+
+def end_of_text_id(meta):
+    """The <|endoftext|> id: GPT-2's 50256, a trained BPE's own, none for characters."""
+    if meta["tokenizer"] == "char":
+        return None
+    return GPT2_VOCAB_SIZE - 1 if meta["tokenizer"] == "gpt2" else BPETokenizer(meta["tokenizer_json"]).eot_token
+
+
 def same_vocabulary(a, b):
     """Whether two datasets' (or a checkpoint's and a dataset's) metadata map text to the same ids."""
-    return a["tokenizer"] == b["tokenizer"] and a["vocab_size"] == b["vocab_size"] and a.get("chars") == b.get("chars")
+    return all(a.get(key) == b.get(key) for key in ("tokenizer", "vocab_size", "chars", "tokenizer_json"))
 
 
 def describe_vocabulary(meta):
-    kind = "characters" if meta["tokenizer"] == "char" else "GPT-2 BPE tokens"
+    kind = {"char": "characters", "gpt2": "GPT-2 BPE tokens", "bpe": "BPE tokens trained on its text"}[meta["tokenizer"]]
     return f"a vocabulary of {meta['vocab_size']} {kind}"
 
 
-def tokenizer_from_meta(meta):
+def meta_from_hf_folder(name_or_dir):
+    """The tokenizer a pretrained model reads: an exported char-level model's characters, an exported
+    bpe model's tokenizer.json, or else GPT-2's BPE (a GPT-2 name, or a folder with GPT-2's files)."""
+    folder = Path(name_or_dir)
+    if not folder.is_dir():
+        return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
+    if (folder / CHAR_VOCAB_NAME).is_file():
+        stoi = json.loads((folder / CHAR_VOCAB_NAME).read_text(encoding="utf-8"))
+        chars = sorted(stoi, key=stoi.get)
+        return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
+    if (folder / BPE_FILE).is_file() and not (folder / "vocab.json").is_file():
+        tokenizer_json = (folder / BPE_FILE).read_text(encoding="utf-8")
+        return {"tokenizer": "bpe", "vocab_size": BPETokenizer(tokenizer_json, str(folder / BPE_FILE)).vocab_size, "tokenizer_json": tokenizer_json}
+    return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
+
+
+def write_hf_tokenizer(meta, out_dir):
+    """The tokenizer files of an exported model: char_vocab.json (character -> id) for a char-level
+    model; for bpe and GPT-2, files AutoTokenizer.from_pretrained(out_dir) loads, giving the same ids."""
     if meta["tokenizer"] == "char":
-        return CharTokenizer(meta["chars"])
-    return GPT2Tokenizer()
+        vocab = {ch: i for i, ch in enumerate(meta["chars"])}
+        Path(out_dir, CHAR_VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    elif meta["tokenizer"] == "bpe":
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(meta["tokenizer_json"]), bos_token=EOT, eos_token=EOT, unk_token=EOT,
+        ).save_pretrained(out_dir)
+    else:
+        write_gpt2_tokenizer_files(out_dir)
+
+
+def write_gpt2_tokenizer_files(out_dir):
+    """GPT-2's vocab.json / merges.txt, from the shared offline copy or the hub, for AutoTokenizer."""
+    from nanogpt.data import shared_data_dir
+
+    shared = shared_data_dir()
+    source = shared / "gpt2_bpe" if shared is not None else None
+    if source is not None and (source / "encoder.json").is_file():
+        Path(out_dir, "vocab.json").write_bytes((source / "encoder.json").read_bytes())
+        Path(out_dir, "merges.txt").write_bytes((source / "vocab.bpe").read_bytes())
+        return
+    try:
+        from transformers import GPT2TokenizerFast
+
+        GPT2TokenizerFast.from_pretrained("gpt2").save_pretrained(out_dir)
+    except OSError:
+        print("note: GPT-2 tokenizer files not written (offline); load them with AutoTokenizer.from_pretrained('gpt2')")

@@ -158,7 +158,7 @@ END_TO_END = [
     ("export.py", ["--checkpoint=newest", "--to=x"], "unknown checkpoint 'newest'; use best or latest"),
     ("data/shakespeare_char/prepare.py", ["--out_dir=/proc/forbidden"], "cannot create out_dir /proc/forbidden"),
     ("data/openwebtext/prepare.py", ["--val_fraction=1"], "val_fraction must be above 0 and below 1"),
-    ("data/custom/prepare.py", ["--tokenizer=bpe2"], "unknown tokenizer 'bpe2'; use char or gpt2"),
+    ("data/custom/prepare.py", ["--tokenizer=bpe2"], "unknown tokenizer 'bpe2'; use char, gpt2 or bpe"),
 ]
 
 

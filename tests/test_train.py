@@ -143,3 +143,19 @@ def test_keep_freed_memory_stops_each_step_faulting_its_memory_in_again():
     pages_of_one_activation = 64 * 2**20 // resource.getpagesize()
     assert faults["default"] > pages_of_one_activation
     assert faults["keep"] < pages_of_one_activation / 2
+
+
+def test_training_goes_on_without_matplotlib(data_dir, tmp_path):
+    """loss.png is drawn by a child process; one that cannot draw says so once and training is unaffected."""
+    blocker = tmp_path / "no_matplotlib" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker.parent))
+    out = tmp_path / "out"
+    result = run_script(
+        "train.py", "config/train_shakespeare_char.py", *TINY_MODEL, "--max_iters=20", "--eval_interval=10", "--eval_iters=2",
+        f"--data_dir={data_dir}", f"--out_dir={out}", env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("loss.png is not drawn: matplotlib is not installed") == 1
+    assert (out / CHECKPOINT_NAME).is_file() and not (out / "loss.png").exists()
