@@ -18,6 +18,7 @@ from nanogpt.config import DTYPES, load_config, setting
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
 from nanogpt.model import GPT, ConfigError, GPTConfig
+from nanogpt.step import training_step
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
 from nanogpt.tokenizer import model_vocab_size
 
@@ -31,6 +32,9 @@ class BenchConfig:
     n_embd: int = setting(768, "embedding width", within="[1, inf)")
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
     dropout: float = setting(0.0, "dropout rate (the spec's char model trains with 0.2)", within="[0, 1)")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per step, as train.py's", within="[1, 100000]")
+    grad_clip: float = setting(1.0, "clip the gradient norm at this value (0: no clipping), as train.py", within="[0, inf)")
+    optimizer: str = setting("adamw", "'adamw', or 'muon' for the blocks' matrices (AdamW for the rest)", choices=("adamw", "muon"))
     real_data: bool = setting(True, "draw batches from data_dir/dataset/train.bin; False: random tokens")
     dataset: str = setting("openwebtext", "prepared dataset to draw batches from")
     data_dir: str = setting("data", "folder holding the dataset folders")
@@ -85,9 +89,12 @@ def main():
 
     model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
                           bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout)).to(device)
-    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0])
-    flops_per_step = model.estimate_flops_per_token() * cfg.batch_size * cfg.block_size
-    print(f"{model.get_num_params() / 1e6:.1f}M parameters, batch {cfg.batch_size} x {cfg.block_size}, device {device}, dtype {dtype}")
+    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer)
+    flops_per_step = model.estimate_flops_per_token() * cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    print(
+        f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
+        f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
+    )
     step_model = compile_model(model, cfg.compile, device)
     ctx = autocast_context(device, dtype)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
@@ -96,25 +103,19 @@ def main():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    X, Y = get_batch()
+    batch = get_batch()
     for stage, steps in (("warm-up", cfg.warmup_iters), ("timed", cfg.iters)):
         sync()
         t0 = time.perf_counter()
-        for k in range(steps):
-            with ctx:
-                _, loss = step_model(X, Y)
-            X, Y = get_batch()
-            scaler.scale(loss).backward()
-            for optimizer in optimizers:
-                scaler.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
-            scaler.update()
-            if k % 5 == 0 or k == steps - 1:
-                print(f"{stage} {k + 1}/{steps}: loss {loss.item():.6f}")
+        for _ in range(steps):
+            # train.py's step itself; no .item() inside the timed loop, which would wait for the GPU
+            loss, batch = training_step(step_model, optimizers, scaler, ctx, cfg.gradient_accumulation_steps, cfg.grad_clip, batch, get_batch)
         sync()
         seconds = time.perf_counter() - t0
+        if steps:
+            print(f"{stage}: {steps} steps, last loss {loss.item() * cfg.gradient_accumulation_steps:.6f}")
     ms = seconds / cfg.iters * 1000
-    tokens_per_sec = cfg.batch_size * cfg.block_size * cfg.iters / seconds
+    tokens_per_sec = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size * cfg.iters / seconds
     achieved = flops_per_step * cfg.iters / seconds
     print(f"time per iteration: {ms:.2f} ms, {tokens_per_sec:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
     peak = peak_flops(device)

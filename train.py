@@ -35,6 +35,7 @@ from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_blo
 from nanogpt.metrics import METRICS_NAME, LossPlotter, append_record, keep_records_through, run_record
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.schedule import cosine_lr, wsd_lr
+from nanogpt.step import training_step
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
 from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
 
@@ -581,30 +582,22 @@ def evaluate_and_save(run, lr):
 
 
 def optimizer_step(run):
-    """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss (a tensor)."""
+    """One optimizer step over grad_accum micro-batches (nanogpt/step.py, which bench.py times too);
+    returns the last micro-batch's loss (a tensor)."""
     cfg, procs = run.cfg, run.procs
-    for micro_step in range(procs.grad_accum):
-        last_micro_step = micro_step == procs.grad_accum - 1
+
+    def gradient_sync(last_micro_step):
         # under DDP / FSDP, reduce the gradients only once, after the last micro-batch
-        sync = run.train_model.no_sync() if procs.ddp and not cfg.fsdp and not last_micro_step else contextlib.nullcontext()
         if cfg.fsdp:
             run.model.set_requires_gradient_sync(last_micro_step)
-        with sync:
-            with run.ctx:
-                _, loss = run.train_model(run.X, run.Y)
-                loss = loss / procs.grad_accum  # the gradients sum over micro-batches; average them
-            # draw the next batch while the GPU works on this one
-            draw_batch(run)
-            run.scaler.scale(loss).backward()
-    if cfg.grad_clip != 0.0:
-        for optimizer in run.optimizers:
-            run.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-    for optimizer in run.optimizers:
-        run.scaler.step(optimizer)
-    run.scaler.update()
-    for optimizer in run.optimizers:
-        optimizer.zero_grad(set_to_none=True)
+        if procs.ddp and not cfg.fsdp and not last_micro_step:
+            return run.train_model.no_sync()
+        return contextlib.nullcontext()
+
+    loss, _ = training_step(
+        run.train_model, run.optimizers, run.scaler, run.ctx, procs.grad_accum, cfg.grad_clip, (run.X, run.Y),
+        lambda: draw_batch(run), gradient_sync,
+    )
     return loss
 
 
@@ -614,6 +607,7 @@ def draw_batch(run):
     cfg, procs = run.cfg, run.procs
     run.batch_rng = run.batch_generator.get_state()
     run.X, run.Y = run.data.get_batch("train", cfg.batch_size, cfg.block_size, procs.device, run.batch_generator, procs.rank, procs.world_size)
+    return run.X, run.Y
 
 
 def log_step(run, loss, lr):

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanogpt import cpu_dropout
+from nanogpt.muon import BatchedMuon
 
 
 @dataclass
@@ -279,8 +280,9 @@ class GPT(nn.Module):
         extra = dict(fused=True) if use_fused else dict()
         optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)]
         if muon_params:
-            # Keller Jordan's scaling ("original"), for which lr ~0.02 is the usual choice; no weight decay
-            muon = torch.optim.Muon(muon_params, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
+            # Keller Jordan's scaling ("original"), for which lr ~0.02 is the usual choice; no weight decay.
+            # torch.optim.Muon's update, with the matrices of one shape orthogonalised together (nanogpt/muon.py)
+            muon = BatchedMuon(muon_params, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
             muon.param_groups[0]["base_lr"] = muon_lr
             optimizers.append(muon)
         return optimizers
