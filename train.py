@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -227,14 +228,53 @@ def start_processes(cfg):
     if not ddp:
         return Processes(False, 0, 1, resolve_device(cfg.device), cfg.gradient_accumulation_steps)
     device = resolve_device(cfg.device)
-    # NCCL talks between GPUs only (and CPU builds of torch lack it); gloo runs anywhere
-    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
-    init_process_group(backend=backend)
     rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if device.startswith("cuda"):
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
+    # NCCL talks between GPUs only (and CPU builds of torch lack it); gloo runs anywhere
+    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if device.startswith("cuda") else "gloo")
+    # torchrun's rendezvous has gathered the processes before they connect, so a connection not made
+    # in connect_timeout is not coming
+    with connect_deadline(cfg.connect_timeout):
+        try:
+            init_process_group(backend=backend, store=attempt_store(rank, world_size), rank=rank, world_size=world_size)
+            torch.distributed.barrier()  # every process connected to every other
+        except (RuntimeError, torch.distributed.DistError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not connect to the other processes of this run ({first_line}); torchrun --max-restarts starts them again") from None
     return Processes(True, rank, world_size, device, cfg.gradient_accumulation_steps // world_size)
+
+
+def attempt_store(rank, world_size):
+    """The store the processes meet in (torchrun's, or one rank 0 serves), under a prefix of this attempt's
+    own. torchrun --max-restarts keeps one store for every attempt; without the prefix a restarted
+    process could read the address a process of the previous attempt left there and connect to a port no
+    one listens on any more (pytorch/pytorch#135712; seen here as gloo's connect refused or hanging)."""
+    torchrun_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+        is_master=rank == 0 and not torchrun_serves, multi_tenant=not torchrun_serves,
+    )
+    return torch.distributed.PrefixStore(f"nanogpt/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+@contextlib.contextmanager
+def connect_deadline(seconds):
+    """End the process if the block has not finished in time: under torchrun --max-restarts a hung
+    connection then costs one restart instead of the whole run."""
+    connected = threading.Event()
+
+    def watch():
+        if not connected.wait(seconds):
+            print(f"error: the processes of this run did not all connect within {seconds} s; giving up so torchrun can restart them", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        yield
+    finally:
+        connected.set()
 
 
 class Run:

@@ -82,6 +82,7 @@ class TrainConfig:
     min_lr: float = setting(6e-5, "floor of the learning rate (usually learning_rate / 10)", within="[0, inf)")
     # system
     backend: str = setting("auto", "torch.distributed backend under torchrun: 'auto' (nccl on CUDA, gloo elsewhere), 'nccl' or 'gloo'", choices=("auto", "nccl", "gloo"))
+    connect_timeout: int = setting(120, "under torchrun: seconds the processes may take to connect to each other; then each exits, so that torchrun --max-restarts starts them again", within="[1, 86400]")
     fsdp: bool = setting(False, "under torchrun, shard weights, gradients and optimizer state over the processes (FSDP2) instead of DDP")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'", choices=DTYPES)

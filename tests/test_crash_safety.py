@@ -5,14 +5,18 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, run_script, run_torchrun
+from conftest import (
+    REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, child_pids, run_script, run_torchrun,
+)
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
 N = 40  # steps before the stop; the full run is 2N
@@ -390,3 +394,51 @@ def test_init_from_auto_starts_then_resumes(data_dir, tmp_path):
     again = train(data_dir, out, "--init_from=auto", "--max_iters=30", "--eval_interval=10")
     assert again.returncode == 0, again.stderr
     assert f"resuming from {out}" in again.stdout and load_checkpoint(out)["iter_num"] == 30
+
+
+def worker_with_rank(launcher_pid, rank):
+    """The pid of the torchrun worker with this RANK."""
+    for pid in child_pids(launcher_pid):
+        try:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    raise AssertionError(f"no worker with RANK={rank} under {launcher_pid}")
+
+
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_killed(data_dir, start_training, tmp_path):
+    """torchrun --max-restarts=3 with --init_from=auto: one of two workers SIGKILLed between checkpoints;
+    torchrun restarts the group, which resumes from the last ckpt.pt, and the run finishes with the losses
+    and, bit for bit, the weights of a run never killed with the same checkpoint schedule."""
+    schedule = [
+        "--gradient_accumulation_steps=2", "--max_iters=300", "--lr_decay_iters=300", "--eval_interval=50", "--eval_iters=2",
+        "--log_interval=5", "--init_from=auto",
+    ]
+    out = tmp_path / "killed"
+    proc = start_training([*TORCHRUN, "--max-restarts=3"], out, *schedule)
+    wait_for_line(proc, "saved checkpoint")  # step 50
+    wait_for_line(proc, "iter 60/")
+    os.kill(worker_with_rank(proc.pid, 1), signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=240)
+    proc.stderr_file.seek(0)
+    assert proc.returncode == 0, proc.stderr_file.read()
+    assert f"resuming from {out}" in stdout and "done: best val loss" in stdout
+    straight = run_torchrun("train.py", *EXACT, *schedule, f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr
+    assert step_losses(out) == step_losses(tmp_path / "straight")
+    assert_same_weights(out, tmp_path / "straight")
+
+
+def test_processes_that_cannot_connect_give_up_in_time(data_dir, tmp_path):
+    """A torchrun worker whose peer never comes (as after a restart whose connect hangs) exits after
+    connect_timeout with one line, so torchrun --max-restarts can start the group again."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    t0 = time.time()
+    result = run_script("train.py", *EXACT, "--connect_timeout=3", "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}", env=env)
+    assert time.time() - t0 < 30
+    assert_user_error(result, "did not all connect within 3 s")
