@@ -505,7 +505,8 @@ def estimate_loss(run):
             with run.ctx:
                 _, loss = run.model(X, Y)
             losses[k] = loss.item()
-            text_bytes += run.token_bytes[Y].sum()
+            if split == "val":
+                text_bytes += run.token_bytes[Y].sum()
             if not run.eval_timed:
                 report_eval_time(run, time.time() - t0)
         results[i] = losses.mean()

@@ -2,7 +2,8 @@
 
 A prepared dataset is a folder with
     train.bin, val.bin   token ids, one after another, as raw unsigned integers
-    meta.json            the tokenizer ("char" with its characters, or "gpt2") and the id dtype
+    meta.json            the tokenizer ("char" with its characters, "gpt2", or "bpe" with its
+                         tokenizer.json beside) and the id dtype
 Training reads the .bin files through np.memmap, so a dataset larger than memory works.
 """
 
@@ -19,7 +20,7 @@ import torch
 from nanogpt.config import setting
 from nanogpt.errors import UserError
 from nanogpt.files import check_writable_folder, write_atomically
-from nanogpt.tokenizer import BPE_FILE, EOT, GPT2_VOCAB_SIZE, CharTokenizer, GPT2Tokenizer, BPETokenizer, check_meta, train_bpe
+from nanogpt.tokenizer import BPE_FILE, GPT2_VOCAB_SIZE, BPETokenizer, CharTokenizer, GPT2Tokenizer, check_meta, train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
