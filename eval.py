@@ -61,7 +61,7 @@ def model_tokenizer_and_ids(cfg):
         return model, tokenizer, tokenizer.encode(read_text(cfg.input), ordinary=True), cfg.input
     checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     data = Dataset(checkpoint["config"]["data_dir"], checkpoint["config"]["dataset"])
-    model, tokenizer = model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"])
+    model, tokenizer = model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"], checkpoint["path"])
     return model, tokenizer, np.asarray(data.tokens("val"), dtype=np.int64), f"the val split of {data.dir}"
 
 
