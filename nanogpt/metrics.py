@@ -97,15 +97,18 @@ class LossPlotter:
     matplotlib), it says so once and training goes on."""
 
     def __init__(self, out_dir):
-        self.out_dir = str(out_dir)
+        self.out_dir = str(Path(out_dir).resolve())
         self.child = None
 
     def request(self):
         if self.child is None:
+            # nanogpt importable wherever train.py was started from, installed or not
+            package_root = str(Path(__file__).resolve().parent.parent)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
             # a session of its own: a Ctrl-C meant for training must not interrupt a drawing
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "nanogpt.metrics", self.out_dir], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                start_new_session=True,
+                start_new_session=True, env=env,
             )
         try:
             self.child.stdin.write("draw\n")
