@@ -183,6 +183,13 @@ def test_bench_prints_speed(data_dir):
     assert "of this CPU's measured float32 matmul peak" in result.stdout
     synthetic = run_script("bench.py", "--n_layer=1", "--n_head=1", "--n_embd=32", "--block_size=16", "--batch_size=2", "--real_data=False", "--device=cpu", "--iters=2", "--warmup_iters=1")
     assert synthetic.returncode == 0, synthetic.stderr
+    # train.py's step, accumulation and Muon included: tokens/s count every micro-batch
+    muon = run_script(
+        "bench.py", "--n_layer=1", "--n_head=1", "--n_embd=32", "--block_size=16", "--batch_size=2", "--real_data=False",
+        "--device=cpu", "--iters=2", "--warmup_iters=1", "--gradient_accumulation_steps=3", "--optimizer=muon",
+    )
+    assert muon.returncode == 0, muon.stderr
+    assert "3 x 2 x 16 tokens a step, optimizer muon" in muon.stdout and "timed: 2 steps, last loss" in muon.stdout
 
 
 def test_profile_lists_where_the_step_time_goes():
