@@ -30,7 +30,7 @@ from nanogpt.checkpoint import (
 )
 from nanogpt.config import TrainConfig, load_config
 from nanogpt.data import Dataset
-from nanogpt.errors import UserError, is_out_of_memory, run_main
+from nanogpt.errors import UserError, first_line, is_out_of_memory, run_main
 from nanogpt.files import check_writable_folder
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
 from nanogpt.metrics import METRICS_NAME, LossPlotter, append_record, keep_records_through, run_record
@@ -241,8 +241,7 @@ def start_processes(cfg):
             init_process_group(backend=backend, store=attempt_store(rank, world_size), rank=rank, world_size=world_size)
             torch.distributed.barrier()  # every process connected to every other
         except (RuntimeError, torch.distributed.DistError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"could not connect to the other processes of this run ({first_line}); torchrun --max-restarts starts them again") from None
+            raise UserError(f"could not connect to the other processes of this run ({first_line(e)}); torchrun --max-restarts starts them again") from None
     return Processes(True, rank, world_size, device, cfg.gradient_accumulation_steps // world_size)
 
 

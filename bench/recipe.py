@@ -12,7 +12,6 @@ data/shakespeare_char prepared.
 """
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from compare import compare  # noqa: E402
+from nanogpt.metrics import read_records  # noqa: E402
 
 CONFIGS = {"classic": "config/train_shakespeare_char_cpu.py", "modern": "config/train_shakespeare_char_cpu_modern.py"}
 
@@ -34,8 +34,7 @@ def train(config, iters, device, eval_interval, out_dir, extra=()):
         "--overwrite=True", *extra,
     ]
     subprocess.run(args, cwd=REPO, check=True, capture_output=True)
-    records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median([r["tokens_per_sec"] for r in records if r["kind"] == "train"][5:])
+    return statistics.median([r["tokens_per_sec"] for r in read_records(out_dir) if r["kind"] == "train"][5:])
 
 
 def main():

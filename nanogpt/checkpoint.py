@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, first_line
 from nanogpt.files import write_atomically
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
 from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
@@ -94,8 +94,7 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line})") from None
+        raise UserError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line(e)})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise UserError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
     if not isinstance(checkpoint.get("tokenizer"), dict) or checkpoint["tokenizer"].get("tokenizer") not in KINDS:
@@ -113,8 +112,7 @@ def model_from_checkpoint(checkpoint, **overrides):
         model = GPT(GPTConfig(**dict(checkpoint["model_args"], **overrides)))
         model.load_state_dict(checkpoint["model"])
     except (TypeError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise UserError(f"the checkpoint's weights do not fit its model settings ({first_line}); it is damaged or from another program") from None
+        raise UserError(f"the checkpoint's weights do not fit its model settings ({first_line(e)}); it is damaged or from another program") from None
     return model
 
 

@@ -7,6 +7,12 @@ class UserError(Exception):
     """Something the user can fix (a missing file, a bad setting). The message says what to do."""
 
 
+def first_line(error):
+    """The first line of an exception's message (library messages run to many), or its type's name."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 def is_out_of_memory(error):
     message = str(error)  # torch reports it as a RuntimeError (torch.OutOfMemoryError on GPUs)
     return isinstance(error, MemoryError) or "out of memory" in message or "can't allocate memory" in message
@@ -25,8 +31,7 @@ def run_main(main):
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else "MemoryError"
-        print(f"error: out of memory ({reason}); use smaller settings (sizes, batch, number of samples)", file=sys.stderr)
+        print(f"error: out of memory ({first_line(e)}); use smaller settings (sizes, batch, number of samples)", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -5,7 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, first_line
 
 
 def fsync_dir(path):
@@ -38,7 +38,7 @@ def write_atomically(writers, needed_bytes):
                 tmp.unlink()
         names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])
         kept = f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact" if all(p.is_file() for p in paths) else "nothing was replaced"
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise UserError(
             f"could not write {names} to {folder} ({reason}); it needs about {needed_bytes / 2**20:,.0f} MB free; {kept}"
         ) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, first_line
 from nanogpt.tokenizer import end_of_text_id, write_hf_tokenizer
 
 GPT2_SIZES = {
@@ -64,9 +64,8 @@ def load_hf_gpt2(name_or_dir):
     try:
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
     except (OSError, ValueError, KeyError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = "the folder" if local else "the Hugging Face hub (is this machine online?)"
-        raise UserError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line}") from None
+        raise UserError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line(e)}") from None
     hf = hf_model.config
     if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise UserError(f"{name_or_dir} uses activation {hf.activation_function!r}; only GPT-2's tanh GELU is supported")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nanogpt.engine import Rows, Sampling
+from nanogpt.errors import first_line
 
 
 class Busy(Exception):
@@ -90,7 +91,7 @@ class Scheduler:
                 with self.model_lock, torch.no_grad():
                     tokens = self.engine.step(rows).tolist()
             except Exception as e:  # e.g. out of memory: fail these requests, keep serving the next ones
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = first_line(e)
                 for job in running:
                     job.deliver(("error", f"generation failed: {reason}"))
                 rows, running = Rows(self.engine.config, self.vocab_size, self.engine.device), []

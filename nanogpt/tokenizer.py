@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, first_line
 
 KINDS = ("char", "gpt2", "bpe")
 EOT = "<|endoftext|>"  # separates documents in GPT-2's data and in bpe data
@@ -86,7 +86,7 @@ class BPETokenizer:
         try:
             self.tok = Tokenizer.from_str(tokenizer_json)
         except Exception as e:  # tokenizers raises plain Exceptions for malformed files
-            raise UserError(f"{source} cannot be read as a tokenizer.json ({str(e).splitlines()[0]}); {remedy}") from None
+            raise UserError(f"{source} cannot be read as a tokenizer.json ({first_line(e)}); {remedy}") from None
         self.eot_token = self.tok.token_to_id(EOT)
         self.vocab_size = self.tok.get_vocab_size()
         if self.eot_token is None:

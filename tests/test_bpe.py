@@ -3,7 +3,6 @@ round trips, and a model that trains, resumes, samples (with its data folder gon
 exports with it; bad vocab sizes and damaged tokenizers end in one sentence."""
 
 import json
-import math
 import re
 import shutil
 
@@ -14,6 +13,7 @@ import torch
 from conftest import TINY_MODEL, assert_user_error, run_script
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.data import Dataset, shared_data_dir
+from nanogpt.metrics import read_records
 from nanogpt.tokenizer import tokenizer_from_meta
 
 VOCAB = 1024
@@ -61,9 +61,8 @@ def test_prepared_ids_round_trip_exactly(bpe_data, wikitext):
 
 
 def test_model_trains_resumes_and_samples_without_its_data(bpe_run, bpe_data, tmp_path):
-    evals = [json.loads(line) for line in (bpe_run / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in evals if r["kind"] == "eval"]
-    assert evals[0]["val_loss"] > evals[-1]["val_loss"] + 0.5  # measured: 6.95 -> 5.9
+    evals = [r for r in read_records(bpe_run) if r["kind"] == "eval"]
+    assert evals[0]["val_loss"] > evals[-1]["val_loss"] + 0.5  # measured: 6.94 -> 5.71
     assert load_checkpoint(bpe_run)["model_args"]["vocab_size"] == VOCAB  # already a multiple of 64
     resumed = run_script("train.py", *BPE_RUN, "--max_iters=50", "--init_from=resume", f"--data_dir={bpe_data}", f"--out_dir={bpe_run}")
     assert resumed.returncode == 0, resumed.stderr
@@ -102,7 +101,7 @@ def test_char_and_bpe_models_compare_in_bits_per_byte(bpe_run, wikitext, tmp_pat
     assert result.returncode == 0, result.stderr
     result = run_script("compare.py", bpe_run, char_run, f"--to={tmp_path / 'c.png'}")
     assert result.returncode == 0, result.stderr
-    assert "best val bits per byte" in result.stdout and "tokenizers differ" not in result.stderr
+    assert "best val bits per byte" in result.stdout  # the tokenizers differ: nats per token would not compare
     # eval.py scores the same bytes of a text with either model
     sample_text = tmp_path / "t.txt"
     sample_text.write_text(wikitext.read_text()[:4000])
@@ -133,4 +132,3 @@ def test_bad_vocab_sizes_and_damaged_tokenizers(bpe_data, bpe_run, wikitext, tmp
     torch.save(checkpoint, damaged / "best.pt")
     result = run_script("sample.py", f"--out_dir={damaged}", "--num_samples=1", "--max_new_tokens=5")
     assert_user_error(result, "the tokenizer saved in", "the checkpoint is damaged")
-    assert math.isfinite(load_checkpoint(bpe_run)["best_val_loss"])
