@@ -14,12 +14,14 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import DTYPES, load_config, setting
+from nanogpt.config import DTYPES, FUSED_LOSS_HELP, load_config, setting
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
 from nanogpt.model import GPT, ConfigError, GPTConfig
 from nanogpt.step import training_step
-from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
+from nanogpt.system import (
+    autocast_context, compile_model, keep_freed_memory, peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
+)
 from nanogpt.tokenizer import model_vocab_size
 
 
@@ -43,6 +45,7 @@ class BenchConfig:
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     compile: Optional[bool] = setting(None, "torch.compile; None means on for CUDA only")
+    fused_loss: bool = setting(False, FUSED_LOSS_HELP)
     seed: int = setting(1337, "random seed")
 
 
@@ -106,10 +109,13 @@ def main():
     batch = get_batch()
     for stage, steps in (("warm-up", cfg.warmup_iters), ("timed", cfg.iters)):
         sync()
+        reset_peak_memory(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             # train.py's step itself; no .item() inside the timed loop, which would wait for the GPU
-            loss, batch = training_step(step_model, optimizers, scaler, ctx, cfg.gradient_accumulation_steps, cfg.grad_clip, batch, get_batch)
+            loss, batch = training_step(
+                step_model, optimizers, scaler, ctx, cfg.gradient_accumulation_steps, cfg.grad_clip, batch, get_batch, fused_loss=cfg.fused_loss
+            )
         sync()
         seconds = time.perf_counter() - t0
         if steps:
@@ -118,6 +124,7 @@ def main():
     tokens_per_sec = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size * cfg.iters / seconds
     achieved = flops_per_step * cfg.iters / seconds
     print(f"time per iteration: {ms:.2f} ms, {tokens_per_sec:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
+    print(f"peak memory of the timed steps: {peak_memory_mb(device):,.0f} MiB ({'allocated by torch' if device.startswith('cuda') else 'resident set'})")
     peak = peak_flops(device)
     if peak is None:
         print(f"MFU: n/a (no peak FLOPS known for {device})")

@@ -636,7 +636,7 @@ def optimizer_step(run):
 
     loss, _ = training_step(
         run.train_model, run.optimizers, run.scaler, run.ctx, procs.grad_accum, cfg.grad_clip, (run.X, run.Y),
-        lambda: draw_batch(run), gradient_sync,
+        lambda: draw_batch(run), gradient_sync, cfg.fused_loss,
     )
     return loss
 

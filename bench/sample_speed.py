@@ -24,26 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nanogpt.engine import Engine, Sampling, inference_model  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
+from nanogpt.system import peak_memory_mb, reset_peak_memory  # noqa: E402
 
 MODELS = {
     "char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.0, bias=False),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=True),
 }
-
-
-def peak_rss_mb():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart VmHWM from the current size
 
 
 def sync(device):
@@ -62,12 +48,12 @@ def measure(engine, batch, new_tokens, device, vocab_size):
     engine.generate(prompts, 1, greedy, vocab_size)
     sync(device)
     first = time.perf_counter() - t0
-    reset_peak(device)
+    reset_peak_memory(device)
     t0 = time.perf_counter()
     out = engine.generate(prompts, new_tokens, greedy, vocab_size)
     sync(device)
     seconds = time.perf_counter() - t0
-    memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
+    memory = peak_memory_mb(device)
     return dict(first_ms=first * 1000, tokens_per_sec=batch * new_tokens / seconds, memory_mb=memory, capture_ms=capture * 1000, tokens=out[0])
 
 

@@ -29,6 +29,9 @@ def setting(default, help, within=None, choices=None):
     return field(default=default, metadata={"help": help, "within": within, "choices": choices})
 
 
+FUSED_LOSS_HELP = "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/loss.py): less memory"
+
+
 @dataclass
 class TrainConfig:
     # I/O
@@ -87,6 +90,7 @@ class TrainConfig:
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'", choices=DTYPES)
     compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")
+    fused_loss: bool = setting(False, FUSED_LOSS_HELP)
     seed: int = setting(1337, "random seed")
 
 

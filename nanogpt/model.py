@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanogpt import cpu_dropout
+from nanogpt.loss import linear_cross_entropy
 from nanogpt.muon import BatchedMuon
 
 
@@ -217,10 +218,11 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, fused_loss=False):
         """Logits (and the loss, given targets) for idx (B, T). While generating, `cache` (see
         nanogpt/engine.py) gives the tokens' positions, (T,) or one row each (B, T), and keeps their keys
-        and values; without it idx is a whole context starting at position 0."""
+        and values; without it idx is a whole context starting at position 0. fused_loss, when training,
+        gives the loss alone (logits None) without holding the whole batch's logits (nanogpt/loss.py)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
@@ -238,6 +240,8 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer, rotary)
         x = self.transformer.ln_f(x)
+        if fused_loss and targets is not None and torch.is_grad_enabled():
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.logit_softcap)
 
         # generating: only the last position's logits are needed, skip the rest of the head
         logits = self.lm_head(x if targets is not None else x[:, -1:, :])

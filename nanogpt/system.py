@@ -73,6 +73,27 @@ def keep_freed_memory():
     libc.mallopt(m_trim_threshold, 1 << 30)  # nor give the heap's free top back below 1 GB
 
 
+def reset_peak_memory(device):
+    """Start measuring peak memory from now: torch's allocator on CUDA, the resident set on the CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    elif sys.platform.startswith("linux"):
+        Path("/proc/self/clear_refs").write_text("5")  # restarts VmHWM from the current size
+
+
+def peak_memory_mb(device):
+    """Peak since reset_peak_memory(): torch's allocated bytes on CUDA, the resident set size on the CPU
+    (Linux; NaN elsewhere), in MiB."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines() if status.is_file() else []:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def compile_model(model, compile_flag, device):
     """torch.compile where it pays off: by default on CUDA only (on the CPU the start-up cost of
     compiling outweighs the gain for the small models people train there). Falls back to eager with a
