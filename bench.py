@@ -3,8 +3,10 @@
     python bench.py                                   # GPT-2 124M, batch 12 x 1024, OpenWebText batches
     python bench.py --real_data=False --batch_size=1 --block_size=256 --device=cpu   # random tokens, CPU-sized
     python bench.py --compile=True --dtype=bfloat16   # on a GPU
+    python bench.py config/train_gpt2_modern.py --real_data=False --gradient_accumulation_steps=1   # a config's step
 
-Same --key=value settings as train.py (python bench.py --help).
+Same --key=value settings as train.py (python bench.py --help); a training config's other keys (out_dir,
+learning rates, schedule) do not change the step's cost and are left out.
 """
 
 import sys
@@ -14,13 +16,13 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import DTYPES, FUSED_LOSS_HELP, load_config, setting
+from nanogpt.config import DTYPES, load_config, setting, train_setting
 from nanogpt.data import Dataset
 from nanogpt.errors import UserError, run_main
-from nanogpt.model import GPT, ConfigError, GPTConfig
+from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.step import training_step
 from nanogpt.system import (
-    autocast_context, compile_model, keep_freed_memory, peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
+    autocast_context, check_fp8, compile_model, float8_training, keep_freed_memory, peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
 )
 from nanogpt.tokenizer import model_vocab_size
 
@@ -45,18 +47,37 @@ class BenchConfig:
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     compile: Optional[bool] = setting(None, "torch.compile; None means on for CUDA only")
-    fused_loss: bool = setting(False, FUSED_LOSS_HELP)
+    rotary: bool = train_setting("rotary")
+    rmsnorm: bool = train_setting("rmsnorm")
+    qk_norm: bool = train_setting("qk_norm")
+    relu2: bool = train_setting("relu2")
+    tie_embeddings: bool = train_setting("tie_embeddings")
+    logit_softcap: float = train_setting("logit_softcap")
+    zero_init_proj: bool = train_setting("zero_init_proj")
+    muon_lr: float = train_setting("muon_lr")
+    fused_loss: bool = train_setting("fused_loss")
+    fp8: bool = train_setting("fp8")
     seed: int = setting(1337, "random seed")
+
+
+def model_config(cfg, vocab_size):
+    return GPTConfig(
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size, bias=cfg.bias,
+        vocab_size=vocab_size, dropout=cfg.dropout, **{key: getattr(cfg, key) for key in ARCHITECTURE_SWITCHES},
+    )
 
 
 def read_settings(argv):
     """The settings, refused in one sentence if they cannot work, before any data or model loads."""
-    cfg = load_config(BenchConfig, argv, script="bench.py")
+    cfg = load_config(BenchConfig, argv, script="bench.py", ignore_train_keys=True)
     try:
-        GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
+        model_config(cfg, vocab_size=50304)
     except ConfigError as e:  # the model's own shape checks, without building it
         raise UserError(str(e)) from None
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.fp8:
+        check_fp8(device, dtype)
     return cfg
 
 
@@ -90,14 +111,18 @@ def main():
         def get_batch():
             return x, y
 
-    model = GPT(GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                          bias=cfg.bias, vocab_size=vocab_size, dropout=cfg.dropout)).to(device)
-    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer)
+    model = GPT(model_config(cfg, vocab_size)).to(device)
+    if cfg.fp8:
+        print(f"fp8: {float8_training(model)} Linear layers run their matmuls in float8")
+    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr)
     flops_per_step = model.estimate_flops_per_token() * cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     print(
         f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
         f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
     )
+    changed = [f"{key}={getattr(cfg, key)}" for key in (*ARCHITECTURE_SWITCHES, "fused_loss") if getattr(cfg, key) != getattr(BenchConfig, key)]
+    if changed:
+        print(f"changed from GPT-2: {', '.join(changed)}")
     step_model = compile_model(model, cfg.compile, device)
     ctx = autocast_context(device, dtype)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))

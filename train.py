@@ -37,7 +37,7 @@ from nanogpt.metrics import METRICS_NAME, LossPlotter, append_record, keep_recor
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.schedule import cosine_lr, wsd_lr
 from nanogpt.step import training_step
-from nanogpt.system import autocast_context, compile_model, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
+from nanogpt.system import autocast_context, check_fp8, compile_model, float8_training, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
 from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
 
 
@@ -165,7 +165,10 @@ def read_settings(argv):
         GPTConfig(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, **{key: getattr(cfg, key) for key in ARCHITECTURE_SWITCHES})
     except ConfigError as e:  # the model's own shape checks, without building it
         raise UserError(str(e)) from None
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.fp8:
+        check_fp8(device, dtype)
     return cfg
 
 
@@ -315,6 +318,10 @@ def set_up(cfg, procs):
     model.to(procs.device)
     if procs.master:
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
+    if cfg.fp8:
+        swapped = float8_training(model)
+        if procs.master:
+            print(f"fp8: {swapped} Linear layers run their matmuls in float8")
     if procs.rank > 0:
         torch.manual_seed(cfg.seed + procs.rank)  # but dropout masks of its own
 

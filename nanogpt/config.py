@@ -29,9 +29,6 @@ def setting(default, help, within=None, choices=None):
     return field(default=default, metadata={"help": help, "within": within, "choices": choices})
 
 
-FUSED_LOSS_HELP = "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/loss.py): less memory"
-
-
 @dataclass
 class TrainConfig:
     # I/O
@@ -90,8 +87,15 @@ class TrainConfig:
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'", choices=DTYPES)
     compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")
-    fused_loss: bool = setting(False, FUSED_LOSS_HELP)
+    fused_loss: bool = setting(False, "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/loss.py): less memory")
+    fp8: bool = setting(False, "float8 matmuls in the blocks' Linear layers through torchao (NVIDIA compute capability 8.9+, dtype bfloat16; best with compile=True)")
     seed: int = setting(1337, "random seed")
+
+
+def train_setting(name):
+    """TrainConfig's key `name` (default, meaning, limits), for another script that takes it too."""
+    declared = TrainConfig.__dataclass_fields__[name]
+    return field(default=declared.default, metadata=declared.metadata)
 
 
 @dataclass
@@ -202,8 +206,10 @@ def help_text(config_cls, script):
     return "\n".join(lines)
 
 
-def load_config(config_cls, argv, script="train.py"):
-    """Build a config from defaults, then each config file / --key=value in argv, in order."""
+def load_config(config_cls, argv, script="train.py", ignore_train_keys=False):
+    """Build a config from defaults, then each config file / --key=value in argv, in order.
+    ignore_train_keys: a config file may also set train.py's keys, which are then left out (bench.py
+    times the step of a training config)."""
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(config_cls, script))
         sys.exit(0)
@@ -212,6 +218,8 @@ def load_config(config_cls, argv, script="train.py"):
     for arg in argv:
         if not arg.startswith("--"):
             for key, value in _read_config_file(arg).items():
+                if key not in hints and ignore_train_keys and key in TrainConfig.__dataclass_fields__:
+                    continue
                 if key not in hints:
                     raise _unknown_key(key, config_cls, arg)
                 values[key] = check_value(key, value, hints[key], arg)

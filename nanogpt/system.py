@@ -2,6 +2,7 @@
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import platform
@@ -92,6 +93,33 @@ def peak_memory_mb(device):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def check_fp8(device, dtype):
+    """fp8=True's needs, refused in one sentence each before anything loads."""
+    if not device.startswith("cuda") or torch.cuda.get_device_capability(device) < (8, 9):
+        where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"device {device!r}"
+        raise UserError(f"fp8=True needs an NVIDIA GPU with float8 matmuls (compute capability 8.9 or later: Ada, Hopper), not {where}; leave fp8 off")
+    if dtype != "bfloat16":
+        raise UserError(f"fp8=True runs the rest of the model in bfloat16; use --dtype=bfloat16 (or auto), not {dtype}")
+    if importlib.util.find_spec("torchao") is None:
+        raise UserError("fp8=True needs torchao 0.17 or later: pip install torchao (or pip install -e '.[fp8]')")
+
+
+def float8_training(model):
+    """Swap the Linear layers inside the blocks for torchao's Float8Linear: their matmuls run in float8
+    (e4m3 forward, e5m2 gradients, one scale per tensor) and their weights stay as they are, so
+    checkpoints do not change. Embeddings and the output head stay in bfloat16, as torchao advises for
+    the layers nearest the loss; layers with a side not a multiple of 16 (float8 GEMMs need it) too.
+    Returns how many layers were swapped."""
+    from torchao.float8 import convert_to_float8_training
+
+    def in_blocks(module, name):
+        return name.startswith("transformer.h.") and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    before = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    convert_to_float8_training(model, module_filter_fn=in_blocks)
+    return before - sum(type(m) is torch.nn.Linear for m in model.modules())
 
 
 def compile_model(model, compile_flag, device):

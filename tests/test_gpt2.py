@@ -190,6 +190,14 @@ def test_bench_prints_speed(data_dir):
     )
     assert muon.returncode == 0, muon.stderr
     assert "3 x 2 x 16 tokens a step, optimizer muon" in muon.stdout and "timed: 2 steps, last loss" in muon.stdout
+    # a training config's step: its model switches and optimizer count, its other keys are left out
+    modern = run_script(
+        "bench.py", "config/train_gpt2_modern.py", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2",
+        "--real_data=False", "--gradient_accumulation_steps=1", "--device=cpu", "--iters=1", "--warmup_iters=0", "--fused_loss=True",
+    )
+    assert modern.returncode == 0, modern.stderr
+    assert "optimizer muon" in modern.stdout
+    assert "changed from GPT-2: rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=30.0, zero_init_proj=True, fused_loss=True" in modern.stdout
 
 
 def test_profile_lists_where_the_step_time_goes():
