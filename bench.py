@@ -22,7 +22,8 @@ from nanogpt.errors import UserError, run_main
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.step import training_step
 from nanogpt.system import (
-    autocast_context, check_fp8, compile_model, float8_training, keep_freed_memory, peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
+    autocast_context, check_fp8, choose_attention_kernel, compile_model, float8_training, keep_freed_memory, peak_flops,
+    peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
 )
 from nanogpt.tokenizer import model_vocab_size
 
@@ -55,6 +56,7 @@ class BenchConfig:
     logit_softcap: float = train_setting("logit_softcap")
     zero_init_proj: bool = train_setting("zero_init_proj")
     muon_lr: float = train_setting("muon_lr")
+    attention: str = train_setting("attention")
     fused_loss: bool = train_setting("fused_loss")
     fp8: bool = train_setting("fp8")
     seed: int = setting(1337, "random seed")
@@ -78,6 +80,7 @@ def read_settings(argv):
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.fp8:
         check_fp8(device, dtype)
+    choose_attention_kernel(cfg.attention, device)
     return cfg
 
 
@@ -120,7 +123,7 @@ def main():
         f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
         f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
     )
-    changed = [f"{key}={getattr(cfg, key)}" for key in (*ARCHITECTURE_SWITCHES, "fused_loss") if getattr(cfg, key) != getattr(BenchConfig, key)]
+    changed = [f"{key}={getattr(cfg, key)}" for key in (*ARCHITECTURE_SWITCHES, "attention", "fused_loss") if getattr(cfg, key) != getattr(BenchConfig, key)]
     if changed:
         print(f"changed from GPT-2: {', '.join(changed)}")
     step_model = compile_model(model, cfg.compile, device)

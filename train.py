@@ -37,7 +37,10 @@ from nanogpt.metrics import METRICS_NAME, LossPlotter, append_record, keep_recor
 from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
 from nanogpt.schedule import cosine_lr, wsd_lr
 from nanogpt.step import training_step
-from nanogpt.system import autocast_context, check_fp8, compile_model, float8_training, keep_freed_memory, peak_flops, resolve_device, resolve_dtype
+from nanogpt.system import (
+    autocast_context, check_fp8, choose_attention_kernel, compile_model, float8_training, keep_freed_memory, peak_flops,
+    resolve_device, resolve_dtype,
+)
 from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
 
 
@@ -169,6 +172,7 @@ def read_settings(argv):
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.fp8:
         check_fp8(device, dtype)
+    choose_attention_kernel(cfg.attention, device)
     return cfg
 
 

@@ -87,6 +87,7 @@ class TrainConfig:
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'cuda:1', 'mps'")
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'", choices=DTYPES)
     compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")
+    attention: str = setting("auto", "training's attention kernel on CUDA: 'auto' (torch's choice), 'flash', 'cudnn' or 'efficient' (bench/gpu_train.sh times each)", choices=("auto", "flash", "cudnn", "efficient"))
     fused_loss: bool = setting(False, "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/loss.py): less memory")
     fp8: bool = setting(False, "float8 matmuls in the blocks' Linear layers through torchao (NVIDIA compute capability 8.9+, dtype bfloat16; best with compile=True)")
     seed: int = setting(1337, "random seed")

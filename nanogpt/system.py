@@ -95,6 +95,18 @@ def peak_memory_mb(device):
     return float("nan")
 
 
+def choose_attention_kernel(name, device):
+    """Keep training's attention on one CUDA kernel ('auto': torch's own order, which on Hopper in torch
+    2.11 tries cuDNN first). The math kernel stays on as the fallback for shapes the chosen one cannot take."""
+    if name == "auto":
+        return
+    if not device.startswith("cuda"):
+        raise UserError(f"attention={name!r} picks among CUDA attention kernels; leave it 'auto' on {device}")
+    torch.backends.cuda.enable_flash_sdp(name == "flash")
+    torch.backends.cuda.enable_cudnn_sdp(name == "cudnn")
+    torch.backends.cuda.enable_mem_efficient_sdp(name == "efficient")
+
+
 def check_fp8(device, dtype):
     """fp8=True's needs, refused in one sentence each before anything loads."""
     if not device.startswith("cuda") or torch.cuda.get_device_capability(device) < (8, 9):
