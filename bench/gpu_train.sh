@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The GPU training-speed figures (GPT-2 124M against the card's peak; Muon's step against AdamW's), in one
-# device call of at most 8 minutes, the most important first. Run from the repo root on a CUDA machine with
-# data/shakespeare_char prepared (carry it to the device). Logs go to $OUT (default gpu-logs/); the table
-# of figures is printed last.
+# The GPU training-speed figures, in two device calls of at most 8 minutes each, every ratio's two sides
+# in the same call. Run from the repo root on a CUDA machine; logs go to $OUT (default gpu-logs/), and the
+# table of figures is printed last.
+#   bash bench/gpu_train.sh 1   GPT-2 124M step against the card's peak: attention kernels, fused loss,
+#                               micro-batches 12/16/32, and where the step's time goes
+#   bash bench/gpu_train.sh 2   Muon against AdamW, the modern 124M config, fp8, and the spec's char model
+#                               (classic, modern, fp8): needs data/shakespeare_char (carry it), and for
+#                               fp8 a torchao wheel in .whl/ (carry it; see the device notes)
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
+PART=${1:-1}
 
 # train.py's own step (nanogpt/step.py) on random tokens, bf16, compiled, 30 timed steps after 10
 bench() {
@@ -12,50 +17,82 @@ bench() {
     shift
     timeout 150 $PY bench.py --real_data=False --compile=True --dtype=bfloat16 --iters=30 "$@" > "$OUT/bench_$name.log" 2>&1
 }
-# 1. GPT-2 124M at 12 x 1024 tokens (the goal: <= 21 ms, >= 50% of 989 TFLOPS), then larger micro-batches
-bench adamw_12 --batch_size=12
-bench adamw_16 --batch_size=16
-bench adamw_32 --batch_size=32
-# 2. Muon for the blocks' matrices at GPT-2 size (the goal: <= 1.15x the AdamW step), and its step alone:
-# torch.optim.Muon against the batched one
-bench muon_12 --batch_size=12 --optimizer=muon
-timeout 60 $PY bench/muon_step.py --device=cuda --steps=20 2>&1 | tee "$OUT/muon_step.log"
-# 3. the spec's char model, classic and modern configs: 300 steps each (the goal: modern <= 1.15x classic)
-for config in train_shakespeare_char train_shakespeare_char_modern; do
-    timeout 150 $PY train.py config/$config.py --out_dir="$OUT/out-$config" --overwrite=True --max_iters=300 \
-        --eval_interval=100000 --eval_iters=1 --log_interval=10 > "$OUT/$config.log" 2>&1
-done
-# 4. where the GPT-2 step's GPU time goes
-timeout 120 $PY bench/profile_step.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
-    --batch_size=12 --vocab_size=50304 --compile --steps=3 > "$OUT/profile_124M.log" 2>&1
-tail -22 "$OUT/profile_124M.log"
+# the spec's char model for 300 steps (one eval at the end), step times and losses into $OUT/out-NAME
+char_run() {
+    local name=$1
+    shift
+    timeout 150 $PY train.py "$@" --out_dir="$OUT/out-$name" --overwrite=True --max_iters=300 --eval_interval=300 \
+        --eval_iters=20 --log_interval=10 > "$OUT/$name.log" 2>&1
+}
+
+if [ "$PART" = 1 ]; then
+    # the goal: <= 21 ms per 12 x 1024 step, >= 50% of 989 TFLOPS; each candidate against torch's defaults
+    bench adamw_12 --batch_size=12
+    bench fused_loss_12 --batch_size=12 --fused_loss=True
+    bench flash_12 --batch_size=12 --attention=flash
+    bench cudnn_12 --batch_size=12 --attention=cudnn
+    bench adamw_16 --batch_size=16
+    bench adamw_32 --batch_size=32
+    bench fused_loss_32 --batch_size=32 --fused_loss=True
+    timeout 100 $PY bench/profile_step.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
+        --batch_size=12 --vocab_size=50304 --compile --steps=3 > "$OUT/profile_124M.log" 2>&1
+    tail -22 "$OUT/profile_124M.log"
+else
+    if ls .whl/torchao-*.whl > /dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/torchao-*.whl && export PYTHONPATH=/tmp/site
+    fi
+    # Muon at GPT-2 size (the goal: <= 1.15x the AdamW step), and its optimizer step alone
+    bench adamw_12 --batch_size=12
+    bench muon_12 --batch_size=12 --optimizer=muon
+    bench fp8_12 --batch_size=12 --fp8=True
+    # config/train_gpt2_modern.py's step against config/train_gpt2.py's, one micro-batch of 16 x 1024 each
+    bench gpt2_16 config/train_gpt2.py --batch_size=16 --gradient_accumulation_steps=1
+    bench gpt2_modern_16 config/train_gpt2_modern.py --batch_size=16 --gradient_accumulation_steps=1
+    timeout 60 $PY bench/muon_step.py --device=cuda --steps=20 > "$OUT/muon_step.log" 2>&1
+    # the char model (the goal: modern step <= 1.15x classic), and fp8's loss curve against bf16's
+    char_run classic config/train_shakespeare_char.py
+    char_run modern config/train_shakespeare_char_modern.py
+    char_run classic_fp8 config/train_shakespeare_char.py --fp8=True
+    tail -4 "$OUT/muon_step.log"
+fi
 
 $PY - "$OUT" <<'PY'
 import json, re, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-print("\n| figure | ms/step | tokens/s | MFU |\n|---|---|---|---|")
+print("\n| figure (bench.py: train.py's step, bf16, compile) | ms/step | tokens/s | MFU | peak memory (MiB) |\n|---|---|---|---|---|")
 steps = {}
-for name in ("adamw_12", "adamw_16", "adamw_32", "muon_12"):
-    text = (out / f"bench_{name}.log").read_text() if (out / f"bench_{name}.log").is_file() else ""
+for log in sorted(out.glob("bench_*.log"), key=lambda p: p.stat().st_mtime):
+    name, text = log.stem[len("bench_"):], log.read_text()
     found = re.search(r"time per iteration: ([\d.]+) ms, ([\d,]+) tokens/s", text)
-    mfu = re.search(r"MFU: ([\d.]+)%", text)
+    mfu, memory = re.search(r"MFU: ([\d.]+)%", text), re.search(r"peak memory of the timed steps: ([\d,]+) MiB", text)
     if found:
         steps[name] = float(found[1])
-        print(f"| bench.py GPT-2 124M, {name.replace('_', ', batch ')} x 1024 | {found[1]} | {found[2]} | {mfu[1] + '%' if mfu else '-'} |")
+        print(f"| {name} | {found[1]} | {found[2]} | {mfu[1] + '%' if mfu else '-'} | {memory[1] if memory else '-'} |")
     else:
-        print(f"| bench.py GPT-2 124M, {name} | failed: see bench_{name}.log | | |")
-for config in ("train_shakespeare_char", "train_shakespeare_char_modern"):
-    metrics = out / f"out-{config}" / "metrics.jsonl"
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        print(f"| {name} | failed: {last[:120]} | | | |")
+for name, base in (("fused_loss_12", "adamw_12"), ("flash_12", "adamw_12"), ("cudnn_12", "adamw_12"), ("fused_loss_32", "adamw_32"),
+                   ("muon_12", "adamw_12"), ("fp8_12", "adamw_12"), ("gpt2_modern_16", "gpt2_16")):
+    if name in steps and base in steps:
+        print(f"| {name} / {base} step | {steps[name] / steps[base]:.3f}x | | | |")
+runs = {}
+for name in ("classic", "modern", "classic_fp8"):
+    metrics = out / f"out-{name}" / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    times = [r["ms_per_iter"] for r in records if r["kind"] == "train" and r["iter"] > 100]
-    if times:
-        steps[config] = statistics.median(times)
-        print(f"| {config}, median step after 100 | {steps[config]:.2f} | | |")
-    else:
-        print(f"| {config} | failed: see {config}.log | | |")
-if "adamw_12" in steps and "muon_12" in steps:
-    print(f"| Muon / AdamW step, GPT-2 124M | {steps['muon_12'] / steps['adamw_12']:.2f}x | | |")
-if "train_shakespeare_char" in steps and "train_shakespeare_char_modern" in steps:
-    print(f"| modern / classic step, char model | {steps['train_shakespeare_char_modern'] / steps['train_shakespeare_char']:.2f}x | | |")
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if train:
+        runs[name] = dict(ms=statistics.median(r["ms_per_iter"] for r in train if r["iter"] > 100), loss={r["iter"]: r["loss"] for r in train},
+                          val=evals[-1]["val_loss"] if evals else float("nan"))
+if runs:
+    print("\n| char model, 300 steps | median ms/step after 100 | val loss at 300 |\n|---|---|---|")
+    for name, run in runs.items():
+        print(f"| {name} | {run['ms']:.2f} | {run['val']:.4f} |")
+    if "classic" in runs and "modern" in runs:
+        print(f"| modern / classic step | {runs['modern']['ms'] / runs['classic']['ms']:.3f}x | |")
+    if "classic" in runs and "classic_fp8" in runs:
+        both = sorted(set(runs["classic"]["loss"]) & set(runs["classic_fp8"]["loss"]))
+        gap = max(abs(runs["classic"]["loss"][i] - runs["classic_fp8"]["loss"][i]) for i in both)
+        print(f"| fp8 / bf16 step | {runs['classic_fp8']['ms'] / runs['classic']['ms']:.3f}x | largest train-loss gap over {len(both)} logged steps: {gap:.4f} |")
 PY
