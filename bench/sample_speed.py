@@ -5,12 +5,13 @@
 
 Models have random weights (speed does not depend on them): the shakespeare_char size (6 layers, 6 heads,
 384 wide, block 256, 65 tokens) and, with --models=char,gpt2, GPT-2 124M (block 1024, vocabulary 50304).
-Each run starts from a one-token prompt and draws --new_tokens tokens per row (greedy), so the char model
-passes its block size and re-encodes its context on the way; tokens/s counts every generated token of
-every row. For each mode and batch size: time to first token (prefill and one step, after a warm-up
-call), tokens/s, peak memory (CUDA: torch's peak allocated bytes; CPU: peak resident set size), and the
-one-time cost of capturing the CUDA graph for that batch size. The rows' tokens of the modes are compared
-where they must agree (float32).
+Each run starts from a one-token prompt and draws --new_tokens tokens per row (greedy, or with
+--temperature and --top_k as sample.py draws), so the char model passes its block size and re-encodes
+its context on the way; tokens/s counts every generated token of every row. For each mode and batch
+size: time to first token (prefill and one step, after a warm-up call), tokens/s, peak memory (CUDA:
+torch's peak allocated bytes; CPU: peak resident set size), and the one-time cost of capturing the CUDA
+graph for that batch size; and for each model and batch size, the operators in one decode step (about
+one GPU kernel each). The rows' tokens of the modes are compared where they must agree (float32).
 """
 
 import argparse
@@ -19,10 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nanogpt.engine import Engine, Sampling, inference_model  # noqa: E402
+from nanogpt.engine import Engine, Rows, Sampling, inference_model  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.system import peak_memory_mb, reset_peak_memory  # noqa: E402
 
@@ -37,24 +39,48 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(engine, batch, new_tokens, device, vocab_size):
+def measure(engine, batch, new_tokens, device, vocab_size, sampling):
     prompts = [[0]] * batch
-    greedy = Sampling(temperature=0)
     before = engine.capture_seconds
-    engine.generate(prompts, 8, greedy, vocab_size)  # warm-up: kernels chosen, the graph captured
+    engine.generate(prompts, 8, sampling, vocab_size)  # warm-up: kernels chosen, the graph captured
     capture = engine.capture_seconds - before
     sync(device)
     t0 = time.perf_counter()
-    engine.generate(prompts, 1, greedy, vocab_size)
+    engine.generate(prompts, 1, sampling, vocab_size)
     sync(device)
     first = time.perf_counter() - t0
     reset_peak_memory(device)
     t0 = time.perf_counter()
-    out = engine.generate(prompts, new_tokens, greedy, vocab_size)
+    out = engine.generate(prompts, new_tokens, sampling, vocab_size)
     sync(device)
     seconds = time.perf_counter() - t0
     memory = peak_memory_mb(device)
     return dict(first_ms=first * 1000, tokens_per_sec=batch * new_tokens / seconds, memory_mb=memory, capture_ms=capture * 1000, tokens=out[0])
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the operators that run. Views, and _unsafe_view (a reshape of a fresh tensor), launch no
+    kernel and are left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view and func.overloadpacket is not torch.ops.aten._unsafe_view
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_decode_step(model, batch, sampling, vocab_size):
+    """Operators in one decode step as a CUDA graph captures it (the fixed-span step, run eagerly): on a
+    GPU about one kernel each, and at batch 1 the step's time is mostly their count."""
+    engine = Engine(model, cuda_graph=False, fixed_span=True)
+    rows = Rows(model.config, vocab_size or model.config.vocab_size, next(model.parameters()).device)
+    rows.add([[0]] * batch, [sampling] * batch, 4)
+    engine.step(rows)  # the prefill; then the step alone
+    with torch.no_grad(), OpCounter() as counter:
+        engine._decode(rows, fixed_span=True)
+    return counter.count
 
 
 def make_engine(model, mode):
@@ -75,13 +101,17 @@ def main():
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on the CPU, 1,64 on CUDA)")
     parser.add_argument("--modes", default=None, help="comma-separated: uncached, cached, graph, compile-graph, reduce-overhead (default: the first three the device has)")
     parser.add_argument("--new_tokens", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; sample.py samples at 0.8")
+    parser.add_argument("--top_k", type=int, default=None, help="with a temperature: keep the top_k tokens (sample.py: 200)")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
     models = (args.models or ("char,gpt2" if cuda else "char")).split(",")
     batches = [int(b) for b in (args.batches or ("1,64" if cuda else "1")).split(",")]
     modes = (args.modes or ("uncached,cached,graph" if cuda else "uncached,cached")).split(",")
-    print(f"device {args.device}, {dtype}, {args.new_tokens} new tokens per row, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
+    drawn = "greedy" if args.temperature == 0 else f"sampled at temperature {args.temperature}, top_k {args.top_k}"
+    print(f"device {args.device}, {dtype}, {args.new_tokens} new tokens per row ({drawn}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         print(torch.cuda.get_device_name())
@@ -97,7 +127,7 @@ def main():
                 if name == "gpt2" and mode == "uncached" and batch > 1:
                     continue  # minutes of recomputation, and nothing to learn from it
                 try:
-                    result = measure(make_engine(model, mode), batch, args.new_tokens, args.device, vocab_size)
+                    result = measure(make_engine(model, mode), batch, args.new_tokens, args.device, vocab_size, sampling)
                 except Exception as e:  # a compiler mode that fails here is reported, not fatal
                     print(f"{name} batch {batch} {mode}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                     continue
@@ -105,11 +135,13 @@ def main():
                 rows.append(dict(model=name, batch=batch, mode=mode, **result))
                 print(rows[-1], flush=True)
             if dtype == "float32" and len(set(map(tuple, tokens.values()))) > 1:
-                print(f"warning: {name} batch {batch}: the modes' greedy tokens differ")
+                print(f"warning: {name} batch {batch}: the modes' tokens differ")
             elif dtype != "float32" and len(tokens) > 1:
                 reference = tokens.get("uncached", next(iter(tokens.values())))
                 agree = {m: next((i for i, (a, b) in enumerate(zip(t, reference)) if a != b), len(t)) for m, t in tokens.items()}
-                print(f"{name} batch {batch}: greedy tokens equal to the first mode's up to token {agree}")
+                print(f"{name} batch {batch}: tokens equal to the first mode's up to token {agree}")
+            # counted after the timed runs, whose peak-memory figures it would otherwise raise
+            print(f"{name} batch {batch}: {ops_per_decode_step(model, batch, sampling, vocab_size)} operators in a decode step")
 
     print()
     print(f"| model | batch | mode | first token (ms) | tokens/s | peak {'GPU' if cuda else 'RSS'} memory (MB) | graph capture (ms) |")

@@ -9,6 +9,7 @@ graph and replayed per token, so a token costs one launch instead of a hundred k
 On the CPU the step runs eagerly, attending only as far as the longest row.
 """
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ class KVCache:
         self.config = config
         self.k = self.v = None  # allocated on first use, in the dtype of the keys the model makes
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.row_index = self.cache_positions = None  # made on first use, see index()
 
     def with_rows(self, rows=None, added=0):
         """A new cache (this one is left as it is: a CUDA graph may hold its tensors) with only the rows
@@ -77,6 +79,15 @@ class KVCache:
             empty = self.k.new_zeros((self.k.shape[0], added, *self.k.shape[2:]))
             cache.k, cache.v = (torch.cat([keep(t, 1), empty], dim=1) if added else keep(t, 1) for t in (self.k, self.v))
         return cache
+
+    def index(self):
+        """Each row's number and each cache position, made once rather than at every step: a CUDA graph
+        holds them as constants, where an arange inside the step would be one more kernel per token."""
+        if self.row_index is None:
+            device = self.lengths.device
+            self.row_index = torch.arange(self.lengths.numel(), device=device)
+            self.cache_positions = torch.arange(self.config.block_size, device=device)
+        return self.row_index, self.cache_positions
 
     def layer(self, index, like):
         if self.k is None:
@@ -108,10 +119,10 @@ class Decode:
 
     def __init__(self, cache, span, masked):
         lengths = cache.lengths
-        self.cache, self.span = cache, span
+        self.cache, self.span, self.masked = cache, span, masked
         self.positions = lengths[:, None]
-        self.row_index = torch.arange(lengths.numel(), device=lengths.device)
-        self.visible = (torch.arange(span, device=lengths.device) <= lengths[:, None])[:, None, None, :] if masked else None
+        self.row_index, cache_positions = cache.index()
+        self.hidden = (cache_positions[:span] > lengths[:, None])[:, None, None, :] if masked else None
         self.mask = None
 
     def update(self, layer, k, v):
@@ -119,9 +130,9 @@ class Decode:
         # row b's new key goes to position lengths[b]: one indexed write, no host-side lengths
         cache_k[self.row_index, :, self.cache.lengths] = k[:, :, 0]
         cache_v[self.row_index, :, self.cache.lengths] = v[:, :, 0]
-        if self.visible is not None and self.mask is None:
+        if self.masked and self.mask is None:
             # an additive mask, made once per step: SDPA would turn a boolean one into this in every layer
-            self.mask = torch.zeros(self.visible.shape, dtype=k.dtype, device=k.device).masked_fill_(~self.visible, -float("inf"))
+            self.mask = torch.zeros(self.hidden.shape, dtype=k.dtype, device=k.device).masked_fill_(self.hidden, -float("inf"))
         return cache_k[:, :, : self.span], cache_v[:, :, : self.span], self.mask
 
 
@@ -129,7 +140,7 @@ class Decode:
 
 
 def mix32(x):
-    """A 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors holding values below 2^32.
+    """A 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors, or Python ints, below 2^32.
     The multipliers are below 2^31, so no product overflows int64."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & 0xFFFFFFFF
@@ -138,18 +149,30 @@ def mix32(x):
     return x ^ (x >> 15)
 
 
-def uniform_noise(seeds, steps, n):
-    """(B, n) numbers in (0, 1), each a hash of (row's seed, row's step, column) alone: every row has a
-    random stream of its own, the same on any device and in any batch, and drawing costs no generator
-    state (so a CUDA graph can replay it)."""
-    row = mix32(mix32(seeds & 0xFFFFFFFF) ^ (steps & 0xFFFFFFFF))
-    column = torch.arange(n, device=seeds.device)
-    bits = mix32(mix32(row[:, None] ^ column[None, :]) + column[None, :])
+def stream_key(seed):
+    """A row's random stream: its seed, hashed once when the row joins (not at every step)."""
+    return mix32(seed & 0xFFFFFFFF)
+
+
+@functools.lru_cache(maxsize=8)
+def column_keys(n, device):
+    """Each token id hashed, made once per vocabulary and device: a CUDA graph keeps it as a constant,
+    where hashing the ids inside the step would be a dozen more kernels per token."""
+    return mix32(torch.arange(n, device=device))
+
+
+def uniform_noise(streams, steps, n):
+    """(B, n) numbers in (0, 1), each a hash of (row's stream key, row's step, column) alone: every row
+    has a random stream of its own, the same on any device and in any batch, and drawing costs no
+    generator state (so a CUDA graph can replay it). Steps stay far below 2^32."""
+    row = mix32(streams ^ steps)
+    bits = mix32(row[:, None] ^ column_keys(n, streams.device)[None, :])
     return ((bits >> 8).float() + 0.5) / (1 << 24)  # 24 bits: exact in float32, never 0 or 1
 
 
-def sample_tokens(logits, temperature, top_k, top_p, seeds, steps, filtered=True):
-    """One token id per row from (B, vocab) logits; every setting is a (B,) tensor, one value per row.
+def sample_tokens(logits, temperature, top_k, top_p, streams, steps, filtered=True):
+    """One token id per row from (B, vocab) logits; every setting is a (B,) tensor, one value per row,
+    streams holding each row's stream_key(seed).
 
     temperature 0 is greedy. top_k (the vocabulary size to keep all) keeps the k most likely tokens;
     top_p (1.0 to keep all) then keeps the fewest most likely tokens whose probabilities reach top_p.
@@ -167,7 +190,7 @@ def sample_tokens(logits, temperature, top_k, top_p, seeds, steps, filtered=True
         # drop a token when the ones more likely than it already reach top_p (the first always stays)
         drop |= probs.cumsum(dim=-1) - probs >= top_p[:, None]
         scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), -float("inf"))
-    gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.size(-1))))
+    gumbel = -torch.log(-torch.log(uniform_noise(streams, steps, logits.size(-1))))
     drawn = (scaled + gumbel).argmax(dim=-1)
     return torch.where(temperature == 0, greedy, drawn)
 
@@ -181,7 +204,7 @@ class Rows:
     generated). Rows join (add) and leave (keep) between steps: the server's batch changes as requests
     come and go, and generate() drops rows that finished."""
 
-    STEP_STATE = ("tokens", "temperature", "top_k", "top_p", "seeds", "steps")  # what a decode step reads
+    STEP_STATE = ("tokens", "temperature", "top_k", "top_p", "streams", "steps")  # what a decode step reads
 
     def __init__(self, config, vocab_size, device):
         self.vocab_size, self.device = vocab_size, device
@@ -195,7 +218,7 @@ class Rows:
         self.temperature = torch.zeros(0, device=device)
         self.top_k = torch.zeros(0, dtype=torch.long, device=device)
         self.top_p = torch.zeros(0, device=device)
-        self.seeds = torch.zeros(0, dtype=torch.long, device=device)
+        self.streams = torch.zeros(0, dtype=torch.long, device=device)
         self.steps = torch.zeros(0, dtype=torch.long, device=device)
         self.changed()
 
@@ -220,7 +243,7 @@ class Rows:
             temperature=torch.tensor([s.temperature for s in sampling], dtype=torch.float32, device=device),
             top_k=torch.tensor([min(s.top_k or self.vocab_size, self.vocab_size) for s in sampling], dtype=torch.long, device=device),
             top_p=torch.tensor([1.0 if s.top_p is None else s.top_p for s in sampling], dtype=torch.float32, device=device),
-            seeds=torch.tensor([s.seed for s in sampling], dtype=torch.long, device=device),
+            streams=torch.tensor([stream_key(s.seed) for s in sampling], dtype=torch.long, device=device),
             steps=torch.zeros(n, dtype=torch.long, device=device),
         )
         for name, tensor in new.items():
@@ -405,9 +428,9 @@ class Engine:
 
     def _draw(self, rows, logits):
         if rows.greedy:
-            rows.tokens[:, 0] = logits.argmax(dim=-1)
+            torch.argmax(logits, dim=-1, keepdim=True, out=rows.tokens)
         else:
-            rows.tokens[:, 0] = sample_tokens(logits, rows.temperature, rows.top_k, rows.top_p, rows.seeds, rows.steps, rows.filtered)
+            rows.tokens[:, 0] = sample_tokens(logits, rows.temperature, rows.top_k, rows.top_p, rows.streams, rows.steps, rows.filtered)
         rows.steps += 1
 
     def _graph_for(self, rows):

@@ -5,7 +5,7 @@ The CUDA tests run where a GPU is present (bench/gpu_decode.sh runs them on a le
 import pytest
 import torch
 
-from nanogpt.engine import Decode, Engine, KVCache, Prefill, Rows, Sampling, context_start, inference_model, sample_tokens
+from nanogpt.engine import Decode, Engine, KVCache, Prefill, Rows, Sampling, context_start, inference_model, sample_tokens, stream_key
 from nanogpt.model import GPT, GPTConfig
 
 SETTINGS = [Sampling(0), Sampling(1.0, seed=3), Sampling(0.8, top_k=10, seed=4), Sampling(1.2, top_p=0.7, seed=5)]
@@ -93,7 +93,7 @@ def draw(logits, n, temperature=1.0, top_k=None, top_p=None):
     full = lambda value: torch.full((n,), value)  # noqa: E731
     return sample_tokens(
         logits.expand(n, V), full(float(temperature)), full(top_k or V), full(1.0 if top_p is None else top_p),
-        torch.arange(n), torch.zeros(n, dtype=torch.long),
+        stream_key(torch.arange(n)), torch.zeros(n, dtype=torch.long),
     )
 
 

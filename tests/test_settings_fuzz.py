@@ -88,7 +88,7 @@ def sampling_works(module, cfg):
     vocab = 65
     rows = Rows(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=vocab), vocab, "cpu")
     rows.add([[0]], [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)], 1)
-    token = sample_tokens(torch.randn(1, vocab), rows.temperature, rows.top_k, rows.top_p, rows.seeds, rows.steps)
+    token = sample_tokens(torch.randn(1, vocab), rows.temperature, rows.top_k, rows.top_p, rows.streams, rows.steps)
     assert 0 <= token.item() < vocab
 
 
