@@ -73,14 +73,28 @@ class OpCounter(TorchDispatchMode):
 
 def ops_per_decode_step(model, batch, sampling, vocab_size):
     """Operators in one decode step as a CUDA graph captures it (the fixed-span step, run eagerly): on a
-    GPU about one kernel each, and at batch 1 the step's time is mostly their count."""
+    GPU about one kernel each, and at batch 1 the step's time is mostly their count. On CUDA, also the
+    kernels profiled over 20 such steps, per step, and their summed GPU time."""
     engine = Engine(model, cuda_graph=False, fixed_span=True)
     rows = Rows(model.config, vocab_size or model.config.vocab_size, next(model.parameters()).device)
     rows.add([[0]] * batch, [sampling] * batch, 4)
     engine.step(rows)  # the prefill; then the step alone
     with torch.no_grad(), OpCounter() as counter:
         engine._decode(rows, fixed_span=True)
-    return counter.count
+    if not torch.cuda.is_available() or rows.device.type != "cuda":
+        return f"{counter.count} operators"
+    # on a GPU, also the kernels the step launches and their GPU time, to set against a token's time
+    steps = 20
+    try:
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            for _ in range(steps):
+                engine._decode(rows, fixed_span=True)
+            torch.cuda.synchronize()
+        kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    except Exception as e:  # a profiler that fails here is reported, not fatal
+        return f"{counter.count} operators (kernel profile failed: {type(e).__name__}: {str(e)[:200]})"
+    busy = sum(e.device_time_total for e in kernels) / steps
+    return f"{counter.count} operators, {len(kernels) / steps:.0f} GPU kernels, {busy:.0f} us of kernel time"
 
 
 def make_engine(model, mode):
@@ -141,7 +155,7 @@ def main():
                 agree = {m: next((i for i, (a, b) in enumerate(zip(t, reference)) if a != b), len(t)) for m, t in tokens.items()}
                 print(f"{name} batch {batch}: tokens equal to the first mode's up to token {agree}")
             # counted after the timed runs, whose peak-memory figures it would otherwise raise
-            print(f"{name} batch {batch}: {ops_per_decode_step(model, batch, sampling, vocab_size)} operators in a decode step")
+            print(f"{name} batch {batch}, one decode step: {ops_per_decode_step(model, batch, sampling, vocab_size)}")
 
     print()
     print(f"| model | batch | mode | first token (ms) | tokens/s | peak {'GPU' if cuda else 'RSS'} memory (MB) | graph capture (ms) |")
