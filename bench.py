@@ -123,7 +123,8 @@ def main():
         f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
         f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
     )
-    changed = [f"{key}={getattr(cfg, key)}" for key in (*ARCHITECTURE_SWITCHES, "attention", "fused_loss") if getattr(cfg, key) != getattr(BenchConfig, key)]
+    switches = (*ARCHITECTURE_SWITCHES, "attention", "fused_loss")
+    changed = [f"{key}={getattr(cfg, key)}" for key in switches if getattr(cfg, key) != getattr(BenchConfig, key)]
     if changed:
         print(f"changed from GPT-2: {', '.join(changed)}")
     step_model = compile_model(model, cfg.compile, device)

@@ -22,7 +22,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, x.size(0), slice_rows):
-            xs, ts, ks = x[start : start + slice_rows], targets[start : start + slice_rows], counted[start : start + slice_rows]
+            xs, ts, kept = x[start : start + slice_rows], targets[start : start + slice_rows], counted[start : start + slice_rows]
             head = xs @ weight.t()  # under autocast: the autocast dtype, as the plain path's head
             logits = head.float()
             if softcap > 0:
@@ -30,11 +30,11 @@ class LinearCrossEntropy(torch.autograd.Function):
                 logits = softcap * capped
             lse = torch.logsumexp(logits, dim=-1)
             picked = logits.gather(1, ts.clamp_min(0)[:, None])[:, 0]
-            loss += torch.where(ks, lse - picked, 0.0).sum()
+            loss += torch.where(kept, lse - picked, 0.0).sum()
             # d(loss)/d(logits) = (softmax - one_hot) / count for counted tokens, 0 for the others
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(len(ts), device=ts.device), ts.clamp_min(0)] -= 1.0
-            grad *= torch.where(ks, scale, 0.0)[:, None]
+            grad *= torch.where(kept, scale, 0.0)[:, None]
             if softcap > 0:
                 grad *= 1.0 - capped * capped
             grad = grad.to(head.dtype)
