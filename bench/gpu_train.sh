@@ -3,7 +3,9 @@
 # in the same call. Run from the repo root on a CUDA machine; logs go to $OUT (default gpu-logs/), and the
 # table of figures is printed last.
 #   bash bench/gpu_train.sh 1   GPT-2 124M step against the card's peak: attention kernels, fused loss,
-#                               micro-batches 12/16/32, and where the step's time goes
+#                               micro-batches 12/16/32, train.py's logged MFU against bench.py's for the
+#                               same step (needs data/shakespeare, GPT-2 tokens: carry it), and where
+#                               the step's time goes
 #   bash bench/gpu_train.sh 2   Muon against AdamW, the modern 124M config, fp8, and the spec's char model
 #                               (classic, modern, fp8): needs data/shakespeare_char (carry it), and for
 #                               fp8 a torchao wheel in .whl/ (carry it; see the device notes)
@@ -34,6 +36,10 @@ if [ "$PART" = 1 ]; then
     bench adamw_16 --batch_size=16
     bench adamw_32 --batch_size=32
     bench fused_loss_32 --batch_size=32 --fused_loss=True
+    # train.py's own MFU (config/train_gpt2.py, 4 micro-batches a step on one GPU) against bench.py's for that step
+    bench adamw_12_accum4 --batch_size=12 --gradient_accumulation_steps=4
+    timeout 150 $PY train.py config/train_gpt2.py --dataset=shakespeare --gradient_accumulation_steps=4 --max_iters=60 \
+        --eval_interval=100000 --eval_iters=1 --log_interval=10 --out_dir="$OUT/out-gpt2" > "$OUT/train_gpt2.log" 2>&1
     timeout 100 $PY bench/profile_step.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --batch_size=12 --vocab_size=50304 --compile --steps=3 > "$OUT/profile_124M.log" 2>&1
     tail -22 "$OUT/profile_124M.log"
@@ -72,6 +78,14 @@ for log in sorted(out.glob("bench_*.log"), key=lambda p: p.stat().st_mtime):
     else:
         last = text.strip().splitlines()[-1] if text.strip() else "no output"
         print(f"| {name} | failed: {last[:120]} | | | |")
+metrics = out / "out-gpt2" / "metrics.jsonl"
+if metrics.is_file() and "adamw_12_accum4" in steps:
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    logged = [r["mfu"] for r in records if r.get("kind") == "train" and r["iter"] > 20 and "mfu" in r]
+    bench_mfu = re.search(r"MFU: ([\d.]+)%", (out / "bench_adamw_12_accum4.log").read_text())
+    if logged and bench_mfu:
+        print(f"| train.py config/train_gpt2.py, 4 x 12 x 1024, median logged MFU after step 20 | {100 * statistics.median(logged):.1f}% "
+              f"| bench.py's {bench_mfu[1]}% | ratio {100 * statistics.median(logged) / float(bench_mfu[1]):.3f} | |")
 for name, base in (("fused_loss_12", "adamw_12"), ("flash_12", "adamw_12"), ("cudnn_12", "adamw_12"), ("fused_loss_32", "adamw_32"),
                    ("muon_12", "adamw_12"), ("fp8_12", "adamw_12"), ("gpt2_modern_16", "gpt2_16")):
     if name in steps and base in steps:
