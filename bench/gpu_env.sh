@@ -6,3 +6,6 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+# GPT-2's BPE files, which tiktoken would download: the device has no network, so a copy travels with the
+# repo (cp -r ../shared/data/tiktoken_cache .tiktoken_cache, ignored by git, named in carry)
+if [ -d .tiktoken_cache ]; then export TIKTOKEN_CACHE_DIR="$PWD/.tiktoken_cache"; fi

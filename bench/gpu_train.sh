@@ -4,8 +4,8 @@
 # table of figures is printed last.
 #   bash bench/gpu_train.sh 1   GPT-2 124M step against the card's peak: attention kernels, fused loss,
 #                               micro-batches 12/16/32, train.py's logged MFU against bench.py's for the
-#                               same step (needs data/shakespeare, GPT-2 tokens: carry it), and where
-#                               the step's time goes
+#                               same step (needs data/shakespeare, GPT-2 tokens, and .tiktoken_cache:
+#                               carry both, see gpu_env.sh), and where the step's time goes
 #   bash bench/gpu_train.sh 2   Muon against AdamW, the modern 124M config, fp8, and the spec's char model
 #                               (classic, modern, fp8): needs data/shakespeare_char (carry it), and for
 #                               fp8 a torchao wheel in .whl/ (carry it; see the device notes)
