@@ -121,8 +121,9 @@ def check_fp8(device, dtype):
 def float8_training(model):
     """Swap the Linear layers inside the blocks for torchao's Float8Linear: their matmuls run in float8
     (e4m3 forward, e5m2 gradients, one scale per tensor) and their weights stay as they are, so
-    checkpoints do not change. Embeddings and the output head stay in bfloat16, as torchao advises for
-    the layers nearest the loss; layers with a side not a multiple of 16 (float8 GEMMs need it) too.
+    checkpoints do not change. Embeddings and the output head stay in bfloat16 (torchao's own example
+    leaves the last layer out too), and so do layers with a side not a multiple of 16, which float8
+    GEMMs need.
     Returns how many layers were swapped."""
     from torchao.float8 import convert_to_float8_training
 
