@@ -9,12 +9,14 @@ def single_process_sync(last_micro_step):
     return contextlib.nullcontext()
 
 
-def training_step(model, optimizers, scaler, ctx, grad_accum, grad_clip, batch, draw_next, gradient_sync=single_process_sync, fused_loss=False):
+def training_step(
+    model, optimizers, scaler, ctx, grad_accum, grad_clip, batch, draw_next, gradient_sync=single_process_sync, fused_loss=False
+):
     """grad_accum micro-batches forward and backward, clipping, every optimizer's step. batch is the
     first micro-batch; draw_next() gives the next one, drawn while the GPU works on the current one.
     gradient_sync(last_micro_step) is a context for each micro-batch (DDP reduces gradients only after
-    the last). fused_loss: see nanogpt/loss.py. Returns the last micro-batch's loss (a tensor: reading it waits for the GPU) and the
-    batch the following step starts with."""
+    the last); fused_loss, see nanogpt/loss.py. Returns the last micro-batch's loss (a tensor: reading it
+    waits for the GPU) and the batch the following step starts with."""
     X, Y = batch
     for micro_step in range(grad_accum):
         with gradient_sync(micro_step == grad_accum - 1):
