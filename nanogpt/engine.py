@@ -270,7 +270,6 @@ class Rows:
         self.filtered = any(
             s.top_k is not None and s.top_k < self.vocab_size or s.top_p is not None and s.top_p < 1 for s in self.sampling
         )
-        self.row_index = torch.arange(len(self.index), device=self.device)
         self.graph = None
 
     def sequence(self, row, start, end):
@@ -361,7 +360,8 @@ class Engine:
         if self.use_cache and self.cuda_graph:
             rows.graph = rows.graph or self._graph_for(rows)
             rows.graph.replay()
-        rows.generated[rows.row_index, rows.steps - 1] = rows.tokens[:, 0]
+        row_index, _ = rows.cache.index()
+        rows.generated[row_index, rows.steps - 1] = rows.tokens[:, 0]
         rows.counts = [count + 1 for count in rows.counts]
         return rows.tokens[:, 0]
 

@@ -1,6 +1,7 @@
 """fused_loss=True: the output head's loss and gradients a slice at a time (nanogpt/loss.py) are the plain
 loss's, in the function, in the whole model and in a training run."""
 
+import contextlib
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from conftest import TINY_TRAIN, run_script
 from nanogpt.loss import linear_cross_entropy
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.step import training_step
 
 
 def plain_loss(x, weight, targets, softcap):
@@ -59,6 +61,19 @@ def test_the_model_trains_the_same_with_the_fused_loss(tie_embeddings):
     with torch.no_grad():  # evaluation: the plain path, logits and all
         logits, loss = model(x, y, fused_loss=True)
     assert logits is not None and torch.allclose(loss, plain)
+
+
+def test_the_training_step_takes_the_fused_path_only_when_asked():
+    """train.py and bench.py pass fused_loss to nanogpt/step.py; what the loss was made by shows it."""
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=97))
+    optimizers = model.configure_optimizers(0.0, 1e-3, (0.9, 0.95), "cpu")
+    batch = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    made_by = {}
+    for fused in (False, True):
+        loss, _ = training_step(model, optimizers, scaler, contextlib.nullcontext(), 2, 1.0, batch, lambda: batch, fused_loss=fused)
+        made_by[fused] = loss.grad_fn.next_functions[0][0].name()  # loss / grad_accum: what came before the division
+    assert "LinearCrossEntropy" in made_by[True] and "LinearCrossEntropy" not in made_by[False], made_by
 
 
 def test_train_py_with_fused_loss_logs_the_same_losses(data_dir, tmp_path):
