@@ -16,20 +16,22 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import DTYPES, load_config, setting, train_setting
+from nanogpt.config import DTYPES, gpt_config, load_config, setting, train_setting, with_model_switches
 from nanogpt.data import Dataset
-from nanogpt.errors import UserError, run_main
-from nanogpt.model import ARCHITECTURE_SWITCHES, GPT, ConfigError, GPTConfig
-from nanogpt.step import training_step
+from nanogpt.errors import DataError, run_main
+from nanogpt.model import GPT, architecture_switches
 from nanogpt.system import (
-    autocast_context, check_fp8, choose_attention_kernel, compile_model, float8_training, keep_freed_memory, peak_flops,
-    peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
+    attention_kernel, autocast_context, check_attention_kernel, check_fp8, compile_model, float8_training, keep_freed_memory,
+    peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
 )
 from nanogpt.tokenizer import model_vocab_size
+from nanogpt.training.optimizers import make_optimizers
+from nanogpt.training.step import training_step
 
 
 @dataclass
-class BenchConfig:
+@with_model_switches  # rotary, rmsnorm, ...: GPTConfig's switches, as train.py takes them
+class BenchSettings:
     batch_size: int = setting(12, "sequences per step", within="[1, inf)")
     block_size: int = setting(1024, "tokens per sequence", within="[1, inf)")
     n_layer: int = setting(12, "transformer blocks (GPT-2 124M: 12)", within="[1, inf)")
@@ -48,13 +50,6 @@ class BenchConfig:
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     compile: Optional[bool] = setting(None, "torch.compile; None means on for CUDA only")
-    rotary: bool = train_setting("rotary")
-    rmsnorm: bool = train_setting("rmsnorm")
-    qk_norm: bool = train_setting("qk_norm")
-    relu2: bool = train_setting("relu2")
-    tie_embeddings: bool = train_setting("tie_embeddings")
-    logit_softcap: float = train_setting("logit_softcap")
-    zero_init_proj: bool = train_setting("zero_init_proj")
     muon_lr: float = train_setting("muon_lr")
     attention: str = train_setting("attention")
     fused_loss: bool = train_setting("fused_loss")
@@ -62,71 +57,53 @@ class BenchConfig:
     seed: int = setting(1337, "random seed")
 
 
-def model_config(cfg, vocab_size):
-    return GPTConfig(
-        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size, bias=cfg.bias,
-        vocab_size=vocab_size, dropout=cfg.dropout, **{key: getattr(cfg, key) for key in ARCHITECTURE_SWITCHES},
-    )
-
-
 def read_settings(argv):
     """The settings, refused in one sentence if they cannot work, before any data or model loads."""
-    cfg = load_config(BenchConfig, argv, script="bench.py", ignore_train_keys=True)
-    try:
-        model_config(cfg, vocab_size=50304)
-    except ConfigError as e:  # the model's own shape checks, without building it
-        raise UserError(str(e)) from None
+    cfg = load_config(BenchSettings, argv, script="bench.py", ignore_train_keys=True)
+    gpt_config(cfg, vocab_size=50304)  # the model's own shape checks, without building it
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.fp8:
         check_fp8(device, dtype)
-    choose_attention_kernel(cfg.attention, device)
+    check_attention_kernel(cfg.attention, device)
     return cfg
 
 
-def main():
-    cfg = read_settings(sys.argv[1:])
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if device == "cpu":
-        keep_freed_memory()  # as train.py does
-    torch.manual_seed(cfg.seed)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+def batch_source(cfg, device):
+    """(the vocabulary size, a function giving the next batch): the dataset's batches, or one batch of
+    random tokens again and again."""
+    if not cfg.real_data:
+        x, y = (torch.randint(50304, (cfg.batch_size, cfg.block_size), device=device) for _ in range(2))
+        return 50304, lambda: (x, y)
+    try:
+        data = Dataset(cfg.data_dir, cfg.dataset)
+    except DataError as e:
+        raise DataError(f"{e}, or time random tokens with --real_data=False") from None
+    data.check_length(cfg.block_size)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    # the vocabulary padded as train.py pads it
+    return model_vocab_size(data.meta), lambda: data.get_batch("train", cfg.batch_size, cfg.block_size, device, generator)
 
-    if cfg.real_data:
-        try:
-            data = Dataset(cfg.data_dir, cfg.dataset)
-        except UserError as e:
-            raise UserError(f"{e}, or time random tokens with --real_data=False") from None
-        data.check_length(cfg.block_size)
-        vocab_size = model_vocab_size(data.meta)  # padded as train.py pads it
-        generator = torch.Generator().manual_seed(cfg.seed)
 
-        def get_batch():
-            return data.get_batch("train", cfg.batch_size, cfg.block_size, device, generator)
-    else:
-        vocab_size = 50304
-        x = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=device)
-        y = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=device)
-
-        def get_batch():
-            return x, y
-
-    model = GPT(model_config(cfg, vocab_size)).to(device)
+def build(cfg, device, dtype, vocab_size):
+    """The model as train.py builds it, its optimizers, and a line about what differs from GPT-2."""
+    model = GPT(gpt_config(cfg, vocab_size)).to(device)
     if cfg.fp8:
         print(f"fp8: {float8_training(model)} Linear layers run their matmuls in float8")
-    optimizers = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr)
-    flops_per_step = model.estimate_flops_per_token() * cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    optimizers = make_optimizers(model, 0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr)
     print(
         f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
         f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
     )
-    switches = (*ARCHITECTURE_SWITCHES, "attention", "fused_loss")
-    changed = [f"{key}={getattr(cfg, key)}" for key in switches if getattr(cfg, key) != getattr(BenchConfig, key)]
+    switches = [f.name for f in architecture_switches()] + ["attention", "fused_loss"]
+    changed = [f"{key}={getattr(cfg, key)}" for key in switches if getattr(cfg, key) != BenchSettings.__dataclass_fields__[key].default]
     if changed:
         print(f"changed from GPT-2: {', '.join(changed)}")
+    return model, optimizers
+
+
+def time_steps(cfg, model, optimizers, device, dtype, get_batch):
+    """Seconds of cfg.iters of train.py's own step, after cfg.warmup_iters untimed ones."""
     step_model = compile_model(model, cfg.compile, device)
     ctx = autocast_context(device, dtype)
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
@@ -141,7 +118,7 @@ def main():
         reset_peak_memory(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            # train.py's step itself; no .item() inside the timed loop, which would wait for the GPU
+            # no .item() inside the timed loop, which would wait for the GPU
             loss, batch = training_step(
                 step_model, optimizers, scaler, ctx, cfg.gradient_accumulation_steps, cfg.grad_clip, batch, get_batch, fused_loss=cfg.fused_loss
             )
@@ -149,10 +126,26 @@ def main():
         seconds = time.perf_counter() - t0
         if steps:
             print(f"{stage}: {steps} steps, last loss {loss.item() * cfg.gradient_accumulation_steps:.6f}")
-    ms = seconds / cfg.iters * 1000
-    tokens_per_sec = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size * cfg.iters / seconds
-    achieved = flops_per_step * cfg.iters / seconds
-    print(f"time per iteration: {ms:.2f} ms, {tokens_per_sec:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
+    return seconds
+
+
+def main():
+    cfg = read_settings(sys.argv[1:])
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device == "cpu":
+        keep_freed_memory()  # as train.py does
+    torch.manual_seed(cfg.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    vocab_size, get_batch = batch_source(cfg, device)
+    model, optimizers = build(cfg, device, dtype, vocab_size)
+    with attention_kernel(cfg.attention):
+        seconds = time_steps(cfg, model, optimizers, device, dtype, get_batch)
+    tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
+    achieved = model.estimate_flops_per_token() * tokens * cfg.iters / seconds
+    print(f"time per iteration: {seconds / cfg.iters * 1000:.2f} ms, {tokens * cfg.iters / seconds:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
     print(f"peak memory of the timed steps: {peak_memory_mb(device):,.0f} MiB ({'allocated by torch' if device.startswith('cuda') else 'resident set'})")
     peak = peak_flops(device)
     if peak is None:

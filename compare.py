@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.config import load_config, setting
-from nanogpt.errors import UserError, run_main
-from nanogpt.metrics import METRICS_NAME, read_records
+from nanogpt.errors import DataError, SettingError, WriteError, run_main
+from nanogpt.training.train_log import METRICS_NAME, read_records
 
 # settings that name or steer a run without changing what it learns
 IGNORED_SETTINGS = ("out_dir", "overwrite", "wandb_log", "wandb_project", "wandb_run_name", "log_interval")
@@ -33,9 +33,9 @@ def read_settings(argv):
     folders = [arg for arg in argv if not arg.startswith("-")]
     cfg = load_config(CompareSettings, [arg for arg in argv if arg.startswith("-")], script="compare.py OUT_DIR OUT_DIR [...]")
     if len(folders) < 2:
-        raise UserError("give two or more run folders to compare, e.g. python compare.py out-a out-b")
+        raise SettingError("give two or more run folders to compare, e.g. python compare.py out-a out-b")
     if not cfg.to.endswith(".png"):
-        raise UserError(f"--to must name a .png file, got {cfg.to!r}")
+        raise SettingError(f"--to must name a .png file, got {cfg.to!r}")
     return folders, cfg
 
 
@@ -50,12 +50,12 @@ class Run:
 
 def load_run(out_dir):
     if not (Path(out_dir) / METRICS_NAME).is_file():
-        raise UserError(f"{out_dir} holds no {METRICS_NAME}; give the out_dir of a training run")
+        raise DataError(f"{out_dir} holds no {METRICS_NAME}; give the out_dir of a training run")
     records = read_records(out_dir)
     starts = [r for r in records if r["kind"] == "run"]
     evals = [r for r in records if r["kind"] == "eval"]
     if not starts or not evals or "train_seconds" not in evals[-1]:
-        raise UserError(f"{out_dir}/{METRICS_NAME} has no run record or no evaluation yet (or was written by an older version); compare runs that have evaluated at least once")
+        raise DataError(f"{out_dir}/{METRICS_NAME} has no run record or no evaluation yet (or was written by an older version); compare runs that have evaluated at least once")
     first = starts[0]
     return Run(Path(out_dir).name, first["config"], (first["tokenizer"], first["vocab_size"]), [r for r in records if r["kind"] == "train"], evals)
 
@@ -133,7 +133,7 @@ def compare(folders, to):
     try:
         draw(runs, metric, to)
     except OSError as e:
-        raise UserError(f"cannot write {to} ({e.strerror}); choose a writable --to") from None
+        raise WriteError(f"cannot write {to} ({e.strerror}); choose a writable --to") from None
     print(f"picture: {to}")
     return rows
 

@@ -25,14 +25,14 @@ import torch
 from nanogpt.checkpoint import check_model_source, load_checkpoint, load_model_and_tokenizer, model_from_checkpoint
 from nanogpt.config import CHECKPOINTS, DTYPES, load_config, setting
 from nanogpt.data import Dataset, read_text
-from nanogpt.engine import inference_model
-from nanogpt.errors import UserError, run_main
+from nanogpt.generation.engine import inference_model
+from nanogpt.errors import DataError, SettingError, run_main
 from nanogpt.system import resolve_device, resolve_dtype
 from nanogpt.tokenizer import tokenizer_from_meta
 
 
 @dataclass
-class EvalConfig:
+class EvalSettings:
     out_dir: str = setting("out", "folder holding the checkpoint (with init_from='resume')")
     init_from: str = setting("resume", "'resume' (the checkpoint in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder")
     checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt) or 'latest' (ckpt.pt)", choices=CHECKPOINTS)
@@ -44,12 +44,12 @@ class EvalConfig:
 
 
 def read_settings(argv):
-    cfg = load_config(EvalConfig, argv, script="eval.py")
+    cfg = load_config(EvalSettings, argv, script="eval.py")
     check_model_source(cfg.init_from)
     if not cfg.input and cfg.init_from != "resume":
-        raise UserError(f"--input=FILE is needed to evaluate {cfg.init_from}: it has no dataset of its own")
+        raise SettingError(f"--input=FILE is needed to evaluate {cfg.init_from}: it has no dataset of its own")
     if cfg.input and not Path(cfg.input).is_file():
-        raise UserError(f"--input={cfg.input} is not a file; give a UTF-8 text file")
+        raise SettingError(f"--input={cfg.input} is not a file; give a UTF-8 text file")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     return cfg
 
@@ -110,12 +110,12 @@ def main():
     model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
     stride = cfg.stride or max(1, model.config.block_size // 2)
     if stride > model.config.block_size:
-        raise UserError(f"stride {stride} is longer than the model's context of {model.config.block_size} tokens; use --stride={model.config.block_size} or less")
+        raise SettingError(f"stride {stride} is longer than the model's context of {model.config.block_size} tokens; use --stride={model.config.block_size} or less")
     eot = getattr(tokenizer, "eot_token", None)
     if eot is not None:
         ids = np.concatenate([[eot], np.asarray(ids, dtype=np.int64)])  # so the text's first token is scored too
     if len(ids) < 2:
-        raise UserError(f"{source} is too short to score: it needs at least {3 - (eot is not None)} tokens")
+        raise DataError(f"{source} is too short to score: it needs at least {3 - (eot is not None)} tokens")
     token_bytes = torch.tensor(tokenizer.token_byte_lengths())
     nats, tokens, text_bytes = score(model, ids, token_bytes, stride, cfg.batch_size, device)
     print(f"{source}: {tokens:,} tokens, {text_bytes:,} bytes scored (context {model.config.block_size}, stride {stride})")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.config import CHECKPOINTS, load_config, setting
-from nanogpt.errors import UserError, run_main
+from nanogpt.errors import SettingError, UnavailableError, run_main
 from nanogpt.hf import export_hf_gpt2
 
 
 @dataclass
-class ExportConfig:
+class ExportSettings:
     out_dir: str = setting("out", "folder holding the checkpoint to export")
     to: str = setting("", "folder to write the Hugging Face model into")
     force: bool = setting(False, "write into --to even if it already holds files (they may be replaced)")
@@ -28,12 +28,12 @@ class ExportConfig:
 
 def read_settings(argv):
     """The settings, refused in one sentence if they cannot work, before the checkpoint loads."""
-    cfg = load_config(ExportConfig, argv, script="export.py")
+    cfg = load_config(ExportSettings, argv, script="export.py")
     if not cfg.to:
-        raise UserError("say where to write the model: --to=FOLDER")
+        raise SettingError("say where to write the model: --to=FOLDER")
     target = Path(cfg.to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not cfg.force:
-        raise UserError(f"{target} already exists and is not empty; choose another --to, or pass --force=True to write into it")
+        raise SettingError(f"{target} already exists and is not empty; choose another --to, or pass --force=True to write into it")
     return cfg
 
 
@@ -43,7 +43,7 @@ def main():
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise UserError("export needs transformers: pip install -e '.[hf]' (or pip install transformers safetensors)") from None
+        raise UnavailableError("export needs transformers: pip install -e '.[hf]' (or pip install transformers safetensors)") from None
     checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     model = model_from_checkpoint(checkpoint, dropout=0.0)
     export_hf_gpt2(model, target, checkpoint["tokenizer"])

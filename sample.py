@@ -16,22 +16,22 @@ from pathlib import Path
 import torch
 
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
-from nanogpt.completion import Endings
-from nanogpt.config import SampleConfig, load_config
-from nanogpt.engine import Engine, Sampling, context_start, inference_model
-from nanogpt.errors import UserError, run_main
+from nanogpt.generation.completion import Endings
+from nanogpt.config import SampleSettings, load_config
+from nanogpt.generation.engine import Engine, Sampling, context_start, inference_model
+from nanogpt.errors import DataError, SettingError, WriteError, run_main
 from nanogpt.system import resolve_device, resolve_dtype
 
 
 def read_settings(argv):
     """The settings, refused in one sentence if they cannot work, before the model loads: each key
     against what it declares (nanogpt/config.py), then what depends on more than one key."""
-    cfg = load_config(SampleConfig, argv, script="sample.py")
+    cfg = load_config(SampleSettings, argv, script="sample.py")
     if cfg.prompts and cfg.stream:
-        raise UserError("--stream=True prints one sample as it is made; it cannot be used with --prompts")
+        raise SettingError("--stream=True prints one sample as it is made; it cannot be used with --prompts")
     check_model_source(cfg.init_from)
     if cfg.output and not cfg.prompts:
-        raise UserError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
+        raise SettingError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     return cfg
 
@@ -44,7 +44,7 @@ def read_prompt(start):
         return start
     path = Path(start[len("FILE:") :])
     if not path.is_file():
-        raise UserError(f"prompt file {path} not found")
+        raise DataError(f"prompt file {path} not found")
     return path.read_text(encoding="utf-8")
 
 
@@ -52,7 +52,7 @@ def read_prompts_file(path, tokenizer):
     """(text, ids) of each non-empty line of a prompts file: plain text, or JSON lines with a 'prompt'."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"prompts file {path} not found")
+        raise DataError(f"prompts file {path} not found")
     prompts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -60,16 +60,18 @@ def read_prompts_file(path, tokenizer):
         text = line
         if path.suffix == ".jsonl":
             try:
-                text = json.loads(line)["prompt"]
-                assert isinstance(text, str) and text
-            except (ValueError, KeyError, TypeError, AssertionError):
-                raise UserError(f"line {number} of {path} is not a JSON object with a non-empty 'prompt' string") from None
+                text = json.loads(line)
+            except ValueError:
+                text = None
+            text = text.get("prompt") if isinstance(text, dict) else None
+            if not isinstance(text, str) or not text:
+                raise DataError(f"line {number} of {path} is not a JSON object with a non-empty 'prompt' string")
         try:
             prompts.append((text, tokenizer.encode(text)))
-        except UserError as e:
-            raise UserError(f"line {number} of {path}: {e}") from None
+        except DataError as e:
+            raise DataError(f"line {number} of {path}: {e}") from None
     if not prompts:
-        raise UserError(f"prompts file {path} holds no prompts; write one prompt a line")
+        raise DataError(f"prompts file {path} holds no prompts; write one prompt a line")
     return prompts
 
 
@@ -104,9 +106,9 @@ def main():
     model = inference_model(model, device, dtype)
     vocab_size = tokenizer.vocab_size
     # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
-    top_k_given = cfg.top_k != SampleConfig().top_k
+    top_k_given = cfg.top_k != SampleSettings().top_k
     if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
-        raise UserError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
+        raise SettingError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
 
     if cfg.prompts:
         prompts = read_prompts_file(cfg.prompts, tokenizer)
@@ -114,7 +116,7 @@ def main():
         text = read_prompt(cfg.start)
         prompts = [(text, tokenizer.encode(text))] * cfg.num_samples
         if not prompts[0][1]:
-            raise UserError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
+            raise DataError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
     block_size = model.config.block_size
     cropped = sum(context_start(len(ids), block_size) > 0 for _, ids in prompts)
     if cropped:
@@ -122,7 +124,7 @@ def main():
 
     stream = (len(prompts) == 1 and not cfg.prompts) if cfg.stream is None else cfg.stream
     if stream and len(prompts) > 1:
-        raise UserError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
+        raise SettingError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
     endings = Endings(tokenizer, [cfg.stop])
     engine = Engine(model, use_cache=cfg.use_cache)
     # each row has its own random stream (seed + its place), so a sample does not depend on the batch
@@ -131,7 +133,7 @@ def main():
     try:
         output = open(cfg.output, "w", encoding="utf-8") if cfg.output else None
     except OSError as e:
-        raise UserError(f"cannot write --output={cfg.output} ({e.strerror}); choose a file in a folder that exists and is writable") from None
+        raise WriteError(f"cannot write --output={cfg.output} ({e.strerror}); choose a file in a folder that exists and is writable") from None
     try:
         for first in range(0, len(prompts), batch_size):
             batch = prompts[first : first + batch_size]

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.config import CHECKPOINTS, DTYPES, load_config, setting
-from nanogpt.errors import UserError, run_main
+from nanogpt.errors import SettingError, UnavailableError, run_main
 from nanogpt.system import resolve_device, resolve_dtype
 
 
 @dataclass
-class ServeConfig:
+class ServeSettings:
     out_dir: str = setting("out", "folder holding the checkpoint to serve (with init_from='resume')")
     init_from: str = setting("resume", "'resume' (checkpoint in out_dir) or a GPT-2 name or Hugging Face folder")
     checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt) or 'latest' (ckpt.pt)", choices=CHECKPOINTS)
@@ -36,7 +36,7 @@ class ServeConfig:
 
 def read_settings(argv):
     """The settings, refused in one sentence if they cannot work, before the model loads."""
-    cfg = load_config(ServeConfig, argv, script="serve.py")
+    cfg = load_config(ServeSettings, argv, script="serve.py")
     check_model_source(cfg.init_from)
     cfg.api_key = cfg.api_key or os.environ.get("NANOGPT_API_KEY", "")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
@@ -48,10 +48,10 @@ def main():
     try:
         import uvicorn
 
-        from nanogpt.server import create_app
+        from nanogpt.serving.server import create_app
     except ImportError:
-        raise UserError("serving needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
-    from nanogpt.engine import Engine, inference_model
+        raise UnavailableError("serving needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
+    from nanogpt.generation.engine import Engine, inference_model
 
     check_port_free(cfg.host, cfg.port)
     device = resolve_device(cfg.device)
@@ -77,7 +77,7 @@ def check_port_free(host, port):
         with socket.create_server((host, port), reuse_port=False):
             pass
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+        raise SettingError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
 
 
 if __name__ == "__main__":

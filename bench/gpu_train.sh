@@ -13,7 +13,7 @@ set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 PART=${1:-1}
 
-# train.py's own step (nanogpt/step.py) on random tokens, bf16, compiled, 30 timed steps after 10
+# train.py's own step (nanogpt/training/step.py) on random tokens, bf16, compiled, 30 timed steps after 10
 bench() {
     local name=$1
     shift

@@ -1,4 +1,4 @@
-"""Muon's optimizer step alone: torch.optim.Muon (one matrix at a time) against nanogpt/muon.py's
+"""Muon's optimizer step alone: torch.optim.Muon (one matrix at a time) against nanogpt/training/muon.py's
 BatchedMuon (all matrices of one shape together), alternating steps, median time of each.
 
     python bench/muon_step.py [--device=cpu] [--steps=30]
@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
-from nanogpt.muon import BatchedMuon  # noqa: E402
+from nanogpt.training.muon import BatchedMuon  # noqa: E402
 
 SIZES = {"4 x 128 (CPU config)": (4, 4, 128), "6 x 384 (spec char model)": (6, 6, 384), "12 x 768 (GPT-2 124M)": (12, 12, 768)}
 

@@ -5,7 +5,7 @@
     python bench/profile_step.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 \
         --batch_size=12 --vocab_size=50304 --compile        # GPT-2 124M on a GPU: its CUDA kernels
 
-Random tokens, the same model, optimizer and step as train.py (nanogpt/step.py): float32 on the CPU,
+Random tokens, the same model, optimizer and step as train.py (nanogpt/training/step.py): float32 on the CPU,
 bfloat16 autocast on a GPU. Prints the operators (on a GPU, the kernels) that take the most time, the
 share of it spent in matrix multiplies and attention, and ms per step.
 """
@@ -21,8 +21,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
-from nanogpt.step import training_step  # noqa: E402
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory  # noqa: E402
+from nanogpt.training.optimizers import make_optimizers  # noqa: E402
+from nanogpt.training.step import training_step  # noqa: E402
 
 # the operators that do the model's FLOPs; everything else is overhead to shrink
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -56,7 +57,7 @@ def main():
     config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
                        vocab_size=args.vocab_size, dropout=args.dropout, bias=False)
     model = GPT(config).to(args.device)
-    optimizers = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), args.device.split(":")[0], args.optimizer)
+    optimizers = make_optimizers(model, 0.1, 1e-3, (0.9, 0.99), args.device.split(":")[0], args.optimizer)
     step_model = compile_model(model, args.compile, args.device)
     ctx = autocast_context(args.device, "bfloat16" if cuda else "float32")
     scaler = torch.amp.GradScaler(args.device.split(":")[0], enabled=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from compare import compare  # noqa: E402
-from nanogpt.metrics import read_records  # noqa: E402
+from nanogpt.training.train_log import read_records  # noqa: E402
 
 CONFIGS = {"classic": "config/train_shakespeare_char_cpu.py", "modern": "config/train_shakespeare_char_cpu_modern.py"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.errors import UserError, first_line
+from nanogpt.errors import CheckpointError, SettingError, first_line
 from nanogpt.files import write_atomically
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
 from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
@@ -85,20 +85,20 @@ def strip_compile_prefix(state_dict):
 def load_checkpoint(out_dir, which="latest", device="cpu"):
     """which: 'latest' (ckpt.pt) or 'best' (best.pt; ckpt.pt for runs saved before best.pt existed)."""
     if which not in ("latest", "best"):
-        raise UserError(f"unknown checkpoint {which!r}; use best (the lowest val loss) or latest (where training stopped)")
+        raise SettingError(f"unknown checkpoint {which!r}; use best (the lowest val loss) or latest (where training stopped)")
     path = Path(out_dir) / CHECKPOINT_NAME
     if which == "best" and (Path(out_dir) / BEST_NAME).is_file():
         path = Path(out_dir) / BEST_NAME
     if not path.is_file():
-        raise UserError(f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py config/train_shakespeare_char.py, or pass --out_dir=FOLDER")
+        raise CheckpointError(f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py config/train_shakespeare_char.py, or pass --out_dir=FOLDER")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        raise UserError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line(e)})") from None
+        raise CheckpointError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line(e)})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
-        raise UserError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
+        raise CheckpointError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
     if not isinstance(checkpoint.get("tokenizer"), dict) or checkpoint["tokenizer"].get("tokenizer") not in KINDS:
-        raise UserError(f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program")
+        raise CheckpointError(f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program")
     checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
     checkpoint["path"] = str(path)  # where it was read from, for messages; not saved
     return checkpoint
@@ -112,7 +112,7 @@ def model_from_checkpoint(checkpoint, **overrides):
         model = GPT(GPTConfig(**dict(checkpoint["model_args"], **overrides)))
         model.load_state_dict(checkpoint["model"])
     except (TypeError, RuntimeError) as e:
-        raise UserError(f"the checkpoint's weights do not fit its model settings ({first_line(e)}); it is damaged or from another program") from None
+        raise CheckpointError(f"the checkpoint's weights do not fit its model settings ({first_line(e)}); it is damaged or from another program") from None
     return model
 
 
@@ -122,7 +122,7 @@ def check_model_source(init_from):
     if init_from == "resume":
         return
     if not is_pretrained_source(init_from):
-        raise UserError(f"unknown init_from {init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
+        raise SettingError(f"unknown init_from {init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
     pretrained_block_size(init_from)  # checks the name or folder
 
 

@@ -1,21 +1,23 @@
-"""Settings for train.py and sample.py: defaults, config files and --key=value overrides.
+"""Every script's settings: defaults, config files and --key=value overrides; train.py's and sample.py's
+own, and the GPTConfig that a script's settings describe.
 
 A config file is plain Python that assigns some of the keys below, e.g. `batch_size = 32`.
 Files and overrides apply left to right, each checked against the key's type; an unknown key is
 an error naming the closest known one. Each setting may also declare the interval its number must lie
 in or the values its text may take; load_config refuses anything else in one sentence naming the key,
-so every script checks every setting before it loads anything.
+so every script checks every setting before it loads anything. Checking a setting changes nothing
+outside it: what a setting chooses for the whole process is applied later, by the script's set-up.
 """
 
 import difflib
 import math
-import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from nanogpt.errors import UserError
+from nanogpt.errors import HelpRequested, SettingError
+from nanogpt.model import GPTConfig, architecture_switches
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -29,8 +31,25 @@ def setting(default, help, within=None, choices=None):
     return field(default=default, metadata={"help": help, "within": within, "choices": choices})
 
 
+def with_model_switches(cls):
+    """Add GPTConfig's architecture switches to a settings class (before @dataclass makes it one), with
+    the model's own defaults, help and limits: a switch is declared once, in nanogpt/model.py."""
+    for switch in architecture_switches():
+        cls.__annotations__[switch.name] = switch.type
+        setattr(cls, switch.name, field(default=switch.default, metadata=switch.metadata))
+    return cls
+
+
+def gpt_config(cfg, vocab_size):
+    """The GPTConfig a script's settings describe: each GPTConfig field the settings have (shape,
+    dropout, bias, switches), with the vocabulary size the data gives."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(GPTConfig) if f.name != "vocab_size" and hasattr(cfg, f.name)}
+    return GPTConfig(vocab_size=vocab_size, **shared)
+
+
 @dataclass
-class TrainConfig:
+@with_model_switches
+class TrainSettings:
     # I/O
     out_dir: str = setting("out", "folder for the checkpoint, metrics.jsonl and loss-curve PNG")
     overwrite: bool = setting(False, "start from scratch even if out_dir already holds a checkpoint (it is replaced)")
@@ -57,13 +76,7 @@ class TrainConfig:
     n_embd: int = setting(768, "embedding width", within="[1, inf)")
     dropout: float = setting(0.0, "dropout probability (0 for pretraining, ~0.1+ for fine-tuning small data)", within="[0, 1)")
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
-    rotary: bool = setting(False, "rotary position embeddings instead of a learned position table")
-    rmsnorm: bool = setting(False, "RMSNorm instead of LayerNorm")
-    qk_norm: bool = setting(False, "RMS-normalise queries and keys in attention")
-    relu2: bool = setting(False, "ReLU^2 MLP activation instead of GELU")
-    tie_embeddings: bool = setting(True, "share the token embedding with the output head")
-    logit_softcap: float = setting(0.0, "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))", within="[0, inf)")
-    zero_init_proj: bool = setting(False, "start the residual projections at zero")
+    # the architecture switches (rotary, rmsnorm, ...) come from GPTConfig: see with_model_switches
     # optimizer
     optimizer: str = setting("adamw", "'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest)", choices=("adamw", "muon"))
     muon_lr: float = setting(0.02, "peak learning rate of Muon's matrices (learning_rate is AdamW's)", within="[0, inf)")
@@ -88,19 +101,19 @@ class TrainConfig:
     dtype: str = setting("auto", "'auto' (bfloat16 on GPUs that have it, else float16; float32 on CPU), 'float32', 'bfloat16', 'float16'", choices=DTYPES)
     compile: typing.Optional[bool] = setting(None, "torch.compile the model; None means on for CUDA only, where it pays off")
     attention: str = setting("auto", "training's attention kernel on CUDA: 'auto' (torch's choice), 'flash', 'cudnn' or 'efficient' (bench/gpu_train.sh times each)", choices=("auto", "flash", "cudnn", "efficient"))
-    fused_loss: bool = setting(False, "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/loss.py): less memory")
+    fused_loss: bool = setting(False, "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/fused_loss.py): less memory")
     fp8: bool = setting(False, "float8 matmuls in the blocks' Linear layers through torchao (NVIDIA compute capability 8.9+, dtype bfloat16; best with compile=True)")
     seed: int = setting(1337, "random seed")
 
 
 def train_setting(name):
-    """TrainConfig's key `name` (default, meaning, limits), for another script that takes it too."""
-    declared = TrainConfig.__dataclass_fields__[name]
+    """TrainSettings' key `name` (default, meaning, limits), for another script that takes it too."""
+    declared = TrainSettings.__dataclass_fields__[name]
     return field(default=declared.default, metadata=declared.metadata)
 
 
 @dataclass
-class SampleConfig:
+class SampleSettings:
     out_dir: str = setting("out", "folder holding the checkpoint to sample from (with init_from='resume')")
     init_from: str = setting("resume", "'resume' (checkpoint in out_dir) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     start: str = setting("\n", "prompt text, FILE:path to read it from a file, or - to read it from stdin")
@@ -152,7 +165,7 @@ def parse_text(key, text, hint):
         if base is float:
             return float(text)
     except ValueError:
-        raise UserError(f"--{key} expects {_type_name(hint)}, got {text!r}") from None
+        raise SettingError(f"--{key} expects {_type_name(hint)}, got {text!r}") from None
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]  # quotes kept by the shell, as in --init_from="'gpt2'"
     return text
@@ -167,26 +180,26 @@ def check_value(key, value, hint, where):
         return float(value)
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
-    raise UserError(f"{key} in {where} must be {_type_name(hint)}, got {value!r}")
+    raise SettingError(f"{key} in {where} must be {_type_name(hint)}, got {value!r}")
 
 
 def _unknown_key(key, config_cls, where):
     names = [f.name for f in fields(config_cls)]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f"; did you mean {close[0]}?" if close else "; run with --help to list the keys"
-    return UserError(f"unknown config key {key!r} in {where}{hint}")
+    return SettingError(f"unknown config key {key!r} in {where}{hint}")
 
 
 def _read_config_file(path):
     """Run a config file and return the settings it assigns (module-level names without a leading _)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file {path} not found (config files live in config/, e.g. config/train_shakespeare_char.py)")
+        raise SettingError(f"config file {path} not found (config files live in config/, e.g. config/train_shakespeare_char.py)")
     namespace = {}
     try:
         exec(compile(p.read_text(), str(p), "exec"), namespace)
     except Exception as e:
-        raise UserError(f"config file {path} could not be run: {type(e).__name__}: {e}") from None
+        raise SettingError(f"config file {path} could not be run: {type(e).__name__}: {e}") from None
     return {
         k: v
         for k, v in namespace.items()
@@ -212,21 +225,20 @@ def load_config(config_cls, argv, script="train.py", ignore_train_keys=False):
     ignore_train_keys: a config file may also set train.py's keys, which are then left out (bench.py
     times the step of a training config)."""
     if any(a in ("-h", "--help") for a in argv):
-        print(help_text(config_cls, script))
-        sys.exit(0)
+        raise HelpRequested(help_text(config_cls, script))
     hints = typing.get_type_hints(config_cls)
     values = {}
     for arg in argv:
         if not arg.startswith("--"):
             for key, value in _read_config_file(arg).items():
-                if key not in hints and ignore_train_keys and key in TrainConfig.__dataclass_fields__:
+                if key not in hints and ignore_train_keys and key in TrainSettings.__dataclass_fields__:
                     continue
                 if key not in hints:
                     raise _unknown_key(key, config_cls, arg)
                 values[key] = check_value(key, value, hints[key], arg)
             continue
         if "=" not in arg:
-            raise UserError(f"override {arg} needs a value: write it as {arg}=VALUE")
+            raise SettingError(f"override {arg} needs a value: write it as {arg}=VALUE")
         key, text = arg[2:].split("=", 1)
         if key not in hints:
             raise _unknown_key(key, config_cls, "the command line")
@@ -262,12 +274,12 @@ def check_settings(cfg):
         if value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{f.name} must be a finite number, got {value}")
+            raise SettingError(f"{f.name} must be a finite number, got {value}")
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LARGEST_INT:
-            raise UserError(f"{f.name} is too large ({value}); it must be below 2**62")
+            raise SettingError(f"{f.name} is too large ({value}); it must be below 2**62")
         if within and not _in_interval(value, within):
-            raise UserError(f"{f.name} must be {_describe_interval(within)}, got {value}")
+            raise SettingError(f"{f.name} must be {_describe_interval(within)}, got {value}")
         if choices and value not in choices:
-            raise UserError(f"unknown {f.name} {value!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
+            raise SettingError(f"unknown {f.name} {value!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
         if isinstance(value, str) and f.default and not value:
-            raise UserError(f"{f.name} cannot be empty (its default is {f.default!r})")
+            raise SettingError(f"{f.name} cannot be empty (its default is {f.default!r})")

@@ -18,19 +18,9 @@ import numpy as np
 import torch
 
 from nanogpt.config import setting
-from nanogpt.errors import UserError
-from nanogpt.files import check_writable_folder, write_atomically
+from nanogpt.errors import DataError, SettingError
+from nanogpt.files import REPO_ROOT, check_writable_folder, shared_data_dir, write_atomically
 from nanogpt.tokenizer import BPE_FILE, GPT2_VOCAB_SIZE, BPETokenizer, CharTokenizer, GPT2Tokenizer, check_meta, train_bpe
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def shared_data_dir():
-    """The offline copy of public data ($NANOGPT_SHARED_DATA, or ../shared/data beside the repo), if any."""
-    env = os.environ.get("NANOGPT_SHARED_DATA")
-    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
-
 
 def find_source_text(given, local_path, shared_relative, url):
     """Text to prepare a dataset from: the --input path if given, else the local copy, else the
@@ -38,7 +28,7 @@ def find_source_text(given, local_path, shared_relative, url):
     if given:
         path = Path(given)
         if not path.is_file():
-            raise UserError(f"input file {given} not found")
+            raise DataError(f"input file {given} not found")
         return read_text(path)
     if local_path.is_file():
         return read_text(local_path)
@@ -51,7 +41,7 @@ def find_source_text(given, local_path, shared_relative, url):
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()
     except OSError as e:
-        raise UserError(f"could not download {url} ({e}); put the text at {local_path} or pass --input=PATH") from None
+        raise DataError(f"could not download {url} ({e}); put the text at {local_path} or pass --input=PATH") from None
     local_path.write_bytes(data)
     return read_text(local_path)
 
@@ -60,9 +50,9 @@ def read_text(path):
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
+        raise DataError(f"{path} is not UTF-8 text") from None
     if not text:
-        raise UserError(f"{path} is empty; put the training text in it")
+        raise DataError(f"{path} is empty; put the training text in it")
     return text
 
 
@@ -121,7 +111,7 @@ def prepare_text(text, tokenizer_kind, out_dir):
         meta = {"tokenizer": "gpt2", "vocab_size": tokenizer.vocab_size}
         print(f"{len(text):,} characters, GPT-2 BPE vocabulary of {tokenizer.vocab_size:,}")
     else:
-        raise UserError(f"unknown tokenizer {tokenizer_kind!r}; use char or gpt2")
+        raise SettingError(f"unknown tokenizer {tokenizer_kind!r}; use char or gpt2")
     n = len(text)
     train_ids = tokenizer.encode(text[: int(n * 0.9)], ordinary=True)
     val_ids = tokenizer.encode(text[int(n * 0.9) :], ordinary=True)
@@ -148,7 +138,7 @@ def prepare_bpe(documents, vocab_size, out_dir):
 
 def finish_dataset(out_dir, train_ids, val_ids, meta, t0, tokenizer_json=None):
     if not train_ids or not val_ids:
-        raise UserError("the text is too short to split into train and val; use more text")
+        raise DataError("the text is too short to split into train and val; use more text")
     meta = write_dataset(out_dir, train_ids, val_ids, meta, tokenizer_json)
     seconds = time.time() - t0
     print(
@@ -170,10 +160,10 @@ def read_documents(path):
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise UserError(f"{path} holds no .txt files")
+            raise DataError(f"{path} holds no .txt files")
         return [read_text(f) for f in files]
     if not path.is_file():
-        raise UserError(f"input {path} not found; pass --input=PATH (a text file or a folder of .txt files)")
+        raise DataError(f"input {path} not found; pass --input=PATH (a text file or a folder of .txt files)")
     return [read_text(path)]
 
 
@@ -190,7 +180,7 @@ def load_meta(dataset_dir):
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); prepare the dataset again") from None
+        raise DataError(f"{path} is not valid JSON ({e}); prepare the dataset again") from None
     check_meta(meta, path)
     meta.setdefault("dtype", token_dtype(meta["vocab_size"]))
     return meta
@@ -203,7 +193,7 @@ class Dataset:
         self.dir = Path(data_dir) / name
         for split in ("train", "val"):
             if not (self.dir / f"{split}.bin").is_file():
-                raise UserError(f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run {prepare_command(name)}")
+                raise DataError(f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run {prepare_command(name)}")
         self.meta = load_meta(self.dir)
         self.dtype = np.dtype(self.meta["dtype"])
 
@@ -215,7 +205,7 @@ class Dataset:
         for split in ("train", "val"):
             n = len(self.tokens(split))
             if n <= block_size:
-                raise UserError(f"the {split} split of {self.dir} has {n} tokens, not more than block_size {block_size}; use a smaller --block_size or more text")
+                raise DataError(f"the {split} split of {self.dir} has {n} tokens, not more than block_size {block_size}; use a smaller --block_size or more text")
 
     def get_batch(self, split, batch_size, block_size, device, generator, rank=0, world_size=1):
         """batch_size random windows: x is block_size tokens, y the same shifted one to the right.
@@ -237,3 +227,18 @@ class Dataset:
         elif device != "cpu":
             rows = rows.to(device)
         return rows[:, :-1], rows[:, 1:]
+
+
+class TrainBatches:
+    """One process's training batches, drawn in turn from a generator seeded alike in every process
+    (see Dataset.get_batch). `position` is the generator's state from before the batch last drawn: a
+    checkpoint keeps it, so that a resumed run draws that batch again (an exact resume)."""
+
+    def __init__(self, data, batch_size, block_size, device, seed, rank=0, world_size=1):
+        self.data, self.shape, self.device, self.rank, self.world_size = data, (batch_size, block_size), device, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.position = self.generator.get_state()
+
+    def __call__(self):
+        self.position = self.generator.get_state()
+        return self.data.get_batch("train", *self.shape, self.device, self.generator, self.rank, self.world_size)

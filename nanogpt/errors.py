@@ -1,10 +1,47 @@
-"""User-facing errors: one clear sentence and a non-zero exit, never a traceback."""
+"""The errors the library raises for what a user can fix, and the one place they become a message.
 
+Every error below is a NanoGPTError whose message is one sentence saying what is wrong and what to do.
+Scripts run their main() through run_main, which prints that sentence (never a traceback) and exits 1.
+"""
+
+import contextlib
 import sys
 
 
-class UserError(Exception):
-    """Something the user can fix (a missing file, a bad setting). The message says what to do."""
+class NanoGPTError(Exception):
+    """Something the user can fix: the message says what is wrong and what to do."""
+
+
+class SettingError(NanoGPTError):
+    """A setting, or a combination of them, that cannot work."""
+
+
+class DataError(NanoGPTError):
+    """A dataset, text, prompt or tokenizer file that cannot be used."""
+
+
+class CheckpointError(NanoGPTError):
+    """A checkpoint or pretrained model that cannot be loaded, or does not fit the run."""
+
+
+class UnavailableError(NanoGPTError):
+    """A device, package or capability that this machine lacks."""
+
+
+class WriteError(NanoGPTError):
+    """A file or folder that cannot be written."""
+
+
+class RunError(NanoGPTError):
+    """A run that cannot go on: its loss diverged, or another of its processes is gone."""
+
+
+class OutOfMemory(NanoGPTError):
+    """The device ran out of memory; the message says which settings to lower."""
+
+
+class HelpRequested(Exception):
+    """--help: not an error; run_main prints the text and exits 0."""
 
 
 def first_line(error):
@@ -14,24 +51,37 @@ def first_line(error):
 
 
 def is_out_of_memory(error):
-    message = str(error)  # torch reports it as a RuntimeError (torch.OutOfMemoryError on GPUs)
-    return isinstance(error, MemoryError) or "out of memory" in message or "can't allocate memory" in message
+    """torch reports running out of memory as torch.OutOfMemoryError on GPUs, a RuntimeError on CPUs."""
+    torch = sys.modules.get("torch")  # a script that never imported torch has no torch error to recognise
+    if isinstance(error, MemoryError) or torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory", "can't allocate memory"))
 
 
-def run_main(main):
-    """Run a script's main(); a UserError, running out of memory or Ctrl-C ends it with one line on
-    stderr and exit code 1 (130 for Ctrl-C)."""
-    # print each log line as it is made, also when stdout is a file or a pipe (nohup, tee, a cluster's log)
-    sys.stdout.reconfigure(line_buffering=True)
+@contextlib.contextmanager
+def out_of_memory_as_error(advice="use smaller settings (sizes, batch, number of samples)"):
+    """Turn running out of memory inside the block into an OutOfMemory that gives this advice."""
     try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        yield
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        print(f"error: out of memory ({first_line(e)}); use smaller settings (sizes, batch, number of samples)", file=sys.stderr)
+        raise OutOfMemory(f"out of memory ({first_line(e)}); {advice}") from None
+
+
+def run_main(main):
+    """Run a script's main(); a NanoGPTError (running out of memory included) or Ctrl-C ends it with one
+    line on stderr and exit code 1 (130 for Ctrl-C)."""
+    # print each log line as it is made, also when stdout is a file or a pipe (nohup, tee, a cluster's log)
+    sys.stdout.reconfigure(line_buffering=True)
+    try:
+        with out_of_memory_as_error():
+            main()
+    except HelpRequested as e:
+        print(e)
+        sys.exit(0)
+    except NanoGPTError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

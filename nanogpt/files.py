@@ -1,11 +1,21 @@
-"""Writing files so that no crash and no full disk leaves a torn one, and refusing folders that
-cannot be written before any work is spent on what would go in them."""
+"""Files and folders: writing so that no crash and no full disk leaves a torn file, refusing folders
+that cannot be written before any work is spent on what would go in them, and where the offline copy
+of public data lies."""
 
 import os
 import shutil
 from pathlib import Path
 
-from nanogpt.errors import UserError, first_line
+from nanogpt.errors import WriteError, first_line
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir():
+    """The offline copy of public data ($NANOGPT_SHARED_DATA, or ../shared/data beside the repo), if any."""
+    env = os.environ.get("NANOGPT_SHARED_DATA")
+    candidate = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
 
 
 def fsync_dir(path):
@@ -39,7 +49,7 @@ def write_atomically(writers, needed_bytes):
         names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])
         kept = f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact" if all(p.is_file() for p in paths) else "nothing was replaced"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        raise UserError(
+        raise WriteError(
             f"could not write {names} to {folder} ({reason}); it needs about {needed_bytes / 2**20:,.0f} MB free; {kept}"
         ) from None
     for path in paths:
@@ -60,9 +70,9 @@ def check_writable_folder(folder, setting):
         path.mkdir(parents=True, exist_ok=True)
         writable = os.access(path, os.W_OK)
     except OSError as e:
-        raise UserError(f"cannot create {setting} {folder} ({e.strerror}); choose a folder you can write to with --{setting}") from None
+        raise WriteError(f"cannot create {setting} {folder} ({e.strerror}); choose a folder you can write to with --{setting}") from None
     finally:
         if first_missing is not None and first_missing.is_dir():
             shutil.rmtree(first_missing)
     if not writable:
-        raise UserError(f"cannot write to {setting} {folder} (permission denied); choose a folder you can write to with --{setting}")
+        raise WriteError(f"cannot write to {setting} {folder} (permission denied); choose a folder you can write to with --{setting}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError, first_line
+from nanogpt.errors import CheckpointError, SettingError, UnavailableError, first_line
 from nanogpt.tokenizer import end_of_text_id, write_hf_tokenizer
 
 GPT2_SIZES = {
@@ -34,21 +34,21 @@ def pretrained_block_size(name_or_dir):
     also checks that the folder holds a GPT-2."""
     if not Path(name_or_dir).is_dir():
         if name_or_dir not in GPT2_SIZES:
-            raise UserError(f"init_from {name_or_dir!r} is not a GPT-2 model: use one of {', '.join(GPT2_SIZES)} or a folder saved with save_pretrained")
+            raise SettingError(f"init_from {name_or_dir!r} is not a GPT-2 model: use one of {', '.join(GPT2_SIZES)} or a folder saved with save_pretrained")
         return 1024
     config_path = Path(name_or_dir) / "config.json"
     if not config_path.is_file():
-        raise UserError(f"{name_or_dir} holds no config.json; it is not a Hugging Face model folder")
+        raise CheckpointError(f"{name_or_dir} holds no config.json; it is not a Hugging Face model folder")
     # transformers would build a GPT-2 from another model's config with only a warning
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{config_path} is not valid JSON ({e}); save the model again with save_pretrained") from None
+        raise CheckpointError(f"{config_path} is not valid JSON ({e}); save the model again with save_pretrained") from None
     if not isinstance(config, dict) or config.get("model_type") != "gpt2":
-        raise UserError(f"{name_or_dir} holds a {config.get('model_type') if isinstance(config, dict) else config!r} model, not GPT-2")
+        raise CheckpointError(f"{name_or_dir} holds a {config.get('model_type') if isinstance(config, dict) else config!r} model, not GPT-2")
     positions = config.get("n_positions", 1024)
     if not isinstance(positions, int) or positions < 1:
-        raise UserError(f"{config_path} gives n_positions {positions!r}, not a positive whole number; save the model again with save_pretrained")
+        raise CheckpointError(f"{config_path} gives n_positions {positions!r}, not a positive whole number; save the model again with save_pretrained")
     return positions
 
 
@@ -57,7 +57,7 @@ def load_hf_gpt2(name_or_dir):
     try:
         from transformers import GPT2LMHeadModel
     except ImportError:
-        raise UserError("loading GPT-2 weights needs transformers: pip install -e '.[hf]' (or pip install transformers)") from None
+        raise UnavailableError("loading GPT-2 weights needs transformers: pip install -e '.[hf]' (or pip install transformers)") from None
     pretrained_block_size(name_or_dir)
     local = Path(name_or_dir).is_dir()
     print(f"loading GPT-2 weights from {name_or_dir}", file=sys.stderr)  # stderr: sample.py's stdout is the text
@@ -65,10 +65,10 @@ def load_hf_gpt2(name_or_dir):
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
     except (OSError, ValueError, KeyError) as e:
         where = "the folder" if local else "the Hugging Face hub (is this machine online?)"
-        raise UserError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line(e)}") from None
+        raise CheckpointError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line(e)}") from None
     hf = hf_model.config
     if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"{name_or_dir} uses activation {hf.activation_function!r}; only GPT-2's tanh GELU is supported")
+        raise CheckpointError(f"{name_or_dir} uses activation {hf.activation_function!r}; only GPT-2's tanh GELU is supported")
     model_args = dict(
         n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd, block_size=hf.n_positions,
         vocab_size=hf.vocab_size, bias=True, dropout=0.0,
@@ -102,7 +102,7 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     # zero_init_proj only changes the start, and untied embeddings GPT-2's format can hold
     inexpressible = [k for k in ("rotary", "rmsnorm", "qk_norm", "relu2", "logit_softcap") if getattr(cfg, k) != getattr(GPTConfig(), k)]
     if inexpressible:
-        raise UserError(f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic GPT-2 models export")
+        raise SettingError(f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic GPT-2 models export")
     state = dict(model.state_dict())
     vocab_size = cfg.vocab_size
     if vocab_size > tokenizer_meta["vocab_size"]:
@@ -127,7 +127,7 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
-        raise UserError(f"this model does not map onto GPT-2 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(f"this model does not map onto GPT-2 (missing {missing[:3]}, unexpected {unexpected[:3]})")
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
     write_hf_tokenizer(tokenizer_meta, out_dir)

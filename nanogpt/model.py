@@ -11,17 +11,22 @@ GPTConfig also has switches for the changes that the GPT-2 "speedrun" community 
 projections). All are off by default: the default model is GPT-2.
 """
 
-import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from nanogpt import cpu_dropout
-from nanogpt.loss import linear_cross_entropy
-from nanogpt.muon import BatchedMuon
+from nanogpt.errors import SettingError
+from nanogpt.fused_loss import linear_cross_entropy
+
+
+def switch(default, help, gpt2_format, within=None):
+    """An architecture switch. train.py and bench.py take each as a setting of the same name, default,
+    help and limits; gpt2_format says whether a model with it changed still exports as a GPT-2 (hf.py)."""
+    return field(default=default, metadata={"help": help, "within": within, "choices": None, "gpt2_format": gpt2_format})
 
 
 @dataclass
@@ -33,14 +38,14 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a little faster
-    # modern-recipe switches
-    rotary: bool = False  # rotary position embeddings on q/k instead of a learned position table
-    rmsnorm: bool = False  # RMSNorm (scale only, no mean) instead of LayerNorm
-    qk_norm: bool = False  # RMS-normalise queries and keys per head: keeps attention logits tame
-    relu2: bool = False  # MLP activation relu(x)^2 instead of GELU
-    tie_embeddings: bool = True  # share the input embedding with the output head, as GPT-2
-    logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap): no runaway logits
-    zero_init_proj: bool = False  # residual-stream projections start at zero: each block starts as identity
+    # modern-recipe switches, declared here only: a model with none of them set is a GPT-2
+    rotary: bool = switch(False, "rotary position embeddings instead of a learned position table", gpt2_format=False)
+    rmsnorm: bool = switch(False, "RMSNorm (scale only, no mean) instead of LayerNorm", gpt2_format=False)
+    qk_norm: bool = switch(False, "RMS-normalise queries and keys in attention: keeps attention logits tame", gpt2_format=False)
+    relu2: bool = switch(False, "ReLU^2 MLP activation instead of GELU", gpt2_format=False)
+    tie_embeddings: bool = switch(True, "share the token embedding with the output head, as GPT-2", gpt2_format=True)
+    logit_softcap: float = switch(0.0, "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))", gpt2_format=False, within="[0, inf)")
+    zero_init_proj: bool = switch(False, "start the residual projections at zero: each block starts as identity", gpt2_format=True)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -49,11 +54,12 @@ class GPTConfig:
             raise ConfigError(f"rotary needs an even head size, but n_embd / n_head = {self.n_embd // self.n_head}")
 
 
-# the switches above; a model with none of them set is a GPT-2
-ARCHITECTURE_SWITCHES = ("rotary", "rmsnorm", "qk_norm", "relu2", "tie_embeddings", "logit_softcap", "zero_init_proj")
+def architecture_switches():
+    """GPTConfig's switches (the fields declared with switch())."""
+    return [f for f in fields(GPTConfig) if "gpt2_format" in f.metadata]
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingError):
     """A model configuration that cannot be built."""
 
 
@@ -220,9 +226,9 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None, fused_loss=False):
         """Logits (and the loss, given targets) for idx (B, T). While generating, `cache` (see
-        nanogpt/engine.py) gives the tokens' positions, (T,) or one row each (B, T), and keeps their keys
+        nanogpt/generation/engine.py) gives the tokens' positions, (T,) or one row each (B, T), and keeps their keys
         and values; without it idx is a whole context starting at position 0. fused_loss, when training,
-        gives the loss alone (logits None) without holding the whole batch's logits (nanogpt/loss.py)."""
+        gives the loss alone (logits None) without holding the whole batch's logits (nanogpt/fused_loss.py)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
@@ -255,41 +261,13 @@ class GPT(nn.Module):
 
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to fine-tune GPT-2 (1024) with a smaller block."""
-        assert block_size <= self.config.block_size
+        if block_size > self.config.block_size:
+            raise ConfigError(f"block_size {block_size} is larger than the model's {self.config.block_size} positions")
         self.config.block_size = block_size
         if self.config.rotary:
             self.rotary_cos, self.rotary_sin = self.rotary_cos[:block_size], self.rotary_sin[:block_size]
         else:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02):
-        """A list of optimizers. Each param group keeps its peak rate in 'base_lr'; the schedule scales it.
-
-        adamw: AdamW for everything; matrices are decayed, biases and norm gains are not.
-        muon: Muon for the 2-D weight matrices inside the blocks (it orthogonalises each update, so
-        every direction of a matrix learns at the same rate), AdamW for embeddings, head and vectors.
-        """
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        hidden_matrices = [p for n, p in named if n.startswith("transformer.h.") and p.dim() == 2]
-        muon_params = hidden_matrices if optimizer == "muon" else []
-        in_muon = {id(p) for p in muon_params}
-        adam_params = [p for _, p in named if id(p) not in in_muon]
-        groups = [
-            {"params": [p for p in adam_params if p.dim() >= 2], "weight_decay": weight_decay, "base_lr": learning_rate},
-            {"params": [p for p in adam_params if p.dim() < 2], "weight_decay": 0.0, "base_lr": learning_rate},
-        ]
-        # the fused kernel updates every tensor in one pass instead of a dozen small ops per tensor
-        # (on a 2-core CPU it cut the optimizer step from 1.8 to 0.6 ms for the CPU config's model)
-        use_fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        extra = dict(fused=True) if use_fused else dict()
-        optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)]
-        if muon_params:
-            # Keller Jordan's scaling ("original"), for which lr ~0.02 is the usual choice; no weight decay.
-            # torch.optim.Muon's update, with the matrices of one shape orthogonalised together (nanogpt/muon.py)
-            muon = BatchedMuon(muon_params, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
-            muon.param_groups[0]["base_lr"] = muon_lr
-            optimizers.append(muon)
-        return optimizers
 
     def estimate_flops_per_token(self):
         """Training FLOPs per token (forward + backward), following the PaLM paper, appendix B."""

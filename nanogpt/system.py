@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import SettingError, UnavailableError
 
 
 def resolve_device(name):
@@ -25,11 +25,11 @@ def resolve_device(name):
         return "cpu"
     kind = name.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --device=cpu or --device=auto")
+        raise UnavailableError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --device=cpu or --device=auto")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {name!r} asked for, but MPS is not available here; use --device=cpu or --device=auto")
+        raise UnavailableError(f"device {name!r} asked for, but MPS is not available here; use --device=cpu or --device=auto")
     if kind not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise SettingError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return name
 
 
@@ -43,7 +43,7 @@ def resolve_dtype(name, device):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
     if name not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+        raise SettingError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return name
 
 
@@ -95,27 +95,41 @@ def peak_memory_mb(device):
     return float("nan")
 
 
-def choose_attention_kernel(name, device):
-    """Keep training's attention on one CUDA kernel ('auto': torch's own order, which on Hopper in torch
-    2.11 tries cuDNN first). The math kernel stays on as the fallback for shapes the chosen one cannot take."""
+def check_attention_kernel(name, device):
+    """attention= names a CUDA kernel: refused elsewhere, before anything loads."""
+    if name != "auto" and not device.startswith("cuda"):
+        raise SettingError(f"attention={name!r} picks among CUDA attention kernels; leave it 'auto' on {device}")
+
+
+@contextlib.contextmanager
+def attention_kernel(name):
+    """Keep training's attention on one CUDA kernel inside the block ('auto': torch's own order, which
+    on Hopper in torch 2.11 tries cuDNN first); torch's choice is a process-wide flag, put back after.
+    The math kernel stays on as the fallback for shapes the chosen one cannot take."""
     if name == "auto":
+        yield
         return
-    if not device.startswith("cuda"):
-        raise UserError(f"attention={name!r} picks among CUDA attention kernels; leave it 'auto' on {device}")
-    torch.backends.cuda.enable_flash_sdp(name == "flash")
-    torch.backends.cuda.enable_cudnn_sdp(name == "cudnn")
-    torch.backends.cuda.enable_mem_efficient_sdp(name == "efficient")
+    backends = torch.backends.cuda
+    before = (backends.flash_sdp_enabled(), backends.cudnn_sdp_enabled(), backends.mem_efficient_sdp_enabled())
+    backends.enable_flash_sdp(name == "flash")
+    backends.enable_cudnn_sdp(name == "cudnn")
+    backends.enable_mem_efficient_sdp(name == "efficient")
+    try:
+        yield
+    finally:
+        for enable, value in zip((backends.enable_flash_sdp, backends.enable_cudnn_sdp, backends.enable_mem_efficient_sdp), before):
+            enable(value)
 
 
 def check_fp8(device, dtype):
     """fp8=True's needs, refused in one sentence each before anything loads."""
     if not device.startswith("cuda") or torch.cuda.get_device_capability(device) < (8, 9):
         where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"device {device!r}"
-        raise UserError(f"fp8=True needs an NVIDIA GPU with float8 matmuls (compute capability 8.9 or later: Ada, Hopper), not {where}; leave fp8 off")
+        raise UnavailableError(f"fp8=True needs an NVIDIA GPU with float8 matmuls (compute capability 8.9 or later: Ada, Hopper), not {where}; leave fp8 off")
     if dtype != "bfloat16":
-        raise UserError(f"fp8=True runs the rest of the model in bfloat16; use --dtype=bfloat16 (or auto), not {dtype}")
+        raise SettingError(f"fp8=True runs the rest of the model in bfloat16; use --dtype=bfloat16 (or auto), not {dtype}")
     if importlib.util.find_spec("torchao") is None:
-        raise UserError("fp8=True needs torchao 0.17 or later: pip install torchao (or pip install -e '.[fp8]')")
+        raise UnavailableError("fp8=True needs torchao 0.17 or later: pip install torchao (or pip install -e '.[fp8]')")
 
 
 def float8_training(model):

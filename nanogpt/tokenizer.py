@@ -8,11 +8,13 @@ A dataset's meta.json names its kind; checkpoints keep that metadata (with a bpe
 tokenizer.json), so a model still samples after its data folder is gone.
 """
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
-from nanogpt.errors import UserError, first_line
+from nanogpt.errors import DataError, first_line
+from nanogpt.files import shared_data_dir
 
 KINDS = ("char", "gpt2", "bpe")
 EOT = "<|endoftext|>"  # separates documents in GPT-2's data and in bpe data
@@ -32,7 +34,7 @@ class CharTokenizer:
         unknown = sorted(set(text) - self.stoi.keys())
         if unknown:
             shown = ", ".join(repr(ch) for ch in unknown[:10])
-            raise UserError(f"the text has characters outside the model's vocabulary: {shown}; use only characters from the training text")
+            raise DataError(f"the text has characters outside the model's vocabulary: {shown}; use only characters from the training text")
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids):
@@ -47,16 +49,11 @@ class GPT2Tokenizer:
     def __init__(self):
         import tiktoken
 
-        from nanogpt.data import shared_data_dir
-
-        # offline, tiktoken's files are found in the shared data's ready-made cache
-        shared = shared_data_dir()
-        if "TIKTOKEN_CACHE_DIR" not in os.environ and shared is not None and (shared / "tiktoken_cache").is_dir():
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(shared / "tiktoken_cache")
         try:
-            self.enc = tiktoken.get_encoding("gpt2")
+            with offline_tiktoken_cache():
+                self.enc = tiktoken.get_encoding("gpt2")  # loaded once per process, then kept by tiktoken
         except Exception as e:
-            raise UserError(f"could not load the GPT-2 tokenizer ({e}); it needs internet once, or TIKTOKEN_CACHE_DIR set to a cache") from None
+            raise DataError(f"could not load the GPT-2 tokenizer ({e}); it needs internet once, or TIKTOKEN_CACHE_DIR set to a cache") from None
         self.eot_token = self.enc.eot_token
         self.vocab_size = self.enc.n_vocab
 
@@ -76,6 +73,21 @@ class GPT2Tokenizer:
         return lengths
 
 
+@contextlib.contextmanager
+def offline_tiktoken_cache():
+    """Offline, tiktoken finds its files in the shared data's ready-made cache: TIKTOKEN_CACHE_DIR
+    points there while the encoding loads (unless the user set it), and is put back after."""
+    shared = shared_data_dir()
+    if "TIKTOKEN_CACHE_DIR" in os.environ or shared is None or not (shared / "tiktoken_cache").is_dir():
+        yield
+        return
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(shared / "tiktoken_cache")
+    try:
+        yield
+    finally:
+        del os.environ["TIKTOKEN_CACHE_DIR"]
+
+
 class BPETokenizer:
     """A byte-level BPE from a tokenizer.json: every text encodes (any byte has a token), and decoding
     gives the text back exactly."""
@@ -86,11 +98,11 @@ class BPETokenizer:
         try:
             self.tok = Tokenizer.from_str(tokenizer_json)
         except Exception as e:  # tokenizers raises plain Exceptions for malformed files
-            raise UserError(f"{source} cannot be read as a tokenizer.json ({first_line(e)}); {remedy}") from None
+            raise DataError(f"{source} cannot be read as a tokenizer.json ({first_line(e)}); {remedy}") from None
         self.eot_token = self.tok.token_to_id(EOT)
         self.vocab_size = self.tok.get_vocab_size()
         if self.eot_token is None:
-            raise UserError(f"{source} has no {EOT} token; {remedy}")
+            raise DataError(f"{source} has no {EOT} token; {remedy}")
 
     def encode(self, text, ordinary=False):
         """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data)."""
@@ -136,16 +148,16 @@ def check_meta(meta, path):
     """Refuse a meta.json that names no tokenizer this code knows, in one sentence; a bpe dataset's
     tokenizer.json is read into it, so checkpoints carry it."""
     if not isinstance(meta, dict) or meta.get("tokenizer") not in KINDS or not isinstance(meta.get("vocab_size"), int):
-        raise UserError(f"{path} must give 'tokenizer' ({', '.join(KINDS)}) and an integer 'vocab_size'; prepare the dataset again")
+        raise DataError(f"{path} must give 'tokenizer' ({', '.join(KINDS)}) and an integer 'vocab_size'; prepare the dataset again")
     if meta["tokenizer"] == "char" and len(meta.get("chars", [])) != meta["vocab_size"]:
-        raise UserError(f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; prepare the dataset again")
+        raise DataError(f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; prepare the dataset again")
     if meta["tokenizer"] == "bpe" and "tokenizer_json" not in meta:
         bpe_file = Path(path).parent / BPE_FILE
         if not bpe_file.is_file():
-            raise UserError(f"{bpe_file} is missing; {PREPARE_AGAIN}")
+            raise DataError(f"{bpe_file} is missing; {PREPARE_AGAIN}")
         meta["tokenizer_json"] = bpe_file.read_text(encoding="utf-8")
         if BPETokenizer(meta["tokenizer_json"], str(bpe_file)).vocab_size != meta["vocab_size"]:
-            raise UserError(f"{bpe_file} does not match the vocab_size in {path}; {PREPARE_AGAIN}")
+            raise DataError(f"{bpe_file} does not match the vocab_size in {path}; {PREPARE_AGAIN}")
     return meta
 
 
@@ -208,8 +220,6 @@ def write_hf_tokenizer(meta, out_dir):
 
 def write_gpt2_tokenizer_files(out_dir):
     """GPT-2's vocab.json / merges.txt, from the shared offline copy or the hub, for AutoTokenizer."""
-    from nanogpt.data import shared_data_dir
-
     shared = shared_data_dir()
     source = shared / "gpt2_bpe" if shared is not None else None
     if source is not None and (source / "encoder.json").is_file():

@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_MODEL, assert_user_error, run_script
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.data import Dataset, shared_data_dir
-from nanogpt.metrics import read_records
+from nanogpt.training.train_log import read_records
 from nanogpt.tokenizer import tokenizer_from_meta
 
 VOCAB = 1024

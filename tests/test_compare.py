@@ -6,7 +6,7 @@ import statistics
 import pytest
 from conftest import TINY_MODEL, run_script
 
-from nanogpt.metrics import read_records
+from nanogpt.training.train_log import read_records
 
 SHORT_RUN = TINY_MODEL + [
     "--dataset=shakespeare_char", "--max_iters=60", "--lr_decay_iters=60", "--warmup_iters=5", "--eval_interval=20",

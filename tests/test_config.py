@@ -3,7 +3,7 @@ import re
 import pytest
 
 from conftest import REPO
-from nanogpt.config import SampleConfig, TrainConfig, help_text, load_config
+from nanogpt.config import SampleSettings, TrainSettings, help_text, load_config
 from nanogpt.errors import UserError
 
 
@@ -15,42 +15,42 @@ def write(tmp_path, text, name="cfg.py"):
 
 def test_defaults_file_then_overrides_apply_in_order(tmp_path):
     cfg_file = write(tmp_path, "batch_size = 32\nlearning_rate = 1e-3\nimport math\n_private = 1\n")
-    cfg = load_config(TrainConfig, [cfg_file, "--batch_size=8", "--dataset=custom"])
+    cfg = load_config(TrainSettings, [cfg_file, "--batch_size=8", "--dataset=custom"])
     assert cfg.batch_size == 8  # the override comes after the file
     assert cfg.learning_rate == 1e-3
     assert cfg.dataset == "custom"
-    assert cfg.n_layer == TrainConfig().n_layer  # untouched keys keep their defaults
+    assert cfg.n_layer == TrainSettings().n_layer  # untouched keys keep their defaults
     # later files win over earlier ones, and overrides before a file are overridden by it
     second = write(tmp_path, "batch_size = 4\n", "second.py")
-    assert load_config(TrainConfig, ["--batch_size=2", cfg_file, second]).batch_size == 4
+    assert load_config(TrainSettings, ["--batch_size=2", cfg_file, second]).batch_size == 4
 
 
 def test_int_is_accepted_for_float():
-    cfg = load_config(TrainConfig, ["--dropout=0", "--learning_rate=1"])
+    cfg = load_config(TrainSettings, ["--dropout=0", "--learning_rate=1"])
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
     assert isinstance(cfg.learning_rate, float)
 
 
 def test_int_is_accepted_for_float_in_a_file(tmp_path):
-    cfg = load_config(TrainConfig, [write(tmp_path, "dropout = 0\nmin_lr = 0\n")])
+    cfg = load_config(TrainSettings, [write(tmp_path, "dropout = 0\nmin_lr = 0\n")])
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
 
 
 @pytest.mark.parametrize("text,expected", [("True", True), ("False", False), ("true", True), ("0", False), ("1", True)])
 def test_booleans(text, expected):
-    assert load_config(TrainConfig, [f"--compile={text}"]).compile is expected
-    assert load_config(TrainConfig, [f"--eval_only={text}"]).eval_only is expected
+    assert load_config(TrainSettings, [f"--compile={text}"]).compile is expected
+    assert load_config(TrainSettings, [f"--eval_only={text}"]).eval_only is expected
 
 
 def test_optional_keys_take_none():
-    assert load_config(TrainConfig, ["--compile=None"]).compile is None
-    assert load_config(SampleConfig, ["--top_k=None"]).top_k is None
-    assert load_config(SampleConfig, ["--top_k=5"]).top_k == 5
+    assert load_config(TrainSettings, ["--compile=None"]).compile is None
+    assert load_config(SampleSettings, ["--top_k=None"]).top_k is None
+    assert load_config(SampleSettings, ["--top_k=5"]).top_k == 5
 
 
 def test_strings_keep_their_text_and_drop_shell_quotes():
-    assert load_config(SampleConfig, ["--start=ROMEO: 3 = x"]).start == "ROMEO: 3 = x"
-    assert load_config(TrainConfig, ["--init_from='resume'"]).init_from == "resume"
+    assert load_config(SampleSettings, ["--start=ROMEO: 3 = x"]).start == "ROMEO: 3 = x"
+    assert load_config(TrainSettings, ["--init_from='resume'"]).init_from == "resume"
 
 
 @pytest.mark.parametrize(
@@ -64,57 +64,57 @@ def test_strings_keep_their_text_and_drop_shell_quotes():
 )
 def test_ill_typed_overrides_are_errors(arg, fragment):
     with pytest.raises(UserError, match=fragment.replace("?", r"\?")):
-        load_config(TrainConfig, [arg])
+        load_config(TrainSettings, [arg])
 
 
 def test_ill_typed_file_values_are_errors(tmp_path):
     with pytest.raises(UserError, match="batch_size in .* must be int, got 'big'"):
-        load_config(TrainConfig, [write(tmp_path, "batch_size = 'big'\n")])
+        load_config(TrainSettings, [write(tmp_path, "batch_size = 'big'\n")])
     with pytest.raises(UserError, match="max_iters .* must be int, got 5000.0"):
-        load_config(TrainConfig, [write(tmp_path, "max_iters = 5000.0\n")])
+        load_config(TrainSettings, [write(tmp_path, "max_iters = 5000.0\n")])
     with pytest.raises(UserError, match="bias .* must be bool"):
-        load_config(TrainConfig, [write(tmp_path, "bias = 1\n")])
+        load_config(TrainSettings, [write(tmp_path, "bias = 1\n")])
 
 
 def test_unknown_keys_suggest_the_closest():
     with pytest.raises(UserError, match="unknown config key 'learning_rat' .*did you mean learning_rate"):
-        load_config(TrainConfig, ["--learning_rat=1e-3"])
+        load_config(TrainSettings, ["--learning_rat=1e-3"])
 
 
 def test_unknown_key_in_a_file(tmp_path):
     with pytest.raises(UserError, match="unknown config key 'n_layers' in .*cfg.py; did you mean n_layer"):
-        load_config(TrainConfig, [write(tmp_path, "n_layers = 4\n")])
+        load_config(TrainSettings, [write(tmp_path, "n_layers = 4\n")])
 
 
 def test_missing_config_file():
     with pytest.raises(UserError, match="config file config/nope.py not found"):
-        load_config(TrainConfig, ["config/nope.py"])
+        load_config(TrainSettings, ["config/nope.py"])
 
 
 def test_broken_config_file(tmp_path):
     with pytest.raises(UserError, match="could not be run: SyntaxError"):
-        load_config(TrainConfig, [write(tmp_path, "batch_size = = 3\n")])
+        load_config(TrainSettings, [write(tmp_path, "batch_size = = 3\n")])
 
 
 def test_override_without_value():
     with pytest.raises(UserError, match="needs a value"):
-        load_config(TrainConfig, ["--compile"])
+        load_config(TrainSettings, ["--compile"])
 
 
 def test_help_lists_every_key_with_default_and_meaning(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        load_config(TrainConfig, ["--help"])
+        load_config(TrainSettings, ["--help"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert printed == help_text(TrainConfig, "train.py") + "\n"
-    for name, value in vars(TrainConfig()).items():
+    assert printed == help_text(TrainSettings, "train.py") + "\n"
+    for name, value in vars(TrainSettings()).items():
         assert f"--{name}={value!r}" in printed
     assert "peak learning rate" in printed
 
 
 def test_shipped_configs_load_and_pass_the_checks():
     for path in sorted((REPO / "config").glob("*.py")):
-        load_config(TrainConfig, [str(path)])
+        load_config(TrainSettings, [str(path)])
 
 
 @pytest.mark.parametrize(
@@ -135,13 +135,13 @@ def test_shipped_configs_load_and_pass_the_checks():
 )
 def test_settings_that_cannot_work_are_refused_by_name(override, fragment):
     with pytest.raises(UserError, match=re.escape(fragment)):
-        load_config(TrainConfig, [override])
+        load_config(TrainSettings, [override])
 
 
 def test_a_training_config_serves_a_script_that_ignores_train_keys(tmp_path):
     import bench
 
-    cfg = load_config(bench.BenchConfig, [write(tmp_path, "out_dir = 'x'\nlearning_rate = 1e-3\nn_layer = 3\nrotary = True\n")], ignore_train_keys=True)
+    cfg = load_config(bench.BenchSettings, [write(tmp_path, "out_dir = 'x'\nlearning_rate = 1e-3\nn_layer = 3\nrotary = True\n")], ignore_train_keys=True)
     assert cfg.n_layer == 3 and cfg.rotary is True and not hasattr(cfg, "out_dir")
     with pytest.raises(UserError, match="unknown config key 'n_layrs'"):  # a key of neither is still refused
-        load_config(bench.BenchConfig, [write(tmp_path, "out_dir = 'x'\nn_layrs = 3\n")], ignore_train_keys=True)
+        load_config(bench.BenchSettings, [write(tmp_path, "out_dir = 'x'\nn_layrs = 3\n")], ignore_train_keys=True)

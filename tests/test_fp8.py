@@ -18,6 +18,7 @@ SWAP_AND_TRAIN = """
 import json, torch
 from torchao.float8.float8_linear import Float8Linear
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.training.optimizers import make_optimizers
 from nanogpt.system import float8_training
 
 def tiny_gpt():
@@ -25,7 +26,7 @@ def tiny_gpt():
     return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=96, bias=False))
 
 def train(model, steps, x, y):
-    optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu")[0]
+    optimizer = make_optimizers(model, 0.0, 3e-3, (0.9, 0.95), "cpu")[0]
     losses = []
     for _ in range(steps):
         with torch.autocast("cpu", dtype=torch.bfloat16):

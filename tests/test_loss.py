@@ -1,4 +1,4 @@
-"""fused_loss=True: the output head's loss and gradients a slice at a time (nanogpt/loss.py) are the plain
+"""fused_loss=True: the output head's loss and gradients a slice at a time (nanogpt/fused_loss.py) are the plain
 loss's, in the function, in the whole model and in a training run."""
 
 import contextlib
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_TRAIN, run_script
-from nanogpt.loss import linear_cross_entropy
+from nanogpt.fused_loss import linear_cross_entropy
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.step import training_step
+from nanogpt.training.optimizers import make_optimizers
+from nanogpt.training.step import training_step
 
 
 def plain_loss(x, weight, targets, softcap):
@@ -64,9 +65,9 @@ def test_the_model_trains_the_same_with_the_fused_loss(tie_embeddings):
 
 
 def test_the_training_step_takes_the_fused_path_only_when_asked():
-    """train.py and bench.py pass fused_loss to nanogpt/step.py; what the loss was made by shows it."""
+    """train.py and bench.py pass fused_loss to nanogpt/training/step.py; what the loss was made by shows it."""
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=97))
-    optimizers = model.configure_optimizers(0.0, 1e-3, (0.9, 0.95), "cpu")
+    optimizers = make_optimizers(model, 0.0, 1e-3, (0.9, 0.95), "cpu")
     batch = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     made_by = {}

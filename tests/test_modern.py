@@ -8,10 +8,11 @@ import torch
 
 from conftest import DDP_RUN, TINY_TRAIN, assert_same_training, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import load_checkpoint
-from nanogpt.engine import Engine, Sampling
+from nanogpt.generation.engine import Engine, Sampling
 from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
-from nanogpt.muon import orthogonalize
-from nanogpt.schedule import wsd_lr
+from nanogpt.training.lr_schedule import wsd_lr
+from nanogpt.training.muon import orthogonalize
+from nanogpt.training.optimizers import make_optimizers
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=False)
 ALL_SWITCHES = dict(rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True)
@@ -77,7 +78,7 @@ def test_muon_update_is_orthogonalized():
     # RMSNorm: LayerNorm ignores a shift of its input, so every gradient that reaches the residual
     # stream through it lacks the all-ones direction, and the test matrix would be one short of full rank
     m = GPT(GPTConfig(**SMALL, rmsnorm=True))
-    optimizers = m.configure_optimizers(0.0, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.02)
+    optimizers = make_optimizers(m, 0.0, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.02)
     assert [type(o).__name__ for o in optimizers] == ["AdamW", "BatchedMuon"]
     weight = m.transformer.h[0].mlp.c_proj.weight  # (32, 128)
     before = weight.detach().clone()
@@ -111,7 +112,7 @@ def test_batched_muon_takes_torch_muons_steps():
     torch.manual_seed(0)
     models = [GPT(GPTConfig(**SMALL, rmsnorm=True)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    ours = models[0].configure_optimizers(0.0, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.02)[1]
+    ours = make_optimizers(models[0], 0.0, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", muon_lr=0.02)[1]
     muon_params = [p for n, p in models[1].named_parameters() if n.startswith("transformer.h.") and p.dim() == 2]
     theirs = torch.optim.Muon(muon_params, lr=0.02, weight_decay=0.0, adjust_lr_fn="original")
     for step in range(3):
@@ -133,7 +134,7 @@ def test_muon_split_between_processes_equals_one_process(tmp_path):
     script = tmp_path / "split.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
-        "from nanogpt.muon import orthogonalize, orthogonalize_shared\n"
+        "from nanogpt.training.muon import orthogonalize, orthogonalize_shared\n"
         "dist.init_process_group('gloo')\n"
         "stack = torch.randn(5, 16, 48, generator=torch.Generator().manual_seed(0))\n"
         "args = ((3.4445, -4.7750, 2.0315), 5, 1e-7, torch.float32)\n"

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FUZZ_COUNTS, REPO, TINY_MODEL, assert_user_error, run_script
-from nanogpt.engine import Rows, Sampling, sample_tokens
+from nanogpt.generation.engine import Rows, Sampling, sample_tokens
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nanogpt.engine import Rows, Sampling
+from nanogpt.generation.engine import Rows, Sampling
 from nanogpt.errors import first_line
 
 

@@ -15,7 +15,7 @@ def training_step(
     """grad_accum micro-batches forward and backward, clipping, every optimizer's step. batch is the
     first micro-batch; draw_next() gives the next one, drawn while the GPU works on the current one.
     gradient_sync(last_micro_step) is a context for each micro-batch (DDP reduces gradients only after
-    the last); fused_loss, see nanogpt/loss.py. Returns the last micro-batch's loss (a tensor: reading it
+    the last); fused_loss, see nanogpt/fused_loss.py. Returns the last micro-batch's loss (a tensor: reading it
     waits for the GPU) and the batch the following step starts with."""
     X, Y = batch
     for micro_step in range(grad_accum):

@@ -1,4 +1,5 @@
-"""metrics.jsonl (one JSON object per logged step or eval) and the loss-curve PNG drawn from it."""
+"""A run's log: metrics.jsonl (a run record, then one JSON object per logged step or eval), wandb when
+asked, and the loss-curve PNG drawn from metrics.jsonl."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+
+from nanogpt.errors import UnavailableError
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -29,7 +32,7 @@ def run_record(cfg, iter_num, tokens_per_iter, tokenizer_meta):
 
 def git_commit():
     """The commit of the code that runs, with '+changes' if files differ from it; None outside git."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10)
@@ -60,6 +63,26 @@ def keep_records_through(out_dir, iter_num):
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
+
+
+def open_run_log(cfg, iter_num, tokens_per_iter, tokenizer_meta):
+    """Start a run's log (rank 0 only): metrics.jsonl afresh, or cut back to the step a run resumes
+    from, then its run record, and wandb when cfg.wandb_log; returns the wandb module, or None."""
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if iter_num == 0:
+        open(Path(cfg.out_dir) / METRICS_NAME, "w").close()
+    else:
+        keep_records_through(cfg.out_dir, iter_num)
+    # what compare.py reads to tell runs apart; a resumed run adds one where it continues
+    append_record(cfg.out_dir, run_record(cfg, iter_num, tokens_per_iter, tokenizer_meta))
+    if not cfg.wandb_log:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise UnavailableError("wandb_log=True needs wandb: pip install wandb (or pip install -e '.[wandb]')") from None
+    wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=asdict(cfg))
+    return wandb
 
 
 def plot_loss_curve(out_dir):
@@ -103,11 +126,11 @@ class LossPlotter:
     def request(self):
         if self.child is None:
             # nanogpt importable wherever train.py was started from, installed or not
-            package_root = str(Path(__file__).resolve().parent.parent)
+            package_root = str(Path(__file__).resolve().parents[2])
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
             # a session of its own: a Ctrl-C meant for training must not interrupt a drawing
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "nanogpt.metrics", self.out_dir], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                [sys.executable, "-m", "nanogpt.training.train_log", self.out_dir], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                 start_new_session=True, env=env,
             )
         try:

@@ -17,10 +17,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from nanogpt.completion import Endings
-from nanogpt.engine import Sampling
-from nanogpt.errors import UserError
-from nanogpt.scheduler import Busy, Job, Scheduler
+from nanogpt.generation.completion import Endings
+from nanogpt.generation.engine import Sampling
+from nanogpt.errors import DataError
+from nanogpt.serving.batching import Busy, Job, Scheduler
 
 MAX_BODY_BYTES = 1 << 20
 PAGE = Path(__file__).with_name("page.html")
@@ -87,7 +87,7 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
         if isinstance(item, str):
             try:
                 ids = tokenizer.encode(item)
-            except UserError as e:
+            except DataError as e:
                 raise BadRequest(str(e), param="prompt") from None
             if not ids and getattr(tokenizer, "eot_token", None) is not None:
                 ids = [tokenizer.eot_token]  # GPT-2's way to start from nothing

@@ -1,0 +1,1 @@
+"""Serving: continuous batching on the engine and the OpenAI-compatible HTTP server."""

@@ -1,0 +1,1 @@
+"""Training: processes, the optimizer step, optimizers, learning-rate schedules and the run log."""

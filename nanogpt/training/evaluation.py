@@ -1,0 +1,58 @@
+"""The loss estimate of train.py's evaluations: mean loss of both splits, and val bits per byte."""
+
+import math
+import time
+
+import torch
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+@torch.no_grad()
+def estimate_loss(model, data, ctx, token_bytes, cfg, device, stop_requested, announce=False):
+    """Mean loss over cfg.eval_iters batches per split and val bits per byte, or None if stop_requested()
+    came true first (an evaluation can take minutes; it is asked before every batch). The batches are
+    the same at every eval (a fixed seed), so the curve shows the model changing, not the batches.
+    announce: say after the first batch how long an evaluation takes, if that is long."""
+    results = torch.zeros(3)  # train loss, val loss, val bits per byte
+    model.eval()
+    t0 = time.time()
+    for i, split in enumerate(("train", "val")):
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+        losses, text_bytes = torch.zeros(cfg.eval_iters), torch.zeros((), dtype=torch.long, device=device)
+        for k in range(cfg.eval_iters):
+            if stop_requested():
+                model.train()
+                return None
+            X, Y = data.get_batch(split, cfg.batch_size, cfg.block_size, device, generator)
+            with ctx:
+                _, loss = model(X, Y)
+            losses[k] = loss.item()
+            if split == "val":
+                text_bytes += token_bytes[Y].sum()
+            if announce and i == k == 0:
+                report_eval_time(time.time() - t0, cfg.eval_iters)
+        results[i] = losses.mean()
+        if split == "val":
+            # nats over every target token / the UTF-8 bytes of their text / ln 2: comparable across tokenizers
+            results[2] = losses.sum() * Y.numel() / max(text_bytes.item(), 1) / math.log(2)
+    model.train()
+    return results
+
+
+def report_eval_time(first_batch_seconds, eval_iters):
+    """The evaluation at step 0 comes before any step, and a run set up too big would otherwise sit
+    silent: say how long every evaluation will take, if that is long."""
+    seconds = first_batch_seconds * 2 * eval_iters
+    if seconds > 30:
+        print(
+            f"note: each evaluation will take about {format_duration(seconds)} (2 x {eval_iters} batches at"
+            f" {first_batch_seconds:.2f} s each); --eval_iters and --eval_interval set how many and how often"
+        )

@@ -1,0 +1,37 @@
+"""The optimizers a GPT trains with: AdamW, or Muon for the blocks' matrices with AdamW for the rest."""
+
+import inspect
+
+import torch
+
+from nanogpt.training.muon import BatchedMuon
+
+
+def make_optimizers(model, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02):
+    """A list of optimizers. Each param group keeps its peak rate in 'base_lr'; the schedule scales it.
+
+    adamw: AdamW for everything; matrices are decayed, biases and norm gains are not.
+    muon: Muon for the 2-D weight matrices inside the blocks (it orthogonalises each update, so
+    every direction of a matrix learns at the same rate), AdamW for embeddings, head and vectors.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden_matrices = [p for n, p in named if n.startswith("transformer.h.") and p.dim() == 2]
+    muon_params = hidden_matrices if optimizer == "muon" else []
+    in_muon = {id(p) for p in muon_params}
+    adam_params = [p for _, p in named if id(p) not in in_muon]
+    groups = [
+        {"params": [p for p in adam_params if p.dim() >= 2], "weight_decay": weight_decay, "base_lr": learning_rate},
+        {"params": [p for p in adam_params if p.dim() < 2], "weight_decay": 0.0, "base_lr": learning_rate},
+    ]
+    # the fused kernel updates every tensor in one pass instead of a dozen small ops per tensor
+    # (on a 2-core CPU it cut the optimizer step from 1.8 to 0.6 ms for the CPU config's model)
+    use_fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    extra = dict(fused=True) if use_fused else dict()
+    optimizers = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)]
+    if muon_params:
+        # Keller Jordan's scaling ("original"), for which lr ~0.02 is the usual choice; no weight decay.
+        # torch.optim.Muon's update, with the matrices of one shape orthogonalised together (muon.py)
+        muon = BatchedMuon(muon_params, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
+        muon.param_groups[0]["base_lr"] = muon_lr
+        optimizers.append(muon)
+    return optimizers

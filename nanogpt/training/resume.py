@@ -1,0 +1,83 @@
+"""A run's full state in and out of a checkpoint: refusing settings that cannot continue it, restoring
+optimizer moments, loss scale and random streams (an exact resume), and gathering a sharded run's
+state into the same files an unsharded run writes."""
+
+from dataclasses import asdict
+
+import torch
+
+from nanogpt.checkpoint import restore_rng_state
+from nanogpt.errors import CheckpointError, SettingError
+from nanogpt.model import GPTConfig, architecture_switches
+
+MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias", *(f.name for f in architecture_switches()))
+
+
+def check_resume_config(cfg, checkpoint, defaults):
+    """Refuse settings that cannot continue the saved run; report the ones that change it. defaults: the
+    settings class's defaults (a key left at its default takes the checkpoint's value)."""
+    saved_args = checkpoint["model_args"]
+    for key in MODEL_SHAPE_KEYS:
+        saved = saved_args.get(key, getattr(GPTConfig(), key))  # older checkpoints lack the newer switches
+        if getattr(cfg, key) != getattr(defaults, key) and getattr(cfg, key) != saved:
+            raise SettingError(
+                f"cannot resume with {key}={getattr(cfg, key)}: the checkpoint in {cfg.out_dir} has {key}={saved};"
+                f" drop the setting, or train a new model in another --out_dir"
+            )
+    saved_config = checkpoint.get("config", {})
+    changed = [
+        f"{k} {saved_config[k]!r} -> {v!r}"
+        for k, v in asdict(cfg).items()
+        if k in saved_config and saved_config[k] != v and k not in ("init_from", "overwrite")
+    ]
+    if changed:
+        print("settings changed since the checkpoint: " + ", ".join(changed))
+
+
+def restore_optimizers(checkpoint, model, optimizers, scaler, fsdp):
+    """Optimizer moments and loss scale from a checkpoint; the settings (rates, betas, decay) stay this
+    run's."""
+    saved = checkpoint["optimizer"]
+    saved = saved if isinstance(saved, list) else [saved]  # one AdamW in older checkpoints
+    if len(saved) != len(optimizers):
+        raise CheckpointError(f"{checkpoint['path']} was trained with another optimizer; resume without changing --optimizer")
+    for optimizer, state in zip(optimizers, saved):
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        if fsdp or any(isinstance(key, str) for key in state["state"]):
+            # saved by parameter name (an FSDP run's full state dict): maps onto sharded and plain models
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state)
+        for group, setting in zip(optimizer.param_groups, settings):
+            group.update(setting)
+    if "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+
+
+def restore_random_streams(checkpoint, procs, batches, seed):
+    """Continue every random stream exactly where the saved run was: this process's own where the
+    checkpoint holds every process's, else rank 0's (another number of processes, or an older one)."""
+    if "rng" not in checkpoint:
+        if procs.master:
+            print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
+        return
+    rank_rng = checkpoint.get("rank_rng")
+    if rank_rng is not None and len(rank_rng) == procs.world_size:
+        restore_rng_state(rank_rng[procs.rank], batches.generator)
+    else:
+        restore_rng_state(checkpoint["rng"], batches.generator)
+        if procs.rank > 0:
+            torch.manual_seed(seed + procs.rank + checkpoint["iter_num"])
+
+
+def full_state(model, optimizers, fsdp):
+    """The model's and optimizers' state dicts. Under FSDP every process must call it: the full weights
+    are gathered from all shards (to the CPU), so the files are the same as an unsharded run's."""
+    if not fsdp:
+        return model.state_dict(), [optimizer.state_dict() for optimizer in optimizers]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=full), [get_optimizer_state_dict(model, optimizer, options=full) for optimizer in optimizers]
