@@ -18,7 +18,8 @@ import torch
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.generation.completion import Endings
 from nanogpt.config import SampleSettings, load_config
-from nanogpt.generation.engine import Engine, Sampling, context_start, inference_model
+from nanogpt.generation.engine import Engine, context_start, inference_model
+from nanogpt.generation.sampling import Sampling
 from nanogpt.errors import DataError, SettingError, WriteError, run_main
 from nanogpt.system import resolve_device, resolve_dtype
 

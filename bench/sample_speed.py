@@ -24,7 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nanogpt.generation.engine import Engine, Rows, Sampling, inference_model  # noqa: E402
+from nanogpt.generation.engine import Engine, Rows, inference_model  # noqa: E402
+from nanogpt.generation.sampling import Sampling  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.system import peak_memory_mb, reset_peak_memory  # noqa: E402
 

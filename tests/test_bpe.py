@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_user_error, run_script
+from helpers import TINY_MODEL, assert_user_error, run_script
 from nanogpt.checkpoint import load_checkpoint
-from nanogpt.data import Dataset, shared_data_dir
+from nanogpt.data import Dataset
+from nanogpt.files import shared_data_dir
 from nanogpt.training.train_log import read_records
 from nanogpt.tokenizer import tokenizer_from_meta
 

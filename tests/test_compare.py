@@ -4,7 +4,7 @@ import math
 import statistics
 
 import pytest
-from conftest import TINY_MODEL, run_script
+from helpers import TINY_MODEL, run_script
 
 from nanogpt.training.train_log import read_records
 

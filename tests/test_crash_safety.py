@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, child_pids, run_script, run_torchrun,
 )
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint

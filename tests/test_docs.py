@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-from nanogpt.data import shared_data_dir
+from helpers import REPO
+from nanogpt.files import shared_data_dir
 
 BLOCK = re.compile(r"^```(bash|python) runnable\n(.*?)^```", re.S | re.M)
 DOCS = sorted((REPO / "references").glob("*.md"))

@@ -5,7 +5,9 @@ The CUDA tests run where a GPU is present (bench/gpu_decode.sh runs them on a le
 import pytest
 import torch
 
-from nanogpt.generation.engine import Decode, Engine, KVCache, Prefill, Rows, Sampling, context_start, inference_model, sample_tokens, stream_key
+from nanogpt.generation.engine import Engine, Rows, context_start, inference_model
+from nanogpt.generation.kv_cache import Decode, KVCache, Prefill
+from nanogpt.generation.sampling import Sampling, sample_tokens, stream_key
 from nanogpt.model import GPT, GPTConfig
 
 SETTINGS = [Sampling(0), Sampling(1.0, seed=3), Sampling(0.8, top_k=10, seed=4), Sampling(1.2, top_p=0.7, seed=5)]

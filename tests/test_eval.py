@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from conftest import assert_user_error, run_script
-from nanogpt.data import shared_data_dir
+from helpers import assert_user_error, run_script
+from nanogpt.files import shared_data_dir
 from nanogpt.tokenizer import GPT2Tokenizer
 
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY_MODEL, assert_user_error, run_script
+from helpers import TINY_MODEL, assert_user_error, run_script
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 
 transformers = pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import REPO, assert_user_error, run_script
+from helpers import REPO, assert_user_error, run_script
 
 # scripts/test.sh installs torchao here, off the suite's own path (see there why)
 FP8_EXTRA = REPO / ".venv" / "fp8-extra"

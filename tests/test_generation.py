@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
+from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
 
 
 def sample(out_dir, *args, **kwargs):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (
+from helpers import (
     DDP_RUN, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, run_script, run_torchrun, run_two_launchers,
 )
 from nanogpt.checkpoint import load_checkpoint
-from nanogpt.data import shared_data_dir
+from nanogpt.files import shared_data_dir
 from nanogpt.hf import gpt_from_pretrained
 from nanogpt.tokenizer import GPT2Tokenizer
 

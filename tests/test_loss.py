@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_TRAIN, run_script
+from helpers import TINY_TRAIN, run_script
 from nanogpt.fused_loss import linear_cross_entropy
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.training.optimizers import make_optimizers

@@ -6,9 +6,10 @@ import re
 import pytest
 import torch
 
-from conftest import DDP_RUN, TINY_TRAIN, assert_same_training, assert_user_error, run_script, run_torchrun
+from helpers import DDP_RUN, TINY_TRAIN, assert_same_training, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import load_checkpoint
-from nanogpt.generation.engine import Engine, Sampling
+from nanogpt.generation.engine import Engine
+from nanogpt.generation.sampling import Sampling
 from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
 from nanogpt.training.lr_schedule import wsd_lr
 from nanogpt.training.muon import orthogonalize

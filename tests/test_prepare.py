@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from conftest import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
-from nanogpt.data import shared_data_dir
+from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
+from nanogpt.files import shared_data_dir
 from nanogpt.tokenizer import CharTokenizer
 
 

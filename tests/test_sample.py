@@ -1,6 +1,6 @@
 import torch
 
-from conftest import assert_user_error, run_script
+from helpers import assert_user_error, run_script
 
 SEP = "---------------\n"
 

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, run_script
+from helpers import REPO, run_script
 
 openai = pytest.importorskip("openai", reason="the serve tests need the serve extra: pip install -e '.[serve,dev]'")
 httpx = pytest.importorskip("httpx")

@@ -4,7 +4,7 @@ Each script reads its settings with one function, read_settings(argv), before it
 model. Hypothesis drives those functions in-process with settings drawn from the scripts' own config
 dataclasses (so a new setting is fuzzed without anyone listing it): wrong types, empty text, 0,
 negatives, NaN and infinities, huge numbers, paths that cannot be created, and several at once. Each
-case must either be accepted or refused with a UserError naming a setting. Then a few representative
+case must either be accepted or refused with a NanoGPTError naming a setting. Then a few representative
 cases run end to end as real processes.
 """
 
@@ -19,10 +19,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FUZZ_COUNTS, REPO, TINY_MODEL, assert_user_error, run_script
-from nanogpt.generation.engine import Rows, Sampling, sample_tokens
-from nanogpt.errors import UserError
-from nanogpt.model import GPTConfig
+from helpers import FUZZ_COUNTS, REPO, TINY_MODEL, assert_user_error, run_script
+from nanogpt.generation.sampling import Sampling, row_values, sample_tokens
+from nanogpt.errors import NanoGPTError
 
 
 def script_module(path):
@@ -86,9 +85,8 @@ def train_schedule_works(module, cfg):
 def sampling_works(module, cfg):
     """Accepted sampling settings draw a valid token from random logits."""
     vocab = 65
-    rows = Rows(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=vocab), vocab, "cpu")
-    rows.add([[0]], [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)], 1)
-    token = sample_tokens(torch.randn(1, vocab), rows.temperature, rows.top_k, rows.top_p, rows.streams, rows.steps)
+    values = row_values([Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.seed)], vocab, "cpu")
+    token = sample_tokens(torch.randn(1, vocab), steps=torch.zeros(1, dtype=torch.long), **values)
     assert 0 <= token.item() < vocab
 
 
@@ -116,7 +114,7 @@ def test_every_setting_is_accepted_or_refused_by_name(script, tmp_path, monkeypa
         tried.append(argv)
         try:
             cfg = module.read_settings([*base, *argv])
-        except UserError as e:
+        except NanoGPTError as e:
             message = str(e)
             assert "\n" not in message.strip(), message
             assert any(re.search(rf"\b{name}\b", message) for name in names), f"{argv}: {message!r} names no setting"

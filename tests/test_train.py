@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL, TINY_TRAIN, assert_user_error, run_script
+from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error, run_script
 from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 # The tiny run (conftest.TINY_TRAIN, 300 steps) reached val loss 2.37-2.42 over three seeds when measured; uniform

@@ -9,24 +9,15 @@ graph and replayed per token, so a token costs one launch instead of a hundred k
 On the CPU the step runs eagerly, attending only as far as the longest row.
 """
 
-import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-
-@dataclass
-class Sampling:
-    """How one row draws its tokens. temperature 0 is greedy; top_k and top_p of None keep every token;
-    seed picks the row's own random stream."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
+from nanogpt.generation.kv_cache import Decode, KVCache, Prefill
+from nanogpt.generation.sampling import Sampling, row_values, sample_tokens
 
 
 def context_start(length, block_size):
@@ -55,228 +46,124 @@ def inference_model(model, device, dtype):
     return model
 
 
-# -- the KV cache and the two views of it the model sees ----------------------------------------------
+# -- a batch of rows ------------------------------------------------------------------------------------
 
 
-class KVCache:
-    """Keys and values of every layer for `rows` sequences of up to block_size tokens each:
-    k, v (n_layer, rows, n_head, block_size, head_size), written in place and never reallocated (a CUDA
-    graph holds on to their addresses), and lengths (rows,), the tokens each row holds."""
+@dataclass
+class StepTensors:
+    """What a decode step reads and writes, one entry per row: the pending token, how many tokens each
+    row drew (its place in its random stream), and its sampling values (Sampling.values, by name).
+    A CUDA graph holds these very tensors, so a batch it replays copies its own into them."""
 
-    def __init__(self, config, rows, device):
-        self.config = config
-        self.k = self.v = None  # allocated on first use, in the dtype of the keys the model makes
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.row_index = self.cache_positions = None  # made on first use, see index()
+    tokens: torch.Tensor  # (rows, 1)
+    steps: torch.Tensor  # (rows,)
+    sampling: dict  # name -> (rows,)
 
-    def with_rows(self, rows=None, added=0):
-        """A new cache (this one is left as it is: a CUDA graph may hold its tensors) with only the rows
-        at these positions (a tensor of row indices; None for all), then `added` empty rows."""
-        cache = KVCache(self.config, 0, self.lengths.device)
-        keep = (lambda t, dim: t) if rows is None else (lambda t, dim: t.index_select(dim, rows))
-        cache.lengths = torch.cat([keep(self.lengths, 0), self.lengths.new_zeros(added)])
-        if self.k is not None:
-            empty = self.k.new_zeros((self.k.shape[0], added, *self.k.shape[2:]))
-            cache.k, cache.v = (torch.cat([keep(t, 1), empty], dim=1) if added else keep(t, 1) for t in (self.k, self.v))
-        return cache
+    def tensors(self):
+        return [self.tokens, self.steps, *self.sampling.values()]
 
-    def index(self):
-        """Each row's number and each cache position, made once rather than at every step: a CUDA graph
-        holds them as constants, where an arange inside the step would be one more kernel per token."""
-        if self.row_index is None:
-            device = self.lengths.device
-            self.row_index = torch.arange(self.lengths.numel(), device=device)
-            self.cache_positions = torch.arange(self.config.block_size, device=device)
-        return self.row_index, self.cache_positions
+    def _new(self, tensors):
+        return StepTensors(tensors[0], tensors[1], dict(zip(self.sampling, tensors[2:])))
 
-    def layer(self, index, like):
-        if self.k is None:
-            B, cfg = self.lengths.numel(), self.config
-            shape = (cfg.n_layer, B, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-            self.k = like.new_zeros(shape)
-            self.v = torch.zeros_like(self.k)
-        return self.k[index], self.v[index]
+    def select(self, index):
+        """These rows' entries, in this order (index: a tensor of row numbers)."""
+        return self._new([t[index] for t in self.tensors()])
+
+    def extend(self, other):
+        """These rows followed by other's."""
+        return self._new([torch.cat([a, b]) for a, b in zip(self.tensors(), other.tensors())])
+
+    def copy_(self, other):
+        """other's values written into these tensors, which keep their addresses; returns self."""
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            mine.copy_(theirs)
+        return self
 
 
-class Prefill:
-    """A fresh context of T tokens for some rows of the cache (positions 0..T-1): causal attention among
-    them, and their keys and values written to those rows."""
+@dataclass
+class Row:
+    """One row's facts on the host: its place in the caller's list, its prompt (a device tensor), how it
+    samples, where its cached context begins (None: no cache yet) and how many tokens it generated."""
 
-    def __init__(self, cache, rows, T):
-        self.cache, self.rows, self.T = cache, rows, T
-        self.positions = torch.arange(T, device=cache.lengths.device)
+    index: int
+    prompt: torch.Tensor
+    sampling: Sampling
+    cache_start: int | None = None
+    count: int = 0
 
-    def update(self, layer, k, v):
-        cache_k, cache_v = self.cache.layer(layer, k)
-        cache_k[self.rows, :, : self.T] = k
-        cache_v[self.rows, :, : self.T] = v
-        return k, v, None
-
-
-class Decode:
-    """One new token per row at position lengths[row], seeing the first `span` positions of the cache;
-    with `masked`, each row only up to its own length (rows of different lengths, or a fixed span)."""
-
-    def __init__(self, cache, span, masked):
-        lengths = cache.lengths
-        self.cache, self.span, self.masked = cache, span, masked
-        self.positions = lengths[:, None]
-        self.row_index, cache_positions = cache.index()
-        self.hidden = (cache_positions[:span] > lengths[:, None])[:, None, None, :] if masked else None
-        self.mask = None
-
-    def update(self, layer, k, v):
-        cache_k, cache_v = self.cache.layer(layer, k)
-        # row b's new key goes to position lengths[b]: one indexed write, no host-side lengths
-        cache_k[self.row_index, :, self.cache.lengths] = k[:, :, 0]
-        cache_v[self.row_index, :, self.cache.lengths] = v[:, :, 0]
-        if self.masked and self.mask is None:
-            # an additive mask, made once per step: SDPA would turn a boolean one into this in every layer
-            self.mask = torch.zeros(self.hidden.shape, dtype=k.dtype, device=k.device).masked_fill_(self.hidden, -float("inf"))
-        return cache_k[:, :, : self.span], cache_v[:, :, : self.span], self.mask
+    @property
+    def length(self):
+        return len(self.prompt) + self.count  # tokens so far, the pending one included
 
 
-# -- sampling -------------------------------------------------------------------------------------------
-
-
-def mix32(x):
-    """A 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors, or Python ints, below 2^32.
-    The multipliers are below 2^31, so no product overflows int64."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x = x ^ (x >> 15)
-    x = (x * 0x21F0AAAD) & 0xFFFFFFFF
-    return x ^ (x >> 15)
-
-
-def stream_key(seed):
-    """A row's random stream: its seed, hashed once when the row joins (not at every step)."""
-    return mix32(seed & 0xFFFFFFFF)
-
-
-@functools.lru_cache(maxsize=8)
-def column_keys(n, device):
-    """Each token id hashed, made once per vocabulary and device: a CUDA graph keeps it as a constant,
-    where hashing the ids inside the step would be a dozen more kernels per token."""
-    return mix32(torch.arange(n, device=device))
-
-
-def uniform_noise(streams, steps, n):
-    """(B, n) numbers in (0, 1), each a hash of (row's stream key, row's step, column) alone: every row
-    has a random stream of its own, the same on any device and in any batch, and drawing costs no
-    generator state (so a CUDA graph can replay it). Steps stay far below 2^32."""
-    row = mix32(streams ^ steps)
-    bits = mix32(row[:, None] ^ column_keys(n, streams.device)[None, :])
-    return ((bits >> 8).float() + 0.5) / (1 << 24)  # 24 bits: exact in float32, never 0 or 1
-
-
-def sample_tokens(logits, temperature, top_k, top_p, streams, steps, filtered=True):
-    """One token id per row from (B, vocab) logits; every setting is a (B,) tensor, one value per row,
-    streams holding each row's stream_key(seed).
-
-    temperature 0 is greedy. top_k (the vocabulary size to keep all) keeps the k most likely tokens;
-    top_p (1.0 to keep all) then keeps the fewest most likely tokens whose probabilities reach top_p.
-    filtered=False skips both (every row keeps all). The draw is Gumbel-max: the argmax of
-    logits / temperature - log(-log(u)) is distributed as softmax(logits / temperature).
-    """
-    logits = logits.float()
-    greedy = logits.argmax(dim=-1)
-    scaled = logits / temperature.clamp_min(1e-6)[:, None]
-    if filtered:
-        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
-        rank = torch.arange(logits.size(-1), device=logits.device)
-        drop = rank[None, :] >= top_k[:, None]
-        probs = F.softmax(sorted_logits.masked_fill(drop, -float("inf")), dim=-1)
-        # drop a token when the ones more likely than it already reach top_p (the first always stays)
-        drop |= probs.cumsum(dim=-1) - probs >= top_p[:, None]
-        scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), -float("inf"))
-    gumbel = -torch.log(-torch.log(uniform_noise(streams, steps, logits.size(-1))))
-    drawn = (scaled + gumbel).argmax(dim=-1)
-    return torch.where(temperature == 0, greedy, drawn)
-
-
-# -- the engine -----------------------------------------------------------------------------------------
-
-
+@dataclass
 class Rows:
-    """A batch of rows on the device (pending token, cache, sampling settings, what each generated) and
-    on the host (each row's prompt, its context start, how many tokens its cache holds and how many it
-    generated). Rows join (add) and leave (keep) between steps: the server's batch changes as requests
-    come and go, and generate() drops rows that finished."""
+    """A batch of rows: each one's host facts (Row), and on the device the step's tensors, the KV cache
+    and what each generated. Rows join (add) and leave (keep) between steps: the server's batch changes as
+    requests come and go, and generate() drops rows that finished. Every change replaces the device
+    tensors rather than writing into them, so a CUDA graph that holds the old ones stays valid."""
 
-    STEP_STATE = ("tokens", "temperature", "top_k", "top_p", "streams", "steps")  # what a decode step reads
+    config: object  # the model's GPTConfig
+    vocab_size: int
+    device: torch.device
+    members: list = field(default_factory=list)
+    state: StepTensors = None
+    cache: KVCache = None
+    generated: torch.Tensor = None  # (rows, max_new_tokens)
+    graph: object = None  # the DecodeGraph this batch replays; None after any change
 
-    def __init__(self, config, vocab_size, device):
-        self.vocab_size, self.device = vocab_size, device
-        self.index, self.prompts, self.prompt_lengths, self.sampling = [], [], [], []
-        self.cache_start = []  # where each row's cached context begins (None: no cache yet)
-        self.cache_length = []
-        self.counts = []  # tokens each row generated so far
-        self.cache = KVCache(config, 0, device)
-        self.tokens = torch.zeros((0, 1), dtype=torch.long, device=device)
-        self.generated = torch.zeros((0, 0), dtype=torch.long, device=device)
-        self.temperature = torch.zeros(0, device=device)
-        self.top_k = torch.zeros(0, dtype=torch.long, device=device)
-        self.top_p = torch.zeros(0, device=device)
-        self.streams = torch.zeros(0, dtype=torch.long, device=device)
-        self.steps = torch.zeros(0, dtype=torch.long, device=device)
-        self.changed()
+    def __post_init__(self):
+        self.state = StepTensors(torch.zeros((0, 1), dtype=torch.long, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device), row_values([], self.vocab_size, self.device))
+        self.cache = KVCache(self.config, 0, self.device)
+        self.generated = torch.zeros((0, 0), dtype=torch.long, device=self.device)
 
     def __len__(self):
-        return len(self.index)
+        return len(self.members)
+
+    @property
+    def index(self):
+        return [row.index for row in self.members]
+
+    @property
+    def counts(self):
+        return [row.count for row in self.members]
+
+    @property
+    def greedy(self):
+        return all(row.sampling.temperature == 0 for row in self.members)
+
+    @property
+    def filtered(self):
+        return any(row.sampling.filters(self.vocab_size) for row in self.members)
 
     def add(self, prompts, sampling, max_new_tokens, index=None):
         """New rows at the end of the batch: their prompts (lists of ids), a Sampling each, room for
         max_new_tokens each, and their places in the caller's list (default: after the last)."""
-        n, device = len(prompts), self.device
-        first = len(self.index)
-        self.index += list(range(first, first + n)) if index is None else list(index)
-        self.prompts += [torch.tensor(p, dtype=torch.long, device=device) for p in prompts]
-        self.prompt_lengths += [len(p) for p in prompts]
-        self.sampling += sampling
-        self.cache_start += [None] * n
-        self.cache_length += [0] * n
-        self.counts += [0] * n
+        first, n = len(self.members), len(prompts)
+        places = range(first, first + n) if index is None else index
+        self.members += [Row(i, torch.tensor(p, dtype=torch.long, device=self.device), s) for i, p, s in zip(places, prompts, sampling)]
         self.cache = self.cache.with_rows(added=n)
-        new = dict(
-            tokens=torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=device),
-            temperature=torch.tensor([s.temperature for s in sampling], dtype=torch.float32, device=device),
-            top_k=torch.tensor([min(s.top_k or self.vocab_size, self.vocab_size) for s in sampling], dtype=torch.long, device=device),
-            top_p=torch.tensor([1.0 if s.top_p is None else s.top_p for s in sampling], dtype=torch.float32, device=device),
-            streams=torch.tensor([stream_key(s.seed) for s in sampling], dtype=torch.long, device=device),
-            steps=torch.zeros(n, dtype=torch.long, device=device),
-        )
-        for name, tensor in new.items():
-            setattr(self, name, torch.cat([getattr(self, name), tensor]))
-        width = max(self.generated.shape[1], max_new_tokens)
-        grown = self.generated.new_zeros((len(self.index), width))
+        pending = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=self.device)
+        self.state = self.state.extend(StepTensors(pending, torch.zeros(n, dtype=torch.long, device=self.device), row_values(sampling, self.vocab_size, self.device)))
+        grown = self.generated.new_zeros((len(self.members), max(self.generated.shape[1], max_new_tokens)))
         grown[:first, : self.generated.shape[1]] = self.generated
-        self.generated = grown
-        self.changed()
+        self.generated, self.graph = grown, None
 
     def keep(self, rows):
         """Keep only the rows at these positions, in this order."""
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
-        for name in (*self.STEP_STATE, "generated"):
-            setattr(self, name, getattr(self, name)[keep])
-        self.cache = self.cache.with_rows(keep)
-        for name in ("index", "prompts", "prompt_lengths", "sampling", "cache_start", "cache_length", "counts"):
-            setattr(self, name, [getattr(self, name)[r] for r in rows])
-        self.changed()
-
-    def changed(self):
-        """After rows joined or left: what the whole batch needs, and no graph yet for its new shape."""
-        self.greedy = all(s.temperature == 0 for s in self.sampling)
-        self.filtered = any(
-            s.top_k is not None and s.top_k < self.vocab_size or s.top_p is not None and s.top_p < 1 for s in self.sampling
-        )
+        self.members = [self.members[r] for r in rows]
+        self.state, self.generated, self.cache = self.state.select(keep), self.generated[keep], self.cache.with_rows(keep)
         self.graph = None
 
-    def sequence(self, row, start, end):
-        """Tokens start..end-1 of a row's prompt followed by what it generated, as a device tensor."""
-        P = self.prompt_lengths[row]
-        parts = [self.prompts[row][min(start, P) : min(end, P)], self.generated[row, max(start - P, 0) : max(end - P, 0)]]
-        return torch.cat(parts)
+    def sequence(self, r, start, end):
+        """Tokens start..end-1 of row r's prompt followed by what it generated, as a device tensor."""
+        prompt = self.members[r].prompt
+        P = len(prompt)
+        return torch.cat([prompt[min(start, P) : min(end, P)], self.generated[r, max(start - P, 0) : max(end - P, 0)]])
+
+
+# -- the engine -----------------------------------------------------------------------------------------
 
 
 class Engine:
@@ -296,7 +183,7 @@ class Engine:
         # step eagerly, so the CPU tests check what a graph replays
         self.fixed_span = self.cuda_graph if fixed_span is None else fixed_span
         self.capture_seconds = 0.0
-        self.graphs = {}  # (rows, greedy, filtered, vocab_size) -> the graph and the tensors it reads and writes
+        self.graphs = {}  # (rows, greedy, filtered, vocab_size) -> its DecodeGraph
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, sampling, vocab_size=None, on_token=None, stop=None, stop_interval=None):
@@ -360,10 +247,12 @@ class Engine:
         if self.use_cache and self.cuda_graph:
             rows.graph = rows.graph or self._graph_for(rows)
             rows.graph.replay()
+        state = rows.state
         row_index, _ = rows.cache.index()
-        rows.generated[row_index, rows.steps - 1] = rows.tokens[:, 0]
-        rows.counts = [count + 1 for count in rows.counts]
-        return rows.tokens[:, 0]
+        rows.generated[row_index, state.steps - 1] = state.tokens[:, 0]
+        for row in rows.members:
+            row.count += 1
+        return state.tokens[:, 0]
 
     @torch.no_grad()
     def token_logprobs(self, ids, top=0, vocab_size=None):
@@ -385,14 +274,11 @@ class Engine:
         """Before a step, encode from scratch the context of each row whose context has moved (its first
         step, or a cut past block_size): every token of it but the pending one, which the decode step feeds."""
         by_length = {}  # rows to re-encode, grouped by context length so each group is one forward
-        for r in range(len(rows)):
-            total = rows.prompt_lengths[r] + rows.counts[r]  # tokens so far, the pending one included
-            start = context_start(total, self.config.block_size)
-            if start != rows.cache_start[r]:
-                rows.cache_start[r], rows.cache_length[r] = start, total - 1 - start
-                by_length.setdefault(total - 1 - start, []).append((r, start, total))
-            else:
-                rows.cache_length[r] += 1  # last step's token
+        for r, row in enumerate(rows.members):
+            start = context_start(row.length, self.config.block_size)
+            if start != row.cache_start:
+                row.cache_start = start
+                by_length.setdefault(row.length - 1 - start, []).append((r, start, row.length))
         for length, members in by_length.items():
             index = torch.tensor([r for r, _, _ in members], dtype=torch.long, device=self.device)
             rows.cache.lengths[index] = length
@@ -404,10 +290,12 @@ class Engine:
     def _decode(self, rows, fixed_span=False):
         """One token for every row: feed the pending token, draw the next one. fixed_span (for a graph)
         attends over the whole cache; otherwise as far as the longest row, masked only if rows differ."""
-        lengths = rows.cache_length
+        # what each row's cache holds (every token but the pending one), known on the host without
+        # reading the device's lengths back
+        lengths = [row.length - 1 - row.cache_start for row in rows.members]
         span = self.config.block_size if fixed_span else max(lengths) + 1
         view = Decode(rows.cache, span, masked=fixed_span or min(lengths) != max(lengths))
-        logits, _ = self.model(rows.tokens, cache=view)
+        logits, _ = self.model(rows.state.tokens, cache=view)
         self._draw(rows, logits[:, -1, : rows.vocab_size])
         rows.cache.lengths += 1
 
@@ -415,10 +303,9 @@ class Engine:
         """One token for every row from a full forward over its context (no cache); rows whose
         contexts have the same length share a forward."""
         by_length, vocab_size = {}, rows.vocab_size
-        for r in range(len(rows)):
-            end = rows.prompt_lengths[r] + rows.counts[r]  # tokens so far, the pending one included
-            start = context_start(end, self.config.block_size)
-            by_length.setdefault(end - start, []).append((r, start, end))
+        for r, row in enumerate(rows.members):
+            start = context_start(row.length, self.config.block_size)
+            by_length.setdefault(row.length - start, []).append((r, start, row.length))
         logits = torch.empty((len(rows), vocab_size), device=self.device)
         for members in by_length.values():
             context = torch.stack([rows.sequence(r, start, end) for r, start, end in members])
@@ -427,46 +314,59 @@ class Engine:
         self._draw(rows, logits)
 
     def _draw(self, rows, logits):
+        state = rows.state
         if rows.greedy:
-            torch.argmax(logits, dim=-1, keepdim=True, out=rows.tokens)
+            torch.argmax(logits, dim=-1, keepdim=True, out=state.tokens)
         else:
-            rows.tokens[:, 0] = sample_tokens(logits, rows.temperature, rows.top_k, rows.top_p, rows.streams, rows.steps, rows.filtered)
-        rows.steps += 1
+            state.tokens[:, 0] = sample_tokens(logits, steps=state.steps, filtered=rows.filtered, **state.sampling)
+        state.steps += 1
 
     def _graph_for(self, rows):
-        """The decode step's CUDA graph for a batch of this size, captured the first time. A graph reads
-        and writes fixed tensors, so a later batch of the same size copies its state into those."""
+        """The decode step's CUDA graph for a batch of this size, captured the first time; a later batch
+        of the same size moves its state into the graph's own tensors."""
         key = (len(rows), rows.greedy, rows.filtered, rows.vocab_size)
         if key not in self.graphs:
-            graph = self._capture(rows)
-            self.graphs[key] = (graph, rows.cache, {name: getattr(rows, name) for name in Rows.STEP_STATE})
-            return graph
-        graph, cache, tensors = self.graphs[key]
-        for name, tensor in tensors.items():
-            setattr(rows, name, tensor.copy_(getattr(rows, name)))
-        cache.lengths.copy_(rows.cache.lengths)
-        if rows.cache.k is not None:
-            cache.k.copy_(rows.cache.k)
-            cache.v.copy_(rows.cache.v)
-        rows.cache = cache  # the graph's own cache object: Rows never changes one in place, only replaces it
-        return graph
+            t0 = time.perf_counter()
+            self.graphs[key] = DecodeGraph(rows, lambda: self._decode(rows, fixed_span=True))
+            self.capture_seconds += time.perf_counter() - t0
+        else:
+            self.graphs[key].adopt(rows)
+        return self.graphs[key]
 
-    def _capture(self, rows):
-        """Capture one decode step as a CUDA graph over rows' tensors. The warm-up step before it
-        (kernel choice, workspaces) writes keys at each row's next position, which the first real step
-        overwrites; the tensors it advances are put back."""
-        t0 = time.perf_counter()
-        saved = [t.clone() for t in (rows.tokens, rows.steps, rows.cache.lengths)]
+
+class DecodeGraph:
+    """One decode step captured as a CUDA graph over a batch's tensors (its StepTensors and KV cache),
+    which it keeps: a graph reads and writes fixed addresses, so another batch of the same size copies
+    its state into them (adopt) and uses them from then on."""
+
+    def __init__(self, rows, decode):
+        """Capture decode() over rows' tensors. The warm-up step before it (kernel choice, workspaces)
+        writes keys at each row's next position, which the first real step overwrites; the tensors it
+        advances are put back."""
+        advanced = (rows.state.tokens, rows.state.steps, rows.cache.lengths)
+        saved = [t.clone() for t in advanced]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._decode(rows, fixed_span=True)
+            decode()
         torch.cuda.current_stream().wait_stream(side)
-        for tensor, value in zip((rows.tokens, rows.steps, rows.cache.lengths), saved):
+        for tensor, value in zip(advanced, saved):
             tensor.copy_(value)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._decode(rows, fixed_span=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            decode()
         torch.cuda.synchronize()
-        self.capture_seconds += time.perf_counter() - t0
-        return graph
+        self.state, self.cache = rows.state, rows.cache
+
+    def adopt(self, rows):
+        """Move rows' state into the graph's tensors; rows then uses them (Rows never writes into a
+        cache or StepTensors it replaced, so the graph's stay its own)."""
+        rows.state = self.state.copy_(rows.state)
+        self.cache.lengths.copy_(rows.cache.lengths)
+        if rows.cache.k is not None:
+            self.cache.k.copy_(rows.cache.k)
+            self.cache.v.copy_(rows.cache.v)
+        rows.cache = self.cache
+
+    def replay(self):
+        self.graph.replay()

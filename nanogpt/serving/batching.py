@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nanogpt.generation.engine import Rows, Sampling
+from nanogpt.generation.engine import Rows
+from nanogpt.generation.sampling import Sampling
 from nanogpt.errors import first_line
 
 
@@ -39,7 +40,7 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
 
 
-class Scheduler:
+class Batcher:
     def __init__(self, engine, vocab_size, max_rows, max_queue, metrics=None):
         self.engine, self.vocab_size = engine, vocab_size
         self.max_rows, self.max_queue = max_rows, max_queue
@@ -48,7 +49,7 @@ class Scheduler:
         self.running = 0
         self.condition = threading.Condition()
         self.model_lock = threading.Lock()  # the step holds it; anything else that runs the model takes it too
-        self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self.thread.start()
 
     def submit(self, jobs):

@@ -1,6 +1,6 @@
 """The HTTP side of serve.py: OpenAI's completions API (so its client, and lm-evaluation-harness, work
 unchanged), a page to try the model, a health check and Prometheus metrics. Generation is the
-scheduler's: continuous batching on the engine.
+batcher's: continuous batching on the engine.
 """
 
 import asyncio
@@ -18,9 +18,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from nanogpt.generation.completion import Endings
-from nanogpt.generation.engine import Sampling
+from nanogpt.generation.sampling import Sampling
 from nanogpt.errors import DataError
-from nanogpt.serving.batching import Busy, Job, Scheduler
+from nanogpt.serving.batching import Busy, Job, Batcher
 
 MAX_BODY_BYTES = 1 << 20
 PAGE = Path(__file__).with_name("page.html")
@@ -143,29 +143,13 @@ def make_metrics():
 
 
 def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_limit=None, api_key=None):
+    """The FastAPI app: its batcher generates for every request, and a guard checks the key and size."""
     config = engine.config
-    vocab_size = tokenizer.vocab_size
-    max_tokens_limit = max_tokens_limit or config.block_size
     registry, metrics = make_metrics()
-    scheduler = Scheduler(engine, vocab_size, max_rows, max_queue, metrics)
+    batcher = Batcher(engine, tokenizer.vocab_size, max_rows, max_queue, metrics)
     app = FastAPI(title="nanogpt", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.scheduler = scheduler
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Every request but /health needs the key, when there is one; bodies stay under 1 MB."""
-        if api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if request.url.path == "/":
-                given = given or request.query_params.get("key", "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                metrics["requests"].labels("401").inc()
-                return error("a valid API key is needed: send the header Authorization: Bearer KEY", 401)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            metrics["requests"].labels("413").inc()
-            return error(f"the body is larger than {MAX_BODY_BYTES // 1024} KB", 413)
-        return await call_next(request)
+    app.state.batcher = batcher
+    app.middleware("http")(guard(api_key, metrics))
 
     @app.get("/health")
     async def health():
@@ -187,7 +171,34 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
     async def chat():
         return error("this server has no chat endpoint: these are base models without a chat template; use /v1/completions with a prompt", 404)
 
-    @app.post("/v1/completions")
+    limits = dict(block_size=config.block_size, max_tokens_limit=max_tokens_limit or config.block_size, max_n=max_rows)
+    app.post("/v1/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits))
+    return app
+
+
+def guard(api_key, metrics):
+    """Middleware: every request but /health needs the key, when there is one; bodies stay under 1 MB."""
+
+    async def check(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if request.url.path == "/":
+                given = given or request.query_params.get("key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                metrics["requests"].labels("401").inc()
+                return error("a valid API key is needed: send the header Authorization: Bearer KEY", 401)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            metrics["requests"].labels("413").inc()
+            return error(f"the body is larger than {MAX_BODY_BYTES // 1024} KB", 413)
+        return await call_next(request)
+
+    return check
+
+
+def completions_endpoint(batcher, tokenizer, name, metrics, limits):
+    """POST /v1/completions: the body checked, its jobs queued, the answer whole or streamed."""
+
     async def completions(request: Request):
         raw = await request.body()
         try:
@@ -197,15 +208,15 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 raise BadRequest("the body is not valid JSON") from None
-            completion = parse_completion(body, tokenizer, config.block_size, max_tokens_limit, max_rows)
-            answer = Answer(completion, tokenizer, scheduler, vocab_size, name)
-            scheduler.submit(answer.jobs)
+            completion = parse_completion(body, tokenizer, limits["block_size"], limits["max_tokens_limit"], limits["max_n"])
+            answer = Answer(completion, tokenizer, batcher, tokenizer.vocab_size, name)
+            batcher.submit(answer.jobs)
         except BadRequest as e:
             metrics["requests"].labels(str(e.status)).inc()
             return error(str(e), e.status, e.param)
         except Busy:
             metrics["requests"].labels("429").inc()
-            return error(f"the server is busy ({max_rows} rows running and {max_queue} waiting); try again shortly", 429)
+            return error(f"the server is busy ({batcher.max_rows} rows running and {batcher.max_queue} waiting); try again shortly", 429)
         metrics["requests"].labels("200").inc()
         if completion.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -216,20 +227,20 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
         finally:
             answer.cancel()
 
-    return app
+    return completions
 
 
 class Answer:
-    """One request's completions (n per prompt) as they are generated: jobs for the scheduler, and the
+    """One request's completions (n per prompt) as they are generated: jobs for the batcher, and the
     response built from their events, whole or streamed."""
 
-    def __init__(self, completion, tokenizer, scheduler, vocab_size, model_name):
-        self.completion, self.tokenizer, self.scheduler, self.vocab_size = completion, tokenizer, scheduler, vocab_size
-        self.engine = scheduler.engine
+    def __init__(self, completion, tokenizer, batcher, vocab_size, model_name):
+        self.completion, self.tokenizer, self.batcher, self.vocab_size = completion, tokenizer, batcher, vocab_size
+        self.engine = batcher.engine
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model_name
         self.endings = Endings(tokenizer, completion.stop)
         self.loop = asyncio.get_running_loop()
-        self.inbox = asyncio.Queue()  # (job index, event), put there from the scheduler's thread
+        self.inbox = asyncio.Queue()  # (job index, event), put there from the batcher's thread
         self.jobs = []
         for p, (_, ids) in enumerate(completion.prompts):
             for i in range(completion.n):
@@ -238,7 +249,7 @@ class Answer:
                 self.jobs.append(Job(ids, sampling, completion.max_tokens, self.endings.ended, self._deliverer(index)))
 
     def _deliverer(self, index):
-        def deliver(event):  # called on the scheduler's thread
+        def deliver(event):  # called on the batcher's thread
             self.loop.call_soon_threadsafe(self.inbox.put_nowait, (index, event))
 
         return deliver
@@ -268,12 +279,12 @@ class Answer:
 
     async def _logprobs(self, prompt_ids, ids):
         """OpenAI's logprobs object for the completion (and the prompt, with echo): one forward over the
-        whole sequence, run on a worker thread while the scheduler's step is not using the model."""
+        whole sequence, run on a worker thread while the batcher's step is not using the model."""
         decode = self.tokenizer.decode
         sequence = [*prompt_ids, *ids]
 
         def score():
-            with self.scheduler.model_lock:
+            with self.batcher.model_lock:
                 return self.engine.token_logprobs(sequence, self.completion.logprobs, self.vocab_size)
 
         chosen, tops = await asyncio.to_thread(score)

@@ -1,0 +1,136 @@
+"""What the tests share: how to run the repo's scripts as a user would (alone, under torchrun, as two
+"nodes"), the tiny model's settings, and the checks of a clean failure and of two runs that trained alike."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+# a script that has not finished in this long is stuck; fail the test instead of waiting for ever
+SCRIPT_TIMEOUT = 300
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+# a model small enough to train in well under a minute on two CPU cores
+TINY_MODEL = [
+    "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=16",
+    "--dropout=0.0", "--gradient_accumulation_steps=1", "--device=cpu", "--compile=False",
+]
+TINY_TRAIN = TINY_MODEL + [
+    "--max_iters=300", "--lr_decay_iters=300", "--warmup_iters=20", "--learning_rate=3e-3", "--min_lr=3e-4",
+    "--eval_interval=150", "--eval_iters=20", "--log_interval=10", "--always_save_checkpoint=False",
+]
+
+# a short run under torchrun: evaluations at 0, 10 and 20, a checkpoint at each
+DDP_RUN = TINY_MODEL + [
+    "--dataset=shakespeare_char", "--batch_size=8", "--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=5",
+    "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--always_save_checkpoint=True",
+    "--learning_rate=3e-3",  # the backend follows the device: gloo on the CPU
+]
+
+
+# setting combinations tried per script by test_settings_fuzz.py, reported at the end of the run
+FUZZ_COUNTS = {}
+
+
+def run_script(*args, cwd=REPO, env=None):
+    """Run one of the repo's scripts in a fresh Python, as a user would."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+
+
+def child_pids(pid):
+    """The processes whose parent is pid (read from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue  # not a process, or one that just ended
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def run_torchrun(*args, timeout=SCRIPT_TIMEOUT):
+    """Run a script in two processes under torchrun (gloo on the CPU), as a user would. On a timeout its
+    workers are killed too (torchrun starts each in a session of its own), so a hung run leaves nothing behind."""
+    command = [*TORCHRUN, *map(str, args)]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for pid in child_pids(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def run_two_launchers(*args, timeout=SCRIPT_TIMEOUT):
+    """The multi-node command, rehearsed on one machine: two torchrun launchers ("nodes") of one process
+    each, meeting at a c10d rendezvous on a loopback port. Returns both launchers' results."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    for node in (0, 1):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", *map(str, args),
+        ]
+        # output to files: a pipe read only after the other launcher ends could fill and stall both
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        processes.append((subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True), out, err))
+    deadline = time.time() + timeout
+    results = []
+    try:
+        for process, out, err in processes:
+            process.wait(timeout=max(1, deadline - time.time()))
+            out.seek(0), err.seek(0)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()))
+    finally:
+        for process, out, err in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            out.close(), err.close()
+    return results
+
+
+def eval_losses(out_dir):
+    """(iteration, val loss) of every evaluation a run logged."""
+    records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["iter"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+
+
+def assert_same_training(out_a, out_b, tolerance=1e-5):
+    """Two runs logged the same val losses at the same steps and saved the same weights."""
+    from nanogpt.checkpoint import load_checkpoint
+
+    evals_a, evals_b = eval_losses(out_a), eval_losses(out_b)
+    assert [i for i, _ in evals_a] == [i for i, _ in evals_b]
+    for (_, a), (_, b) in zip(evals_a, evals_b):
+        assert abs(a - b) <= tolerance, (evals_a, evals_b)
+    weights_a, weights_b = load_checkpoint(out_a)["model"], load_checkpoint(out_b)["model"]
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], atol=tolerance, rtol=1e-4)
+
+
+def assert_user_error(result, *fragments):
+    """A clean failure: non-zero exit, one 'error:' line on stderr naming what is wrong, no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
