@@ -49,7 +49,8 @@ def read_settings(argv):
     if not cfg.input and cfg.init_from != "resume":
         raise SettingError(f"--input=FILE is needed to evaluate {cfg.init_from}: it has no dataset of its own")
     if cfg.input and not Path(cfg.input).is_file():
-        raise SettingError(f"--input={cfg.input} is not a file; give a UTF-8 text file")
+        shown = cfg.input if cfg.input.isprintable() else repr(cfg.input)  # a message stays one line
+        raise SettingError(f"--input={shown} is not a file; give a UTF-8 text file")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     return cfg
 

@@ -72,7 +72,7 @@ def main():
         # for restarts (torchrun --max-restarts, a requeued job): continue the run if it has saved, else start it
         cfg = replace(cfg, init_from="resume" if os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) else "scratch")
     out_of_memory = (
-        f"with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
+        f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
         f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), or lower --block_size"
     )
     with processes(cfg) as procs, attention_kernel(cfg.attention), out_of_memory_as_error(out_of_memory):
@@ -284,14 +284,18 @@ def training_loop(setup, progress):
             return stop(setup, progress), True
 
 
-def set_learning_rate(optimizers, cfg, it):
-    """Set every param group's rate for step it (each scaled by the schedule's factor); returns AdamW's."""
+def learning_rate(cfg, it):
+    """AdamW's learning rate at step it; every param group is scaled by the same factor."""
     if not cfg.decay_lr:
-        lr = cfg.learning_rate
-    elif cfg.lr_schedule == "wsd":
-        lr = wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
-    else:
-        lr = cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+        return cfg.learning_rate
+    if cfg.lr_schedule == "wsd":
+        return wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
+    return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+
+
+def set_learning_rate(optimizers, cfg, it):
+    """Set every param group's rate for step it; returns AdamW's."""
+    lr = learning_rate(cfg, it)
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)

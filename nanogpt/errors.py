@@ -59,14 +59,15 @@ def is_out_of_memory(error):
 
 
 @contextlib.contextmanager
-def out_of_memory_as_error(advice="use smaller settings (sizes, batch, number of samples)"):
-    """Turn running out of memory inside the block into an OutOfMemory that gives this advice."""
+def out_of_memory_as_error(message=None):
+    """Turn running out of memory inside the block into an OutOfMemory with this message (by default
+    what ran out and which settings to lower)."""
     try:
         yield
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        raise OutOfMemory(f"out of memory ({first_line(e)}); {advice}") from None
+        raise OutOfMemory(message or f"out of memory ({first_line(e)}); use smaller settings (sizes, batch, number of samples)") from None
 
 
 def run_main(main):

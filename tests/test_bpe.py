@@ -17,6 +17,8 @@ from nanogpt.files import shared_data_dir
 from nanogpt.training.train_log import read_records
 from nanogpt.tokenizer import tokenizer_from_meta
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 VOCAB = 1024
 BPE_RUN = TINY_MODEL + [
     "--dataset=custom", "--max_iters=40", "--lr_decay_iters=40", "--warmup_iters=5", "--eval_interval=20",

@@ -8,6 +8,8 @@ from helpers import TINY_MODEL, run_script
 
 from nanogpt.training.train_log import read_records
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 SHORT_RUN = TINY_MODEL + [
     "--dataset=shakespeare_char", "--max_iters=60", "--lr_decay_iters=60", "--warmup_iters=5", "--eval_interval=20",
     "--eval_iters=5", "--log_interval=5",

@@ -19,6 +19,8 @@ from helpers import (
 )
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 N = 40  # steps before the stop; the full run is 2N
 EXACT = TINY_TRAIN + [
     f"--max_iters={2 * N}", f"--lr_decay_iters={2 * N}", "--warmup_iters=10", f"--eval_interval={N}",

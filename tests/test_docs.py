@@ -29,6 +29,7 @@ def test_every_reference_document_exists_and_has_runnable_blocks():
     assert all(runnable_blocks(p) for p in DOCS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
 def test_runnable_blocks(doc, tmp_path):
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)

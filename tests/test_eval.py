@@ -10,6 +10,8 @@ from helpers import assert_user_error, run_script
 from nanogpt.files import shared_data_dir
 from nanogpt.tokenizer import GPT2Tokenizer
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 def figures(stdout):
     """(tokens, bytes, loss, bits per byte) from eval.py's report."""

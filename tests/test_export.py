@@ -9,6 +9,8 @@ import torch
 from helpers import TINY_MODEL, assert_user_error, run_script
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 transformers = pytest.importorskip("transformers")
 
 

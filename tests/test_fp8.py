@@ -9,6 +9,8 @@ import pytest
 
 from helpers import REPO, assert_user_error, run_script
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 # scripts/test.sh installs torchao here, off the suite's own path (see there why)
 FP8_EXTRA = REPO / ".venv" / "fp8-extra"
 
@@ -18,8 +20,8 @@ SWAP_AND_TRAIN = """
 import json, torch
 from torchao.float8.float8_linear import Float8Linear
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.training.optimizers import make_optimizers
 from nanogpt.system import float8_training
+from nanogpt.training.optimizers import make_optimizers
 
 def tiny_gpt():
     torch.manual_seed(0)

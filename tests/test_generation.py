@@ -8,6 +8,8 @@ import pytest
 
 from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 def sample(out_dir, *args, **kwargs):
     return run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu", *args, **kwargs)

@@ -37,6 +37,7 @@ def bpe_data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_shakespeare_bpe_counts_and_roundtrip(bpe_data_dir):
     folder = bpe_data_dir / "shakespeare"
     meta = json.loads((folder / "meta.json").read_text())
@@ -53,6 +54,7 @@ def test_shakespeare_bpe_counts_and_roundtrip(bpe_data_dir):
 FINETUNE_VAL_LOSS_BOUND = 9.5
 
 
+@pytest.mark.slow
 def test_finetune_from_a_local_hf_gpt2_lowers_val_loss(hf_gpt2_dir, bpe_data_dir, tmp_path):
     out = tmp_path / "ft"
     result = run_script(
@@ -74,12 +76,14 @@ def test_finetune_from_a_local_hf_gpt2_lowers_val_loss(hf_gpt2_dir, bpe_data_dir
     assert sampled.stdout.startswith("ROMEO:")
 
 
+@pytest.mark.slow
 def test_sample_from_a_hf_folder(hf_gpt2_dir):
     result = run_script("sample.py", f"--init_from={hf_gpt2_dir}", "--num_samples=1", "--max_new_tokens=10", "--start=Hello")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Hello")
 
 
+@pytest.mark.slow
 def test_pretrained_bad_inputs(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
     base = ("train.py", "config/finetune_shakespeare.py", f"--data_dir={bpe_data_dir}", f"--out_dir={tmp_path / 'o'}", "--device=cpu")
     assert_user_error(run_script(*base, "--init_from=gpt2-huge"), "init_from 'gpt2-huge' is not a GPT-2 model")
@@ -94,6 +98,7 @@ def test_pretrained_bad_inputs(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tokenizer,text,dtype",
     [
@@ -126,6 +131,7 @@ def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
     assert trained.returncode == 0, trained.stderr
 
 
+@pytest.mark.slow
 def test_webtext_prepare_end_to_end(tmp_path):
     out = tmp_path / "owt"
     result = run_script(
@@ -145,6 +151,7 @@ def test_webtext_prepare_end_to_end(tmp_path):
     assert f"{len(train):,} tokens" in result.stdout
 
 
+@pytest.mark.slow
 def test_ddp_matches_a_single_process_and_two_launchers_match_one(data_dir, tmp_path):
     """2 processes x 1 accumulation step == 1 process x 2 accumulation steps: same data, same update. And
     the multi-node path (torchrun on each machine, a c10d rendezvous), rehearsed with two launchers of one
@@ -167,12 +174,14 @@ def test_ddp_matches_a_single_process_and_two_launchers_match_one(data_dir, tmp_
     assert_same_training(nodes_out, ddp_out)
 
 
+@pytest.mark.slow
 def test_ddp_with_more_processes_than_the_batch_allows(data_dir, tmp_path):
     result = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=3", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
     assert result.returncode != 0
     assert "error: gradient_accumulation_steps (3) must be a multiple of the number of processes (2)" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_prints_speed(data_dir):
     result = run_script(
         "bench.py", "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=4", "--device=cpu",
@@ -200,6 +209,7 @@ def test_bench_prints_speed(data_dir):
     assert "changed from GPT-2: rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=30.0, zero_init_proj=True, fused_loss=True" in modern.stdout
 
 
+@pytest.mark.slow
 def test_profile_lists_where_the_step_time_goes():
     result = run_script("bench/profile_step.py", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2", "--steps=1")
     assert result.returncode == 0, result.stderr
@@ -208,6 +218,7 @@ def test_profile_lists_where_the_step_time_goes():
     assert 0 < share < 100
 
 
+@pytest.mark.slow
 def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path):
     outs = {}
     for fsdp in (False, True):
@@ -222,6 +233,7 @@ def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path)
     assert load_checkpoint(outs[True])["iter_num"] == 25
 
 
+@pytest.mark.slow
 def test_fsdp_without_torchrun(data_dir, tmp_path):
     result = run_script("train.py", *DDP_RUN, "--fsdp=True", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
     assert_user_error(result, "fsdp=True shards the model over processes that torchrun starts")

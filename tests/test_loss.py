@@ -43,6 +43,7 @@ def test_slices_give_the_plain_loss_and_gradients(softcap):
     assert not got[1][0, :7].any() and got[1][0, 7:].abs().min() > 0  # an uncounted token gets no gradient
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie_embeddings", [True, False])
 def test_the_model_trains_the_same_with_the_fused_loss(tie_embeddings):
     torch.manual_seed(0)
@@ -77,6 +78,7 @@ def test_the_training_step_takes_the_fused_path_only_when_asked():
     assert "LinearCrossEntropy" in made_by[True] and "LinearCrossEntropy" not in made_by[False], made_by
 
 
+@pytest.mark.slow
 def test_train_py_with_fused_loss_logs_the_same_losses(data_dir, tmp_path):
     common = [*TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", "--max_iters=20", "--lr_decay_iters=20",
               "--eval_interval=20", "--eval_iters=2", "--log_interval=1", "--logit_softcap=30"]

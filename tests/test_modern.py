@@ -129,6 +129,7 @@ def test_batched_muon_takes_torch_muons_steps():
     ours.load_state_dict(theirs.state_dict())
 
 
+@pytest.mark.slow
 def test_muon_split_between_processes_equals_one_process(tmp_path):
     """Under DDP each process orthogonalises its share of a stack and all gather the rest: 5 matrices over
     2 gloo processes (shares of 3, one zero pad) give each process what one process computes alone."""
@@ -161,6 +162,7 @@ MODERN = [
 ]
 
 
+@pytest.mark.slow
 def test_modern_training_lowers_loss_and_resumes_exactly(data_dir, tmp_path):
     common = [*TINY_TRAIN, *MODERN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", "--max_iters=60",
               "--lr_decay_iters=60", "--warmup_iters=5", "--eval_interval=30", "--log_interval=1", "--always_save_checkpoint=True"]
@@ -185,6 +187,7 @@ def test_modern_training_lowers_loss_and_resumes_exactly(data_dir, tmp_path):
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path / 'split'}", f"--to={tmp_path / 'hf'}"), "cannot express")
 
 
+@pytest.mark.slow
 def test_bad_combinations_fail_at_start(data_dir, tmp_path):
     base = ("train.py", *TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
     assert_user_error(run_script(*base, "--rotary=True", "--n_embd=36", "--n_head=4"), "rotary needs an even head size")
@@ -199,6 +202,7 @@ MODERN_CONFIG = "config/train_shakespeare_char_cpu_modern.py"
 HANG_TIMEOUT = 150
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer, fsdp, fused_loss", [("adamw", False, True), ("muon", False, False), ("adamw", True, True)])
 def test_modern_recipe_across_processes_equals_one_process(data_dir, tmp_path, optimizer, fsdp, fused_loss):
     """Rotary tables are module buffers; evaluating on rank 0 alone once left DDP broadcasting them to ranks

@@ -5,10 +5,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
 from nanogpt.files import shared_data_dir
 from nanogpt.tokenizer import CharTokenizer
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def test_tiny_shakespeare_counts_and_roundtrip(data_dir):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from helpers import assert_user_error, run_script
@@ -9,6 +10,7 @@ def sample(out_dir, *args):
     return run_script("sample.py", f"--out_dir={out_dir}", "--device=cpu", *args)
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_per_seed(trained_run):
     out_dir, _ = trained_run
     args = ("--num_samples=2", "--max_new_tokens=100", "--start=ROMEO:")
@@ -22,6 +24,7 @@ def test_sampling_is_deterministic_per_seed(trained_run):
     assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 100 + 1 for s in samples)  # + print's newline
 
 
+@pytest.mark.slow
 def test_samples_only_use_the_vocabulary(trained_run):
     out_dir, _ = trained_run
     chars = set(torch.load(out_dir / "ckpt.pt", weights_only=True)["tokenizer"]["chars"])
@@ -32,6 +35,7 @@ def test_samples_only_use_the_vocabulary(trained_run):
     assert len(text) > 900
 
 
+@pytest.mark.slow
 def test_file_prompt(trained_run, tmp_path):
     out_dir, _ = trained_run
     prompt = tmp_path / "prompt.txt"
@@ -43,6 +47,7 @@ def test_file_prompt(trained_run, tmp_path):
     assert from_file.stdout == inline.stdout
 
 
+@pytest.mark.slow
 def test_greedy_sampling_ignores_the_seed(trained_run):
     out_dir, _ = trained_run
     a = sample(out_dir, "--temperature=0", "--num_samples=1", "--max_new_tokens=40", "--seed=1")
@@ -50,12 +55,14 @@ def test_greedy_sampling_ignores_the_seed(trained_run):
     assert a.returncode == 0 and a.stdout == b.stdout
 
 
+@pytest.mark.slow
 def test_prompt_outside_vocabulary(trained_run):
     out_dir, _ = trained_run
     result = sample(out_dir, "--start=Hello 🙂 world #")
     assert_user_error(result, "outside the model's vocabulary", "'#'", "'🙂'")
 
 
+@pytest.mark.slow
 def test_missing_prompt_file(trained_run, tmp_path):
     out_dir, _ = trained_run
     assert_user_error(sample(out_dir, f"--start=FILE:{tmp_path / 'none.txt'}"), "prompt file", "not found")
@@ -65,6 +72,7 @@ def test_out_dir_without_checkpoint(tmp_path):
     assert_user_error(sample(tmp_path), "no checkpoint in", "train one first")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint(tmp_path, trained_run):
     out_dir, _ = trained_run
     data = (out_dir / "ckpt.pt").read_bytes()

@@ -14,6 +14,8 @@ import pytest
 
 from helpers import REPO, run_script
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 openai = pytest.importorskip("openai", reason="the serve tests need the serve extra: pip install -e '.[serve,dev]'")
 httpx = pytest.importorskip("httpx")
 

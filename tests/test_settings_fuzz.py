@@ -163,6 +163,7 @@ END_TO_END = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, fragment", END_TO_END, ids=[" ".join([s, *a]) for s, a, _ in END_TO_END])
 def test_bad_settings_end_to_end(script, args, fragment, data_dir):
     extra = [f"--data_dir={data_dir}", "--dataset=shakespeare_char", *TINY_MODEL] if script == "train.py" else []

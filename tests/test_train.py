@@ -13,6 +13,8 @@ import torch
 from helpers import TINY_MODEL, TINY_TRAIN, assert_user_error, run_script
 from nanogpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 # The tiny run (conftest.TINY_TRAIN, 300 steps) reached val loss 2.37-2.42 over three seeds when measured; uniform
 # guessing over 65 characters is ln(65) = 4.17. The bound leaves room for other CPUs and torch builds.
 TINY_RUN_VAL_LOSS_BOUND = 2.6
