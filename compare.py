@@ -40,7 +40,9 @@ def read_settings(argv):
 
 
 @dataclass
-class Run:
+class RunLog:
+    """One run's metrics.jsonl as compare.py reads it."""
+
     name: str
     config: dict
     tokenizer: tuple  # (kind, vocab size): runs with different ones are compared in bits per byte
@@ -57,7 +59,7 @@ def load_run(out_dir):
     if not starts or not evals or "train_seconds" not in evals[-1]:
         raise DataError(f"{out_dir}/{METRICS_NAME} has no run record or no evaluation yet (or was written by an older version); compare runs that have evaluated at least once")
     first = starts[0]
-    return Run(Path(out_dir).name, first["config"], (first["tokenizer"], first["vocab_size"]), [r for r in records if r["kind"] == "train"], evals)
+    return RunLog(Path(out_dir).name, first["config"], (first["tokenizer"], first["vocab_size"]), [r for r in records if r["kind"] == "train"], evals)
 
 
 def differing_settings(runs):

@@ -96,11 +96,11 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     tokenizer's files (nanogpt/tokenizer.py's write_hf_tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from nanogpt.model import GPTConfig
+    from nanogpt.model import architecture_switches
 
     cfg = model.config
-    # zero_init_proj only changes the start, and untied embeddings GPT-2's format can hold
-    inexpressible = [k for k in ("rotary", "rmsnorm", "qk_norm", "relu2", "logit_softcap") if getattr(cfg, k) != getattr(GPTConfig(), k)]
+    # e.g. zero_init_proj only changes the start, and untied embeddings GPT-2's format can hold
+    inexpressible = [f.name for f in architecture_switches() if not f.metadata["gpt2_format"] and getattr(cfg, f.name) != f.default]
     if inexpressible:
         raise SettingError(f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic GPT-2 models export")
     state = dict(model.state_dict())
