@@ -25,7 +25,7 @@ from nanogpt.system import (
     peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
 )
 from nanogpt.tokenizer import model_vocab_size
-from nanogpt.training.optimizers import make_optimizers
+from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
 from nanogpt.training.step import training_step
 
 
@@ -51,6 +51,7 @@ class BenchSettings:
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
     compile: Optional[bool] = setting(None, "torch.compile; None means on for CUDA only")
     muon_lr: float = train_setting("muon_lr")
+    muon_dtype: str = train_setting("muon_dtype")
     attention: str = train_setting("attention")
     fused_loss: bool = train_setting("fused_loss")
     fp8: bool = train_setting("fp8")
@@ -90,10 +91,11 @@ def build(cfg, device, dtype, vocab_size):
     model = GPT(gpt_config(cfg, vocab_size)).to(device)
     if cfg.fp8:
         print(f"fp8: {float8_training(model)} Linear layers run their matmuls in float8")
-    optimizers = make_optimizers(model, 0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr)
+    ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, device) if cfg.optimizer == "muon" else ("bfloat16", "")
+    optimizers = make_optimizers(model, 0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr, ns_dtype)
     print(
         f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
-        f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
+        f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}" + (f"; Newton-Schulz in {ns_dtype} ({why})" if why else "")
     )
     switches = [f.name for f in architecture_switches()] + ["attention", "fused_loss"]
     changed = [f"{key}={getattr(cfg, key)}" for key in switches if getattr(cfg, key) != BenchSettings.__dataclass_fields__[key].default]

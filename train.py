@@ -31,8 +31,8 @@ from nanogpt.system import (
 from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
 from nanogpt.training.distributed import catch_stop_signals, processes, resume_command, shard, wrap_model
 from nanogpt.training.evaluation import estimate_loss, format_duration
-from nanogpt.training.lr_schedule import cosine_lr, wsd_lr
-from nanogpt.training.optimizers import make_optimizers
+from nanogpt.training.lr_schedule import set_learning_rate
+from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
 from nanogpt.training.resume import check_resume_config, full_state, restore_optimizers, restore_random_streams
 from nanogpt.training.step import training_step
 from nanogpt.training.train_log import METRICS_NAME, LossPlotter, append_record, open_run_log
@@ -147,7 +147,7 @@ def set_up(cfg, procs):
     scaler = torch.amp.GradScaler(procs.device_type, enabled=(dtype == "float16"))
     if cfg.fsdp:
         shard(model, cfg, procs)
-    optimizers = make_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), procs.device_type, cfg.optimizer, cfg.muon_lr)
+    optimizers = build_optimizers(cfg, procs, model, checkpoint)
     progress = Progress()
     if checkpoint is not None:
         restore_optimizers(checkpoint, model, optimizers, scaler, cfg.fsdp)
@@ -157,13 +157,26 @@ def set_up(cfg, procs):
     del checkpoint  # free it before training: it holds a second copy of the model and optimizer
     compiled, train_model = wrap_model(model, cfg, procs)
     setup = Setup(
-        cfg, procs, autocast_context(procs.device, dtype), data, batches,
-        torch.tensor(tokenizer_from_meta(data.meta).token_byte_lengths(), device=procs.device), model, compiled, train_model,
-        model_args, optimizers, scaler, tokens_per_iter, model.estimate_flops_per_token() * tokens_per_iter, peak_flops(procs.device),
-        progress.iter_num if cfg.init_from == "resume" else None, LossPlotter(cfg.out_dir) if procs.master else None, None, [],
+        cfg=cfg, procs=procs, ctx=autocast_context(procs.device, dtype), data=data, batches=batches,
+        token_bytes=torch.tensor(tokenizer_from_meta(data.meta).token_byte_lengths(), device=procs.device),
+        raw_model=model, model=compiled, train_model=train_model, model_args=model_args, optimizers=optimizers, scaler=scaler,
+        tokens_per_iter=tokens_per_iter, flops_per_iter=model.estimate_flops_per_token() * tokens_per_iter,
+        device_peak=peak_flops(procs.device), resumed_at=progress.iter_num if cfg.init_from == "resume" else None,
+        plotter=LossPlotter(cfg.out_dir) if procs.master else None, wandb=None, stop_signals=[],
     )
     wandb = open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None
     return replace(setup, wandb=wandb), progress
+
+
+def build_optimizers(cfg, procs, model, checkpoint):
+    """The run's optimizers; with Muon, its Newton-Schulz number format chosen and said (see
+    nanogpt/training/optimizers.py: newton_schulz_dtype), the same in every process."""
+    ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, procs.device, checkpoint) if cfg.optimizer == "muon" else ("bfloat16", "")
+    ns_dtype = procs.first(ns_dtype)  # as rank 0 chose: a measured choice could differ between processes
+    if procs.master and why:
+        print(f"muon: Newton-Schulz in {ns_dtype} ({why})")
+    betas = (cfg.beta1, cfg.beta2)
+    return make_optimizers(model, cfg.weight_decay, cfg.learning_rate, betas, procs.device_type, cfg.optimizer, cfg.muon_lr, ns_dtype)
 
 
 def prepare_process(cfg, procs, dtype, tokens_per_iter):
@@ -282,24 +295,6 @@ def training_loop(setup, progress):
         # a step later), so they decide together, and only at log steps: reading the flag waits for the GPU
         if (not procs.ddp or progress.iter_num % cfg.log_interval == 0) and procs.any(setup.stop_signals):
             return stop(setup, progress), True
-
-
-def learning_rate(cfg, it):
-    """AdamW's learning rate at step it; every param group is scaled by the same factor."""
-    if not cfg.decay_lr:
-        return cfg.learning_rate
-    if cfg.lr_schedule == "wsd":
-        return wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
-    return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
-
-
-def set_learning_rate(optimizers, cfg, it):
-    """Set every param group's rate for step it; returns AdamW's."""
-    lr = learning_rate(cfg, it)
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)
-    return lr
 
 
 def evaluate_and_save(setup, progress, lr, rank_rng):

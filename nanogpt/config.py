@@ -80,6 +80,7 @@ class TrainSettings:
     # optimizer
     optimizer: str = setting("adamw", "'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest)", choices=("adamw", "muon"))
     muon_lr: float = setting(0.02, "peak learning rate of Muon's matrices (learning_rate is AdamW's)", within="[0, inf)")
+    muon_dtype: str = setting("auto", "Muon's Newton-Schulz number format: 'auto' (bfloat16 where its matmuls are fast: GPUs, CPUs with AVX-512 BF16 or AMX; else float32; a resumed run keeps its checkpoint's), 'bfloat16' or 'float32'", choices=("auto", "bfloat16", "float32"))
     learning_rate: float = setting(6e-4, "peak learning rate", within="[0, inf)")
     max_iters: int = setting(600000, "total optimizer steps", within="[0, inf)")
     weight_decay: float = setting(1e-1, "AdamW weight decay on matrices", within="[0, inf)")

@@ -12,8 +12,9 @@ from nanogpt.generation.engine import Engine
 from nanogpt.generation.sampling import Sampling
 from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
 from nanogpt.training.lr_schedule import wsd_lr
-from nanogpt.training.muon import orthogonalize
-from nanogpt.training.optimizers import make_optimizers
+from nanogpt.system import bfloat16_matmul_speed
+from nanogpt.training.muon import BatchedMuon, lr_scale, orthogonalize
+from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=False)
 ALL_SWITCHES = dict(rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True)
@@ -127,6 +128,57 @@ def test_batched_muon_takes_torch_muons_steps():
         torch.testing.assert_close(a, b, atol=2e-4, rtol=0)  # room for bfloat16 kernels that round otherwise; measured equal on a CPU
     theirs.load_state_dict(ours.state_dict())
     ours.load_state_dict(theirs.state_dict())
+
+
+def test_newton_schulz_runs_in_the_chosen_dtype():
+    """One step of BatchedMuon with ns_dtype='float32' moves a matrix by exactly the float32
+    orthogonalisation of its Nesterov momentum; with bfloat16 (torch.optim.Muon's) it moves otherwise."""
+    torch.manual_seed(0)
+    grad = torch.randn(32, 128)
+    moved = {}
+    for ns_dtype in ("float32", "bfloat16"):
+        weight = torch.nn.Parameter(torch.zeros(32, 128))
+        weight.grad = grad.clone()
+        muon = BatchedMuon([weight], ns_dtype, lr=0.02, weight_decay=0.0, adjust_lr_fn="original")
+        muon.step()
+        moved[ns_dtype] = -weight.detach() / (0.02 * lr_scale(weight.shape, "original"))
+        group = muon.param_groups[0]
+    momentum = group["momentum"]
+    nesterov = torch.lerp(grad, (1 - momentum) * grad, momentum)
+    expected = orthogonalize(nesterov[None], group["ns_coefficients"], group["ns_steps"], group["eps"], torch.float32)[0]
+    torch.testing.assert_close(moved["float32"], expected, atol=1e-6, rtol=0)
+    assert (moved["bfloat16"] - expected).abs().max() > 1e-3
+
+
+def test_newton_schulz_dtype_follows_the_setting_then_the_checkpoint_then_the_machine():
+    m = model(rmsnorm=True)
+    assert newton_schulz_dtype("float32", "cpu")[0] == "float32"
+    assert newton_schulz_dtype("bfloat16", "cpu")[0] == "bfloat16"
+    for saved in ("float32", "bfloat16"):  # a resumed run keeps its checkpoint's choice, whatever the machine
+        optimizers = make_optimizers(m, 0.0, 1e-3, (0.9, 0.95), "cpu", optimizer="muon", ns_dtype=saved)
+        checkpoint = {"optimizer": [o.state_dict() for o in optimizers]}
+        assert checkpoint["optimizer"][1]["param_groups"][0]["ns_dtype"] == saved  # what the checkpoint records
+        assert newton_schulz_dtype("auto", "cpu", checkpoint) == (saved, "as the checkpoint's run chose")
+    del checkpoint["optimizer"][1]["param_groups"][0]["ns_dtype"]  # saved before the choice existed: bfloat16
+    assert newton_schulz_dtype("auto", "cpu", checkpoint)[0] == "bfloat16"
+    speed = bfloat16_matmul_speed("cpu")
+    if 0.6 < speed < 1.0:
+        pytest.skip(f"bfloat16 matmuls run {speed:.2f}x float32's speed here: too near the 0.8 line to check the choice")
+    # this machine's choice: bfloat16 where it is fast (AVX-512 BF16, AMX), float32 where it is emulated
+    assert newton_schulz_dtype("auto", "cpu")[0] == ("bfloat16" if speed >= 1.0 else "float32")
+
+
+@pytest.mark.slow
+def test_a_resumed_muon_run_keeps_its_newton_schulz_dtype(data_dir, tmp_path):
+    common = [*TINY_TRAIN, "--optimizer=muon", "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path}",
+              "--eval_interval=4", "--eval_iters=2", "--log_interval=1"]
+    first = run_script("train.py", *common, "--max_iters=4", "--muon_dtype=float32")
+    assert first.returncode == 0, first.stderr
+    assert "muon: Newton-Schulz in float32 (as muon_dtype says)" in first.stdout
+    assert load_checkpoint(tmp_path)["optimizer"][1]["param_groups"][0]["ns_dtype"] == "float32"
+    resumed = run_script("train.py", *common, "--max_iters=8", "--init_from=resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "muon: Newton-Schulz in float32 (as the checkpoint's run chose)" in resumed.stdout
 
 
 @pytest.mark.slow

@@ -53,6 +53,14 @@ class Processes:
         torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return value.item() > 0
 
+    def first(self, value):
+        """Rank 0's value, in every process: a choice (e.g. one measured) that all must share."""
+        if not self.ddp:
+            return value
+        values = [value]
+        torch.distributed.broadcast_object_list(values, src=0)
+        return values[0]
+
     def gather(self, value):
         """Every process's value, as a list on rank 0 (None elsewhere); every process must call it."""
         if not self.ddp:

@@ -1,4 +1,4 @@
-"""Learning-rate schedules, as functions of the iteration number."""
+"""Learning-rate schedules, as functions of the iteration number, and the rate a run's settings give."""
 
 import math
 
@@ -27,3 +27,21 @@ def wsd_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters, decay_fracti
         return min_lr
     progress = (it - decay_start) / (lr_decay_iters - decay_start)
     return learning_rate + progress * (min_lr - learning_rate)
+
+
+def learning_rate(cfg, it):
+    """AdamW's learning rate at step it; every param group is scaled by the same factor."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if cfg.lr_schedule == "wsd":
+        return wsd_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters, cfg.decay_fraction)
+    return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+
+
+def set_learning_rate(optimizers, cfg, it):
+    """Set every param group's rate for step it; returns AdamW's."""
+    lr = learning_rate(cfg, it)
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * (lr / cfg.learning_rate if cfg.learning_rate else 0.0)
+    return lr

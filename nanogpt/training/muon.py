@@ -57,7 +57,14 @@ def lr_scale(shape, adjust_lr_fn):
 
 class BatchedMuon(torch.optim.Muon):
     """torch.optim.Muon's update, with the orthogonalisation batched by shape and, under DDP, split
-    between the processes. (FSDP, where each process holds only a shard of each matrix, is refused.)"""
+    between the processes. (FSDP, where each process holds only a shard of each matrix, is refused.)
+    ns_dtype, a param group setting (so checkpoints keep it): the Newton–Schulz iterations' number
+    format, torch.optim.Muon's bfloat16 by default, float32 where bfloat16 matmuls are slow."""
+
+    def __init__(self, params, ns_dtype="bfloat16", **settings):
+        super().__init__(params, **settings)
+        for group in self.param_groups:
+            group.setdefault("ns_dtype", ns_dtype)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -86,6 +93,9 @@ class BatchedMuon(torch.optim.Muon):
             for p, update in zip(params, updates):
                 by_shape.setdefault(tuple(p.shape), []).append((p, update))
             for shape, pairs in by_shape.items():
-                ortho = orthogonalize_shared(torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"], group["eps"])
+                ortho = orthogonalize_shared(
+                    torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"], group["eps"],
+                    getattr(torch, group.get("ns_dtype", "bfloat16")),  # checkpoints from before ns_dtype: bfloat16
+                )
                 torch._foreach_add_([p for p, _ in pairs], list(ortho.unbind(0)), alpha=-lr * lr_scale(shape, group["adjust_lr_fn"]))
         return loss

@@ -4,15 +4,17 @@ import inspect
 
 import torch
 
+from nanogpt.system import bfloat16_matmul_speed
 from nanogpt.training.muon import BatchedMuon
 
 
-def make_optimizers(model, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02):
+def make_optimizers(model, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02, ns_dtype="bfloat16"):
     """A list of optimizers. Each param group keeps its peak rate in 'base_lr'; the schedule scales it.
 
     adamw: AdamW for everything; matrices are decayed, biases and norm gains are not.
     muon: Muon for the 2-D weight matrices inside the blocks (it orthogonalises each update, so
-    every direction of a matrix learns at the same rate), AdamW for embeddings, head and vectors.
+    every direction of a matrix learns at the same rate), AdamW for embeddings, head and vectors;
+    ns_dtype is its Newton–Schulz number format (see newton_schulz_dtype).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden_matrices = [p for n, p in named if n.startswith("transformer.h.") and p.dim() == 2]
@@ -31,7 +33,20 @@ def make_optimizers(model, weight_decay, learning_rate, betas, device_type, opti
     if muon_params:
         # Keller Jordan's scaling ("original"), for which lr ~0.02 is the usual choice; no weight decay.
         # torch.optim.Muon's update, with the matrices of one shape orthogonalised together (muon.py)
-        muon = BatchedMuon(muon_params, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
+        muon = BatchedMuon(muon_params, ns_dtype, lr=muon_lr, weight_decay=0.0, adjust_lr_fn="original")
         muon.param_groups[0]["base_lr"] = muon_lr
         optimizers.append(muon)
     return optimizers
+
+
+def newton_schulz_dtype(setting, device, checkpoint=None):
+    """(Muon's Newton–Schulz number format, why): the setting when it names one; else the one a resumed
+    run's checkpoint used (another choice would break an exact resume); else bfloat16 where its matmuls
+    run at least about as fast as float32 ones (GPUs, CPUs with AVX-512 BF16 or AMX), float32 elsewhere."""
+    if setting != "auto":
+        return setting, "as muon_dtype says"
+    saved = checkpoint["optimizer"] if checkpoint is not None else []
+    if isinstance(saved, list) and len(saved) > 1:  # AdamW's state and Muon's (bfloat16 before the choice)
+        return saved[1]["param_groups"][0].get("ns_dtype", "bfloat16"), "as the checkpoint's run chose"
+    speed = bfloat16_matmul_speed(device)
+    return ("bfloat16" if speed >= 0.8 else "float32"), f"bfloat16 matmuls run {speed:.2f}x float32's speed here"
