@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nanogpt.files import shared_data_dir  # noqa: E402
 
 
 def readme_command(max_iters):
@@ -51,7 +54,8 @@ def prepare(nanogpt):
         subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=REPO, check=True)
     theirs = nanogpt / "data" / "shakespeare_char"
     if not (theirs / "meta.pkl").is_file():
-        shutil.copy2(ours / "input.txt", theirs / "input.txt")
+        text = ours / "input.txt" if (ours / "input.txt").is_file() else shared_data_dir() / "tinyshakespeare" / "input.txt"
+        shutil.copy2(text, theirs / "input.txt")
         subprocess.run([sys.executable, "prepare.py"], cwd=theirs, check=True)
 
 

@@ -15,42 +15,34 @@ def format_duration(seconds):
     return f"{seconds}s"
 
 
-# an evaluation forward takes several batches at once up to this many tokens: the same sums in fewer,
-# larger matmuls, which the small batches of a CPU run leave unused (a batch already this large goes alone)
-EVAL_CHUNK_TOKENS = 8192
-
-
 @torch.no_grad()
 def estimate_loss(model, data, ctx, token_bytes, cfg, device, stop_requested, announce=False):
     """Mean loss over cfg.eval_iters batches per split and val bits per byte, or None if stop_requested()
-    came true first (an evaluation can take minutes; it is asked before every forward). The batches are
-    the same at every eval (a fixed seed), so the curve shows the model changing, not the batches; they
-    go through the model a few at a time (EVAL_CHUNK_TOKENS), which gives the same mean.
-    announce: say after the first forward how long an evaluation takes, if that is long."""
-    per_forward = max(1, EVAL_CHUNK_TOKENS // (cfg.batch_size * cfg.block_size))
+    came true first (an evaluation can take minutes; it is asked before every batch). The batches are
+    the same at every eval (a fixed seed), so the curve shows the model changing, not the batches.
+    announce: say after the first batch how long an evaluation takes, if that is long."""
     results = torch.zeros(3)  # train loss, val loss, val bits per byte
     model.eval()
     t0 = time.time()
     for i, split in enumerate(("train", "val")):
         generator = torch.Generator().manual_seed(cfg.seed + 1)
-        nats, text_bytes = 0.0, torch.zeros((), dtype=torch.long, device=device)
-        for first in range(0, cfg.eval_iters, per_forward):
+        losses, text_bytes = torch.zeros(cfg.eval_iters), torch.zeros((), dtype=torch.long, device=device)
+        for k in range(cfg.eval_iters):
             if stop_requested():
                 model.train()
                 return None
-            n = min(per_forward, cfg.eval_iters - first)
-            X, Y = (torch.cat(parts) for parts in zip(*(data.get_batch(split, cfg.batch_size, cfg.block_size, device, generator) for _ in range(n))))
+            X, Y = data.get_batch(split, cfg.batch_size, cfg.block_size, device, generator)
             with ctx:
                 _, loss = model(X, Y)
-            nats += loss.item() * Y.numel()
+            losses[k] = loss.item()
             if split == "val":
                 text_bytes += token_bytes[Y].sum()
-            if announce and i == first == 0:
-                report_eval_time((time.time() - t0) / n, cfg.eval_iters)
-        results[i] = nats / (cfg.eval_iters * cfg.batch_size * cfg.block_size)
+            if announce and i == k == 0:
+                report_eval_time(time.time() - t0, cfg.eval_iters)
+        results[i] = losses.mean()
         if split == "val":
             # nats over every target token / the UTF-8 bytes of their text / ln 2: comparable across tokenizers
-            results[2] = nats / max(text_bytes.item(), 1) / math.log(2)
+            results[2] = losses.sum() * Y.numel() / max(text_bytes.item(), 1) / math.log(2)
     model.train()
     return results
 
