@@ -100,7 +100,7 @@ class Row:
 class Rows:
     """A batch of rows: each one's host facts (Row), and on the device the step's tensors, the KV cache
     and what each generated. Rows join (add) and leave (keep) between steps: the server's batch changes as
-    requests come and go, and generate() drops rows that finished. Every change replaces the device
+    requests come and go, and generate() drops rows that finished. Joining and leaving replace the device
     tensors rather than writing into them, so a CUDA graph that holds the old ones stays valid."""
 
     config: object  # the model's GPTConfig
@@ -113,7 +113,8 @@ class Rows:
     graph: object = None  # the DecodeGraph this batch replays; None after any change
 
     def __post_init__(self):
-        self.state = StepTensors(torch.zeros((0, 1), dtype=torch.long, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device), row_values([], self.vocab_size, self.device))
+        no_rows = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.state = StepTensors(no_rows[:, None], no_rows, row_values([], self.vocab_size, self.device))
         self.cache = KVCache(self.config, 0, self.device)
         self.generated = torch.zeros((0, 0), dtype=torch.long, device=self.device)
 
