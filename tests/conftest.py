@@ -4,6 +4,7 @@ Data comes from ../shared/data (offline copy) or the download, exactly as a user
 The helpers the tests import live in helpers.py; nothing here changes the environment at import.
 """
 
+import os
 import sys
 
 import pytest
@@ -20,8 +21,9 @@ def local_processes():
     And a user's stdout to a pipe or file is block-buffered unless the scripts flush their log lines
     themselves; tests that wait for a log line check that they do."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("PET_LOCAL_ADDR", "127.0.0.1")  # torchrun's --local-addr
-        env.setenv("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")
+        for name, value in (("PET_LOCAL_ADDR", "127.0.0.1"), ("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")):
+            if name not in os.environ:  # torchrun's --local-addr; gloo's interface: a user's own value stays
+                env.setenv(name, value)
         env.delenv("PYTHONUNBUFFERED", raising=False)
         yield
 
