@@ -6,7 +6,8 @@
 It meets the other processes under a store of this attempt's own (torchrun --max-restarts), gives up
 on a connection that does not come (so a restart costs one attempt, not the run), says in one line when
 another process of the run is gone, and destroys the process group at the one moment that cannot
-deadlock. It wraps the model for them (DDP, or FSDP's shards). SIGINT and SIGTERM become stop requests that the training loop honours at the end of a step.
+deadlock. It wraps the model for them (DDP, or FSDP's shards). SIGINT and SIGTERM become stop requests
+that the training loop honours at the end of a step.
 """
 
 import contextlib
