@@ -22,8 +22,9 @@ from nanogpt.config import TrainSettings, gpt_config, load_config
 from nanogpt.data import Dataset, TrainBatches
 from nanogpt.errors import DataError, RunError, SettingError, out_of_memory_as_error, run_main
 from nanogpt.files import check_writable_folder
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
-from nanogpt.model import GPT, architecture_switches
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_config
+from nanogpt.lora import adapter_state, adapters_note, add_adapters, check_lora_resume, check_lora_settings, lora_record, run_lora
+from nanogpt.model import GPT, GPTConfig, architecture_switches
 from nanogpt.system import (
     attention_kernel, autocast_context, check_attention_kernel, check_fp8, float8_training, keep_freed_memory,
     peak_flops, resolve_device, resolve_dtype,
@@ -32,6 +33,7 @@ from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vo
 from nanogpt.training.distributed import catch_stop_signals, processes, resume_command, shard, wrap_model
 from nanogpt.training.evaluation import estimate_loss, format_duration
 from nanogpt.training.lr_schedule import set_learning_rate
+from nanogpt.training.memory_plan import check_memory
 from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
 from nanogpt.training.resume import check_resume_config, full_state, restore_optimizers, restore_random_streams
 from nanogpt.training.step import training_step
@@ -58,6 +60,8 @@ def read_settings(argv):
             f" processes ({world_size}), e.g. --gradient_accumulation_steps={world_size * max(1, cfg.gradient_accumulation_steps // world_size)}"
         )
     gpt_config(cfg, vocab_size=1)  # the model's own shape checks, without building it
+    if cfg.lora_rank:
+        check_lora_settings(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.fp8:
@@ -108,6 +112,7 @@ class Setup:
     model: torch.nn.Module  # compiled where that pays: what evaluates (every call of it stays on this rank)
     train_model: torch.nn.Module  # under DDP the wrapper that all-reduces gradients: what trains
     model_args: dict
+    lora: dict | None  # a LoRA run's adapters and base (nanogpt/lora.py): its checkpoints hold the adapters alone
     optimizers: list
     scaler: torch.amp.GradScaler
     tokens_per_iter: int
@@ -142,7 +147,7 @@ def set_up(cfg, procs):
     data = Dataset(cfg.data_dir, cfg.dataset)
     data.check_length(cfg.block_size)
     batches = TrainBatches(data, cfg.batch_size, cfg.block_size, procs.device, cfg.seed, procs.rank, procs.world_size)
-    model, model_args, checkpoint = build_model(cfg, data, procs)
+    model, model_args, checkpoint = build_model(cfg, data, procs, dtype)
     # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
     scaler = torch.amp.GradScaler(procs.device_type, enabled=(dtype == "float16"))
     if cfg.fsdp:
@@ -154,16 +159,17 @@ def set_up(cfg, procs):
         restore_random_streams(checkpoint, procs, batches, cfg.seed)
         resumed = checkpoint["iter_num"]
         progress = Progress(resumed, checkpoint["best_val_loss"], checkpoint.get("train_seconds", 0.0), saved_iter=resumed, has_checkpoint=True)
-    del checkpoint  # free it before training: it holds a second copy of the model and optimizer
     compiled, train_model = wrap_model(model, cfg, procs)
     setup = Setup(
         cfg=cfg, procs=procs, ctx=autocast_context(procs.device, dtype), data=data, batches=batches,
         token_bytes=torch.tensor(tokenizer_from_meta(data.meta).token_byte_lengths(), device=procs.device),
         raw_model=model, model=compiled, train_model=train_model, model_args=model_args, optimizers=optimizers, scaler=scaler,
+        lora=run_lora(cfg, checkpoint),
         tokens_per_iter=tokens_per_iter, flops_per_iter=model.estimate_flops_per_token() * tokens_per_iter,
         device_peak=peak_flops(procs.device), resumed_at=progress.iter_num if cfg.init_from == "resume" else None,
         plotter=LossPlotter(cfg.out_dir) if procs.master else None, wandb=None, stop_signals=[],
     )
+    del checkpoint  # free it before training: it holds a second copy of the model and optimizer
     wandb = open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None
     return replace(setup, wandb=wandb), progress
 
@@ -175,8 +181,7 @@ def build_optimizers(cfg, procs, model, checkpoint):
     ns_dtype = procs.first(ns_dtype)  # as rank 0 chose: a measured choice could differ between processes
     if procs.master and why:
         print(f"muon: Newton-Schulz in {ns_dtype} ({why})")
-    betas = (cfg.beta1, cfg.beta2)
-    return make_optimizers(model, cfg.weight_decay, cfg.learning_rate, betas, procs.device_type, cfg.optimizer, cfg.muon_lr, ns_dtype)
+    return make_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), procs.device_type, cfg.optimizer, cfg.muon_lr, ns_dtype)
 
 
 def prepare_process(cfg, procs, dtype, tokens_per_iter):
@@ -198,32 +203,33 @@ def prepare_process(cfg, procs, dtype, tokens_per_iter):
         check_writable_folder(cfg.out_dir, "out_dir")
 
 
-def build_model(cfg, data, procs):
+def build_model(cfg, data, procs, dtype):
     """The model to train on this process's device, its constructor arguments, and the checkpoint it
-    resumes (None otherwise)."""
+    resumes (None otherwise). The memory plan comes first (nanogpt/training/memory_plan.py)."""
     if cfg.init_from != "resume" and os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) and not cfg.overwrite:
         raise SettingError(
             f"{cfg.out_dir} already holds a checkpoint; continue it with --init_from=resume,"
             f" choose another --out_dir, or replace it with --overwrite=True"
         )
-    checkpoint = None
+    checkpoint = resumable_checkpoint(cfg, data) if cfg.init_from == "resume" else None
+    if cfg.memory_check != "off":  # the step's memory against the device's, before any weights load
+        scratch_shape = gpt_config(cfg, model_vocab_size(data.meta)) if cfg.init_from == "scratch" else None
+        shape = GPTConfig(**checkpoint["model_args"]) if checkpoint else scratch_shape or pretrained_config(cfg.init_from)
+        check_memory(shape, cfg, dtype, procs, pretrained=checkpoint is None and cfg.init_from != "scratch")
+    if procs.master:
+        print({"scratch": "training a new model from scratch", "resume": f"resuming from {cfg.out_dir}"}.get(cfg.init_from, f"fine-tuning {cfg.init_from}"))
     if cfg.init_from == "scratch":
-        if procs.master:
-            print("training a new model from scratch")
         model = GPT(gpt_config(cfg, model_vocab_size(data.meta)))
     elif cfg.init_from == "resume":
-        if procs.master:
-            print(f"resuming from {cfg.out_dir}")
-        checkpoint = resumable_checkpoint(cfg, data)
-        # the architecture comes from the checkpoint; only dropout may change on resume
-        model = model_from_checkpoint(checkpoint, dropout=cfg.dropout)
+        # the architecture comes from the checkpoint; only dropout (and recomputation) may change on resume
+        model = model_from_checkpoint(checkpoint, merge=False, base_dtype=getattr(torch, dtype), dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
     else:
-        model = pretrained_model(cfg, data)
+        model = pretrained_model(cfg, data, dtype)
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
     model.to(procs.device)
     if procs.master:
-        print(f"model: {model.get_num_params() / 1e6:.2f}M parameters")
+        print(f"model: {model.get_num_params() / 1e6:.2f}M parameters" + adapters_note(model))
     if cfg.fp8:
         swapped = float8_training(model)
         if procs.master:
@@ -238,6 +244,7 @@ def resumable_checkpoint(cfg, data):
     # loaded into CPU memory: on a GPU a second copy of the model and optimizer could run it out of memory
     checkpoint = load_checkpoint(cfg.out_dir)
     check_resume_config(cfg, checkpoint, TrainSettings())
+    check_lora_resume(cfg, checkpoint)
     if not same_vocabulary(checkpoint["tokenizer"], data.meta):
         raise DataError(
             f"the checkpoint in {cfg.out_dir} was trained on {describe_vocabulary(checkpoint['tokenizer'])} but dataset"
@@ -246,8 +253,8 @@ def resumable_checkpoint(cfg, data):
     return checkpoint
 
 
-def pretrained_model(cfg, data):
-    """GPT-2 weights (a name or a Hugging Face folder), after checking they fit the data and settings."""
+def pretrained_model(cfg, data, dtype):
+    """GPT-2 weights (a name or a Hugging Face folder; frozen under adapters with lora_rank), once they fit the data and settings."""
     changed = [f.name for f in architecture_switches() if getattr(cfg, f.name) != f.default]
     if changed:
         raise SettingError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
@@ -258,7 +265,8 @@ def pretrained_model(cfg, data):
             if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
         )
         raise DataError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
-    return gpt_from_pretrained(cfg.init_from, dropout=cfg.dropout)
+    model = gpt_from_pretrained(cfg.init_from, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
+    return add_adapters(model, lora_record(cfg, cfg.init_from), getattr(torch, dtype)) if cfg.lora_rank else model
 
 
 # -- the loop ---------------------------------------------------------------------------------------------
@@ -347,6 +355,8 @@ def save(setup, progress, rank_rng, best=False):
     progress = replace(progress, saved_iter=progress.iter_num, has_checkpoint=True)
     if not setup.procs.master:
         return progress
+    if setup.lora:
+        model_state = adapter_state(model_state)
     checkpoint = {
         "model": model_state, "optimizer": optimizer_states, "scaler": setup.scaler.state_dict(), "model_args": setup.model_args,
         "iter_num": progress.iter_num, "best_val_loss": progress.best_val_loss,
@@ -356,11 +366,13 @@ def save(setup, progress, rank_rng, best=False):
         # the optimizer step and evaluation ran, and none of them draws random numbers
         "rng": capture_rng_state(setup.batches.position),
     }
+    if setup.lora:
+        checkpoint["lora"] = setup.lora
     if setup.procs.ddp:
         checkpoint["rank_rng"] = rank_rng  # every process's streams, gathered at this step
     path = save_checkpoint(cfg.out_dir, checkpoint)
     if best:
-        save_checkpoint(cfg.out_dir, {key: checkpoint[key] for key in MODEL_KEYS}, BEST_NAME)
+        save_checkpoint(cfg.out_dir, {key: checkpoint[key] for key in MODEL_KEYS if key in checkpoint}, BEST_NAME)
     print(f"saved checkpoint to {path}" + (f" and the best model so far to {BEST_NAME}" if best else ""))
     if cfg.keep_checkpoints:
         save_checkpoint(cfg.out_dir, checkpoint, f"ckpt-{progress.iter_num:06d}.pt")

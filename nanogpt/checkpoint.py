@@ -18,7 +18,7 @@ from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
 BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
-MODEL_KEYS = ("model", "model_args", "iter_num", "best_val_loss", "config", "tokenizer")  # best.pt: no optimizer
+MODEL_KEYS = ("model", "model_args", "iter_num", "best_val_loss", "config", "tokenizer", "lora")  # best.pt: no optimizer
 
 
 def save_checkpoint(out_dir, checkpoint, name=CHECKPOINT_NAME):
@@ -104,10 +104,16 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint, **overrides):
-    """Rebuild the GPT a checkpoint was saved from; overrides may change e.g. dropout."""
+def model_from_checkpoint(checkpoint, merge=True, base_dtype=torch.float32, **overrides):
+    """Rebuild the GPT a checkpoint was saved from; overrides may change e.g. dropout. A LoRA run's
+    checkpoint gives its base with the adapters, merged into the weights unless merge=False (to train
+    on, the frozen weights in base_dtype): see nanogpt/lora.py."""
     from nanogpt.model import GPT, GPTConfig
 
+    if "lora" in checkpoint:
+        from nanogpt.lora import model_with_adapters
+
+        return model_with_adapters(checkpoint, merge, base_dtype, **overrides)
     try:
         model = GPT(GPTConfig(**dict(checkpoint["model_args"], **overrides)))
         model.load_state_dict(checkpoint["model"])

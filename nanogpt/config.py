@@ -22,6 +22,7 @@ from nanogpt.model import GPTConfig, architecture_switches
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CHECKPOINTS = ("best", "latest")
+OPTIMIZERS = ("adamw", "muon", "adafactor")
 LARGEST_INT = 2**62  # beyond this a count overflows torch's 64-bit integers somewhere
 
 
@@ -78,7 +79,7 @@ class TrainSettings:
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
     # the architecture switches (rotary, rmsnorm, ...) come from GPTConfig: see with_model_switches
     # optimizer
-    optimizer: str = setting("adamw", "'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest)", choices=("adamw", "muon"))
+    optimizer: str = setting("adamw", "'adamw'; 'muon' (Muon for the blocks' weight matrices, AdamW for the rest); or 'adafactor' (factored second moments, no first: about 4 bytes a parameter less optimizer state than AdamW's 8)", choices=OPTIMIZERS)
     muon_lr: float = setting(0.02, "peak learning rate of Muon's matrices (learning_rate is AdamW's)", within="[0, inf)")
     muon_dtype: str = setting("auto", "Muon's Newton-Schulz number format: 'auto' (bfloat16 where its matmuls are fast: GPUs, CPUs with AVX-512 BF16 or AMX; else float32; a resumed run keeps its checkpoint's), 'bfloat16' or 'float32'", choices=("auto", "bfloat16", "float32"))
     learning_rate: float = setting(6e-4, "peak learning rate", within="[0, inf)")
@@ -104,6 +105,13 @@ class TrainSettings:
     attention: str = setting("auto", "training's attention kernel on CUDA: 'auto' (torch's choice), 'flash', 'cudnn' or 'efficient' (bench/gpu_train.sh times each)", choices=("auto", "flash", "cudnn", "efficient"))
     fused_loss: bool = setting(False, "work out the output head's loss and gradients a slice of tokens at a time, never holding the whole batch's logits (nanogpt/fused_loss.py): less memory")
     fp8: bool = setting(False, "float8 matmuls in the blocks' Linear layers through torchao (NVIDIA compute capability 8.9+, dtype bfloat16; best with compile=True)")
+    # fitting a model in memory (references/training.md, "Memory"): each is off by default
+    lora_rank: int = setting(0, "LoRA: train rank-R adapters beside the pretrained weights, which stay frozen (0: off, every weight trains)", within="[0, 65536]")
+    lora_alpha: float = setting(16.0, "LoRA: the adapters' output is scaled by lora_alpha / lora_rank", within="(0, inf)")
+    lora_targets: str = setting("both", "LoRA: the Linear layers that get adapters: 'attention' (c_attn, c_proj), 'mlp' (c_fc, c_proj) or 'both'", choices=("attention", "mlp", "both"))
+    lora_dropout: float = setting(0.0, "LoRA: dropout on the adapters' input", within="[0, 1)")
+    activation_checkpointing: bool = setting(False, "keep only each block's input in the forward pass and recompute the rest in the backward: the same gradients, less activation memory, about a third more compute")
+    memory_check: str = setting("error", "before the model loads, estimate a training step's memory against the device's free memory: 'error' stops if it does not fit (naming what would), 'warn' goes on, 'off' skips it", choices=("error", "warn", "off"))
     seed: int = setting(1337, "random seed")
 
 

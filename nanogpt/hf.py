@@ -81,12 +81,25 @@ def load_hf_gpt2(name_or_dir):
     return model_args, state
 
 
-def gpt_from_pretrained(name_or_dir, dropout=0.0):
-    """A GPT holding the weights of a Hugging Face GPT-2 (a name such as gpt2-medium, or a folder)."""
+def pretrained_config(name_or_dir):
+    """The GPTConfig of a GPT-2 name or folder, read without loading (or downloading) weights."""
+    from nanogpt.model import GPTConfig
+
+    positions = pretrained_block_size(name_or_dir)  # also checks the name or folder
+    if not Path(name_or_dir).is_dir():
+        return GPTConfig(block_size=positions, vocab_size=50257, bias=True, **GPT2_SIZES[name_or_dir])
+    hf = json.loads((Path(name_or_dir) / "config.json").read_text(encoding="utf-8"))
+    shape = {key: hf.get(key, GPTConfig.__dataclass_fields__[key].default) for key in ("n_layer", "n_head", "n_embd", "vocab_size")}
+    return GPTConfig(block_size=positions, bias=True, **shape)
+
+
+def gpt_from_pretrained(name_or_dir, **overrides):
+    """A GPT holding the weights of a Hugging Face GPT-2 (a name such as gpt2-medium, or a folder);
+    overrides may change e.g. dropout."""
     from nanogpt.model import GPT, GPTConfig
 
     model_args, state = load_hf_gpt2(name_or_dir)
-    model = GPT(GPTConfig(**dict(model_args, dropout=dropout)))
+    model = GPT(GPTConfig(**dict(model_args, **overrides)))
     model.load_state_dict(state)
     return model
 

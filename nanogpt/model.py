@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from torch.nn import functional as F
 
 from nanogpt import cpu_dropout
@@ -38,6 +39,8 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a little faster
+    # training keeps only each block's input and recomputes the rest in backward: same numbers, less memory
+    activation_checkpointing: bool = False
     # modern-recipe switches, declared here only: a model with none of them set is a GPT-2
     rotary: bool = switch(False, "rotary position embeddings instead of a learned position table", gpt2_format=False)
     rmsnorm: bool = switch(False, "RMSNorm (scale only, no mean) instead of LayerNorm", gpt2_format=False)
@@ -243,8 +246,12 @@ class GPT(nn.Module):
         else:
             x = x + self.transformer.wpe(positions)
         x = dropout(x, self.config.dropout, self.training)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer, rotary)
+            if recompute:  # the RNG state is kept, so a recomputed dropout draws the same mask
+                x = torch.utils.checkpoint.checkpoint(block, x, cache, layer, rotary, use_reentrant=False)
+            else:
+                x = block(x, cache, layer, rotary)
         x = self.transformer.ln_f(x)
         if fused_loss and targets is not None and torch.is_grad_enabled():
             return None, linear_cross_entropy(x, self.lm_head.weight, targets, self.config.logit_softcap)
@@ -267,7 +274,8 @@ class GPT(nn.Module):
         if self.config.rotary:
             self.rotary_cos, self.rotary_sin = self.rotary_cos[:block_size], self.rotary_sin[:block_size]
         else:
-            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+            wpe = self.transformer.wpe.weight
+            self.transformer.wpe.weight = nn.Parameter(wpe[:block_size], requires_grad=wpe.requires_grad)
 
     def estimate_flops_per_token(self):
         """Training FLOPs per token (forward + backward), following the PaLM paper, appendix B."""

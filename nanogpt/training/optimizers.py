@@ -15,6 +15,10 @@ def make_optimizers(model, weight_decay, learning_rate, betas, device_type, opti
     muon: Muon for the 2-D weight matrices inside the blocks (it orthogonalises each update, so
     every direction of a matrix learns at the same rate), AdamW for embeddings, head and vectors;
     ns_dtype is its Newton–Schulz number format (see newton_schulz_dtype).
+    adafactor: torch's Adafactor for everything, for when memory is short: it keeps no first moment and
+    a matrix's second moment as one row and one column, almost no state against AdamW's 8 bytes a
+    parameter. Its step is relative: lr times the RMS of the weight it changes.
+    Only parameters that require gradients are optimised (a LoRA run's adapters).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden_matrices = [p for n, p in named if n.startswith("transformer.h.") and p.dim() == 2]
@@ -25,6 +29,8 @@ def make_optimizers(model, weight_decay, learning_rate, betas, device_type, opti
         {"params": [p for p in adam_params if p.dim() >= 2], "weight_decay": weight_decay, "base_lr": learning_rate},
         {"params": [p for p in adam_params if p.dim() < 2], "weight_decay": 0.0, "base_lr": learning_rate},
     ]
+    if optimizer == "adafactor":
+        return [torch.optim.Adafactor(groups, lr=learning_rate)]
     # the fused kernel updates every tensor in one pass instead of a dozen small ops per tensor
     # (on a 2-core CPU it cut the optimizer step from 1.8 to 0.6 ms for the CPU config's model)
     use_fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
