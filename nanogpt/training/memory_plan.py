@@ -14,7 +14,9 @@ one block's worth for its recomputation. FSDP divides weights, gradients and opt
 number of processes.
 The peak: gradients are made while activations are freed, so a step peaks at weights + optimizer state
 + the larger of the two; with gradient accumulation the next micro-batch's activations stand beside
-the gradients, and it peaks at the sum.
+the gradients, and it peaks at the sum. (Adafactor's step adds two temporaries of its largest matrix.)
+These are the bytes of the tensors; an allocator holds more: on the CPU, train.py's heap (see
+nanogpt/system.py: keep_freed_memory) keeps what it frees, up to a third more resident memory measured.
 """
 
 import math
@@ -132,7 +134,10 @@ def plan_memory(config, cfg, dtype, device, world_size=1, free=None):
         weights, gradients, optimizer = (-(-b // world_size) for b in (weights, gradients, optimizer))
     activations = activation_bytes(config, cfg, dtype, device.split(":")[0])
     accumulating = cfg.gradient_accumulation_steps // world_size > 1
-    peak = weights + optimizer + (gradients + activations if accumulating else max(gradients, activations))
+    # Adafactor works a matrix at a time through full-size temporaries: about two of the largest
+    step_temporaries = 8 * max(math.prod(s) for s in trained.values()) if cfg.optimizer == "adafactor" else 0
+    backward = gradients + activations if accumulating else activations
+    peak = weights + optimizer + max(backward, gradients + step_temporaries)
     return MemoryPlan(weights, gradients, optimizer, activations, peak, n_params, n_trained, free, device)
 
 
