@@ -16,15 +16,17 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import DTYPES, gpt_config, load_config, setting, train_setting, with_model_switches
+from nanogpt.config import DTYPES, TrainSettings, gpt_config, load_config, setting, train_setting, with_model_switches
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError, run_main
+from nanogpt.lora import add_adapters, adapters_note, check_peft, lora_record
 from nanogpt.model import GPT, architecture_switches
 from nanogpt.system import (
-    attention_kernel, autocast_context, check_attention_kernel, check_fp8, compile_model, float8_training, keep_freed_memory,
-    peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
+    attention_kernel, autocast_context, check_attention_kernel, check_fp8, compile_model, current_memory_mb, float8_training,
+    keep_freed_memory, peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
 )
 from nanogpt.tokenizer import model_vocab_size
+from nanogpt.training.memory_plan import available_memory, plan_memory, plan_table
 from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
 from nanogpt.training.step import training_step
 
@@ -41,7 +43,7 @@ class BenchSettings:
     dropout: float = setting(0.0, "dropout rate (the spec's char model trains with 0.2)", within="[0, 1)")
     gradient_accumulation_steps: int = setting(1, "micro-batches per step, as train.py's", within="[1, 100000]")
     grad_clip: float = setting(1.0, "clip the gradient norm at this value (0: no clipping), as train.py", within="[0, inf)")
-    optimizer: str = setting("adamw", "'adamw', or 'muon' for the blocks' matrices (AdamW for the rest)", choices=("adamw", "muon"))
+    optimizer: str = train_setting("optimizer")
     real_data: bool = setting(True, "draw batches from data_dir/dataset/train.bin; False: random tokens")
     dataset: str = setting("openwebtext", "prepared dataset to draw batches from")
     data_dir: str = setting("data", "folder holding the dataset folders")
@@ -55,6 +57,11 @@ class BenchSettings:
     attention: str = train_setting("attention")
     fused_loss: bool = train_setting("fused_loss")
     fp8: bool = train_setting("fp8")
+    activation_checkpointing: bool = train_setting("activation_checkpointing")
+    lora_rank: int = setting(0, "LoRA adapters of this rank on every block (on random weights, frozen), as a fine-tune with lora_rank trains", within="[0, 65536]")
+    lora_alpha: float = train_setting("lora_alpha")
+    lora_targets: str = train_setting("lora_targets")
+    lora_dropout: float = train_setting("lora_dropout")
     seed: int = setting(1337, "random seed")
 
 
@@ -67,6 +74,8 @@ def read_settings(argv):
     if cfg.fp8:
         check_fp8(device, dtype)
     check_attention_kernel(cfg.attention, device)
+    if cfg.lora_rank:
+        check_peft()
     return cfg
 
 
@@ -87,17 +96,24 @@ def batch_source(cfg, device):
 
 
 def build(cfg, device, dtype, vocab_size):
-    """The model as train.py builds it, its optimizers, and a line about what differs from GPT-2."""
-    model = GPT(gpt_config(cfg, vocab_size)).to(device)
+    """The model as train.py builds it (its memory plan first), its optimizers, and a line about what
+    differs from GPT-2."""
+    # the plan takes train.py's settings: bench.py's, the rest at train.py's defaults
+    plan_settings = TrainSettings(**{key: getattr(cfg, key) for key in TrainSettings.__dataclass_fields__ if hasattr(cfg, key)})
+    print(plan_table(plan_memory(gpt_config(cfg, vocab_size), plan_settings, dtype, device, free=available_memory(device)), plan_settings, dtype))
+    model = GPT(gpt_config(cfg, vocab_size))
+    if cfg.lora_rank:
+        add_adapters(model, lora_record(cfg, "random weights"), getattr(torch, dtype))
+    model.to(device)
     if cfg.fp8:
         print(f"fp8: {float8_training(model)} Linear layers run their matmuls in float8")
     ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, device) if cfg.optimizer == "muon" else ("bfloat16", "")
     optimizers = make_optimizers(model, 0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr, ns_dtype)
     print(
-        f"{model.get_num_params() / 1e6:.1f}M parameters, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
+        f"{model.get_num_params() / 1e6:.1f}M parameters{adapters_note(model)}, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
         f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}" + (f"; Newton-Schulz in {ns_dtype} ({why})" if why else "")
     )
-    switches = [f.name for f in architecture_switches()] + ["attention", "fused_loss"]
+    switches = [f.name for f in architecture_switches()] + ["attention", "fused_loss", "activation_checkpointing"]
     changed = [f"{key}={getattr(cfg, key)}" for key in switches if getattr(cfg, key) != BenchSettings.__dataclass_fields__[key].default]
     if changed:
         print(f"changed from GPT-2: {', '.join(changed)}")
@@ -142,13 +158,18 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     vocab_size, get_batch = batch_source(cfg, device)
+    memory_before = current_memory_mb(device)
     model, optimizers = build(cfg, device, dtype, vocab_size)
     with attention_kernel(cfg.attention):
         seconds = time_steps(cfg, model, optimizers, device, dtype, get_batch)
     tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     achieved = model.estimate_flops_per_token() * tokens * cfg.iters / seconds
     print(f"time per iteration: {seconds / cfg.iters * 1000:.2f} ms, {tokens * cfg.iters / seconds:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
-    print(f"peak memory of the timed steps: {peak_memory_mb(device):,.0f} MiB ({'allocated by torch' if device.startswith('cuda') else 'resident set'})")
+    peak_mb = peak_memory_mb(device)
+    print(
+        f"peak memory of the timed steps: {peak_mb:,.0f} MiB ({'allocated by torch' if device.startswith('cuda') else 'resident set'}),"
+        f" {peak_mb - memory_before:,.0f} MiB above the process before the model was built"
+    )
     peak = peak_flops(device)
     if peak is None:
         print(f"MFU: n/a (no peak FLOPS known for {device})")

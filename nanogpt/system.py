@@ -83,14 +83,27 @@ def reset_peak_memory(device):
         Path("/proc/self/clear_refs").write_text("5")  # restarts VmHWM from the current size
 
 
+def current_memory_mb(device):
+    """Memory in use now, as peak_memory_mb counts it: torch's allocated bytes on CUDA, the resident set
+    on the CPU (Linux; NaN elsewhere), in MiB."""
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated() / 2**20
+    return process_status_mb("VmRSS")
+
+
 def peak_memory_mb(device):
     """Peak since reset_peak_memory(): torch's allocated bytes on CUDA, the resident set size on the CPU
     (Linux; NaN elsewhere), in MiB."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
+    return process_status_mb("VmHWM")
+
+
+def process_status_mb(key):
+    """A memory figure of /proc/self/status (VmRSS, VmHWM) in MiB; NaN where there is none."""
     status = Path("/proc/self/status")
     for line in status.read_text().splitlines() if status.is_file() else []:
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

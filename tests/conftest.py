@@ -46,6 +46,15 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def bpe_data_dir(tmp_path_factory):
+    """A data folder holding shakespeare in GPT-2 BPE tokens, prepared by the real prepare script."""
+    root = tmp_path_factory.mktemp("bpe")
+    result = run_script("data/shakespeare/prepare.py", f"--out_dir={root / 'shakespeare'}")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
 def hf_gpt2_dir(tmp_path_factory):
     """A randomly initialised small GPT-2 saved the way Hugging Face models are (save_pretrained)."""
     transformers = pytest.importorskip("transformers")

@@ -29,14 +29,6 @@ def test_imported_weights_give_the_same_logits(hf_gpt2_dir):
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
 
-@pytest.fixture(scope="session")
-def bpe_data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bpe")
-    result = run_script("data/shakespeare/prepare.py", f"--out_dir={root / 'shakespeare'}")
-    assert result.returncode == 0, result.stderr
-    return root
-
-
 @pytest.mark.slow
 def test_shakespeare_bpe_counts_and_roundtrip(bpe_data_dir):
     folder = bpe_data_dir / "shakespeare"

@@ -90,6 +90,8 @@ def activation_bytes(config, cfg, dtype, device_type):
     per_token += 14 * config.qk_norm + 3 * act * config.rotary + 8 * config.rmsnorm
     if cfg.dropout > 0:
         per_token += 2 * (act if device_type == "cpu" else 1)  # a mask each for two dropouts a block
+    if cfg.lora_rank and cfg.lora_dropout > 0:  # each adapter's dropped-out copy of its layer's input (and mask)
+        per_token += sum(4 if layer == "mlp.c_proj" else 1 for layer in LORA_LAYERS[cfg.lora_targets]) * (act + 0.5)
     per_block = B * T * C * per_token
     if cfg.dropout > 0 and device_type == "cpu":
         per_block += B * config.n_head * T * T * 5 // 8  # cpu_dropout's attention keeps its mask: a byte a score it computes
