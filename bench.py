@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import DTYPES, TrainSettings, gpt_config, load_config, setting, train_setting, with_model_switches
+from nanogpt.config import DTYPES, as_train_settings, gpt_config, load_config, setting, train_setting, with_model_switches
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError, run_main
 from nanogpt.lora import add_adapters, adapters_note, check_peft, lora_record
@@ -98,8 +98,7 @@ def batch_source(cfg, device):
 def build(cfg, device, dtype, vocab_size):
     """The model as train.py builds it (its memory plan first), its optimizers, and a line about what
     differs from GPT-2."""
-    # the plan takes train.py's settings: bench.py's, the rest at train.py's defaults
-    plan_settings = TrainSettings(**{key: getattr(cfg, key) for key in TrainSettings.__dataclass_fields__ if hasattr(cfg, key)})
+    plan_settings = as_train_settings(cfg)
     print(plan_table(plan_memory(gpt_config(cfg, vocab_size), plan_settings, dtype, device, free=available_memory(device)), plan_settings, dtype))
     model = GPT(gpt_config(cfg, vocab_size))
     if cfg.lora_rank:

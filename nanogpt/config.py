@@ -115,6 +115,12 @@ class TrainSettings:
     seed: int = setting(1337, "random seed")
 
 
+def as_train_settings(cfg):
+    """TrainSettings holding another script's values of the keys it shares with train.py (bench.py's),
+    the rest at train.py's defaults: for what takes a run's settings, such as the memory plan."""
+    return TrainSettings(**{key: getattr(cfg, key) for key in TrainSettings.__dataclass_fields__ if hasattr(cfg, key)})
+
+
 def train_setting(name):
     """TrainSettings' key `name` (default, meaning, limits), for another script that takes it too."""
     declared = TrainSettings.__dataclass_fields__[name]
