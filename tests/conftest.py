@@ -36,22 +36,24 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A data folder holding shakespeare_char, prepared by the real prepare script."""
-    root = tmp_path_factory.mktemp("data")
-    result = run_script("data/shakespeare_char/prepare.py", f"--out_dir={root / 'shakespeare_char'}")
+def prepared(tmp_path_factory, dataset):
+    """A data folder holding `dataset`, prepared by its real prepare script."""
+    root = tmp_path_factory.mktemp(dataset)
+    result = run_script(f"data/{dataset}/prepare.py", f"--out_dir={root / dataset}")
     assert result.returncode == 0, result.stderr
     return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A data folder holding shakespeare_char."""
+    return prepared(tmp_path_factory, "shakespeare_char")
 
 
 @pytest.fixture(scope="session")
 def bpe_data_dir(tmp_path_factory):
-    """A data folder holding shakespeare in GPT-2 BPE tokens, prepared by the real prepare script."""
-    root = tmp_path_factory.mktemp("bpe")
-    result = run_script("data/shakespeare/prepare.py", f"--out_dir={root / 'shakespeare'}")
-    assert result.returncode == 0, result.stderr
-    return root
+    """A data folder holding shakespeare in GPT-2 BPE tokens."""
+    return prepared(tmp_path_factory, "shakespeare")
 
 
 @pytest.fixture(scope="session")

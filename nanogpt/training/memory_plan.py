@@ -16,7 +16,7 @@ The peak: gradients are made while activations are freed, so a step peaks at wei
 + the larger of the two; with gradient accumulation the next micro-batch's activations stand beside
 the gradients, and it peaks at the sum. (Adafactor's step adds two temporaries of its largest matrix.)
 These are the bytes of the tensors; an allocator holds more: on the CPU, train.py's heap (see
-nanogpt/system.py: keep_freed_memory) keeps what it frees, up to a third more resident memory measured.
+nanogpt/system.py: keep_freed_memory) keeps what it frees for the next step (bench/README.md).
 """
 
 import math
