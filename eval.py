@@ -115,8 +115,9 @@ def main():
     eot = getattr(tokenizer, "eot_token", None)
     if eot is not None:
         ids = np.concatenate([[eot], np.asarray(ids, dtype=np.int64)])  # so the text's first token is scored too
-    if len(ids) < 2:
-        raise DataError(f"{source} is too short to score: it needs at least {3 - (eot is not None)} tokens")
+    if len(ids) < 2:  # a token to predict and one to predict it from
+        needed = 1 if eot is not None else 2
+        raise DataError(f"{source} is too short to score: it needs at least {needed} token{'s' if needed > 1 else ''}")
     token_bytes = torch.tensor(tokenizer.token_byte_lengths())
     nats, tokens, text_bytes = score(model, ids, token_bytes, stride, cfg.batch_size, device)
     print(f"{source}: {tokens:,} tokens, {text_bytes:,} bytes scored (context {model.config.block_size}, stride {stride})")

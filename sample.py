@@ -21,6 +21,7 @@ from nanogpt.config import SampleSettings, load_config
 from nanogpt.generation.engine import Engine, context_start, inference_model
 from nanogpt.generation.sampling import Sampling
 from nanogpt.errors import DataError, SettingError, WriteError, run_main
+from nanogpt.files import read_utf8
 from nanogpt.system import resolve_device, resolve_dtype
 
 
@@ -46,7 +47,7 @@ def read_prompt(start):
     path = Path(start[len("FILE:") :])
     if not path.is_file():
         raise DataError(f"prompt file {path} not found")
-    return path.read_text(encoding="utf-8")
+    return read_utf8(path, "prompt file")
 
 
 def read_prompts_file(path, tokenizer):
@@ -55,7 +56,7 @@ def read_prompts_file(path, tokenizer):
     if not path.is_file():
         raise DataError(f"prompts file {path} not found")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path, "prompts file").splitlines(), start=1):
         if not line.strip():
             continue
         text = line

@@ -22,7 +22,7 @@ from nanogpt.config import TrainSettings, gpt_config, load_config
 from nanogpt.data import Dataset, TrainBatches
 from nanogpt.errors import DataError, RunError, SettingError, out_of_memory_as_error, run_main
 from nanogpt.files import check_writable_folder
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size, pretrained_config
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, not_a_model, pretrained_block_size, pretrained_config
 from nanogpt.lora import adapter_state, adapters_note, add_adapters, check_lora_resume, check_lora_settings, lora_record, run_lora
 from nanogpt.model import GPT, GPTConfig, architecture_switches
 from nanogpt.system import (
@@ -49,7 +49,7 @@ def read_settings(argv):
     cfg = load_config(TrainSettings, argv)
     if cfg.init_from not in ("scratch", "resume", "auto"):
         if not is_pretrained_source(cfg.init_from):
-            raise SettingError(f"unknown init_from {cfg.init_from!r}; use 'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
+            raise not_a_model(cfg.init_from, "'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
         pretrained_positions = pretrained_block_size(cfg.init_from)  # also checks the name or folder
         if cfg.block_size > pretrained_positions:
             raise SettingError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
@@ -77,7 +77,7 @@ def main():
         cfg = replace(cfg, init_from="resume" if os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) else "scratch")
     out_of_memory = (
         f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
-        f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), or lower --block_size"
+        f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), lower --block_size, or make the model smaller"
     )
     with processes(cfg) as procs, attention_kernel(cfg.attention), out_of_memory_as_error(out_of_memory):
         train(cfg, procs)

@@ -5,7 +5,9 @@ with torch.save and read back with torch.load(weights_only=True), which refuses 
 checkpoint from a stranger cannot run code on load.
 """
 
+import pickle
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 from nanogpt.errors import CheckpointError, SettingError, first_line
 from nanogpt.files import write_atomically
-from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, pretrained_block_size
+from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, not_a_model, pretrained_block_size
 from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
@@ -93,6 +95,12 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
         raise CheckpointError(f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py config/train_shakespeare_char.py, or pass --out_dir=FOLDER")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, which would run whatever the file holds: never
+        raise CheckpointError(
+            f"{path} could not be loaded safely: it is not a nanogpt checkpoint (it holds objects other than tensors and"
+            f" plain values, which could run code when loaded, or it is damaged); nanogpt does not load such files"
+        ) from None
     except Exception as e:
         raise CheckpointError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line(e)})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
@@ -101,6 +109,8 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
         raise CheckpointError(f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program")
     checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
     checkpoint["path"] = str(path)  # where it was read from, for messages; not saved
+    if which == "best" and path.name == CHECKPOINT_NAME:
+        print(f"note: {out_dir} holds no {BEST_NAME} (a run of an older version); reading {CHECKPOINT_NAME}", file=sys.stderr)
     return checkpoint
 
 
@@ -128,7 +138,7 @@ def check_model_source(init_from):
     if init_from == "resume":
         return
     if not is_pretrained_source(init_from):
-        raise SettingError(f"unknown init_from {init_from!r}; use 'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
+        raise not_a_model(init_from, "'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
     pretrained_block_size(init_from)  # checks the name or folder
 
 

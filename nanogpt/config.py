@@ -208,6 +208,8 @@ def _unknown_key(key, config_cls, where):
 def _read_config_file(path):
     """Run a config file and return the settings it assigns (module-level names without a leading _)."""
     p = Path(path)
+    if p.is_dir():
+        raise SettingError(f"config file {path} is a folder; name a file in it (config files live in config/, e.g. config/train_shakespeare_char.py)")
     if not p.is_file():
         raise SettingError(f"config file {path} not found (config files live in config/, e.g. config/train_shakespeare_char.py)")
     namespace = {}

@@ -19,7 +19,7 @@ import torch
 
 from nanogpt.config import setting
 from nanogpt.errors import DataError, SettingError
-from nanogpt.files import REPO_ROOT, check_writable_folder, shared_data_dir, write_atomically
+from nanogpt.files import REPO_ROOT, check_writable_folder, hold_folder, read_utf8, shared_data_dir, write_atomically
 from nanogpt.tokenizer import BPE_FILE, GPT2_VOCAB_SIZE, BPETokenizer, CharTokenizer, GPT2Tokenizer, check_meta, train_bpe
 
 def find_source_text(given, local_path, shared_relative, url):
@@ -47,12 +47,9 @@ def find_source_text(given, local_path, shared_relative, url):
 
 
 def read_text(path):
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text") from None
+    text = read_utf8(path, "text file")
     if not text:
-        raise DataError(f"{path} is empty; put the training text in it")
+        raise DataError(f"{path} is empty: there is no text in it")
     return text
 
 
@@ -65,6 +62,7 @@ def write_dataset(out_dir, train_ids, val_ids, meta, tokenizer_json=None):
     """Write train.bin, val.bin, meta.json (and a bpe dataset's tokenizer.json), all or none; meta
     gets the id dtype added."""
     out_dir = Path(out_dir)
+    hold_folder(out_dir, "out_dir")  # one writer at a time
     meta = dict(meta, dtype=token_dtype(meta["vocab_size"]))
     train, val = (np.asarray(ids, dtype=meta["dtype"]) for ids in (train_ids, val_ids))
     files = {
@@ -196,6 +194,13 @@ class Dataset:
                 raise DataError(f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run {prepare_command(name)}")
         self.meta = load_meta(self.dir)
         self.dtype = np.dtype(self.meta["dtype"])
+        for split in ("train", "val"):
+            size = (self.dir / f"{split}.bin").stat().st_size
+            if size % self.dtype.itemsize:
+                raise DataError(
+                    f"{self.dir / f'{split}.bin'} has {size:,} bytes, not a whole number of {self.dtype} tokens: it is damaged;"
+                    f" prepare it again ({prepare_command(name)})"
+                )
 
     def tokens(self, split):
         # a fresh memmap per call: a long-lived one keeps every page it touched and slowly fills RAM
@@ -205,7 +210,7 @@ class Dataset:
         for split in ("train", "val"):
             n = len(self.tokens(split))
             if n <= block_size:
-                raise DataError(f"the {split} split of {self.dir} has {n} tokens, not more than block_size {block_size}; use a smaller --block_size or more text")
+                raise DataError(f"the {split} split of {self.dir} has {n} token{'s' if n != 1 else ''}, not more than block_size {block_size}; use a smaller --block_size or more text")
 
     def get_batch(self, split, batch_size, block_size, device, generator, rank=0, world_size=1):
         """batch_size random windows: x is block_size tokens, y the same shifted one to the right.

@@ -5,6 +5,7 @@ Scripts run their main() through run_main, which prints that sentence (never a t
 """
 
 import contextlib
+import os
 import sys
 
 
@@ -55,7 +56,8 @@ def is_out_of_memory(error):
     torch = sys.modules.get("torch")  # a script that never imported torch has no torch error to recognise
     if isinstance(error, MemoryError) or torch is not None and isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory", "can't allocate memory"))
+    # a tensor whose byte count overflows 64 bits is one no memory could hold
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory", "can't allocate memory", "Storage size calculation overflowed"))
 
 
 @contextlib.contextmanager
@@ -87,3 +89,7 @@ def run_main(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader of stdout went away (`... | head`): nothing more to say to it, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -29,6 +29,13 @@ def is_pretrained_source(init_from):
     return init_from in GPT2_SIZES or init_from.startswith("gpt2") or Path(init_from).is_dir()
 
 
+def not_a_model(init_from, usage):
+    """The error for an init_from that names no model; a path to a folder that is not there says so."""
+    if "/" in init_from or os.sep in init_from or init_from.startswith("."):
+        return SettingError(f"init_from {init_from}: no such folder; give a Hugging Face model folder that exists (saved with save_pretrained or export.py), or a GPT-2 name")
+    return SettingError(f"unknown init_from {init_from!r}; use {usage}")
+
+
 def pretrained_block_size(name_or_dir):
     """The context length of a GPT-2 name or folder, read without loading (or downloading) weights;
     also checks that the folder holds a GPT-2."""

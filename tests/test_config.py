@@ -1,6 +1,7 @@
 import re
 
 import pytest
+import torch
 
 from helpers import REPO
 from nanogpt.config import SampleSettings, TrainSettings, help_text, load_config
@@ -145,3 +146,28 @@ def test_a_training_config_serves_a_script_that_ignores_train_keys(tmp_path):
     assert cfg.n_layer == 3 and cfg.rotary is True and not hasattr(cfg, "out_dir")
     with pytest.raises(SettingError, match="unknown config key 'n_layrs'"):  # a key of neither is still refused
         load_config(bench.BenchSettings, [write(tmp_path, "out_dir = 'x'\nn_layrs = 3\n")], ignore_train_keys=True)
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from nanogpt.files import write_atomically
+
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+
+    def interrupted(f):
+        f.write(b"new, half written")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically({target: interrupted}, 100)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_seeds_beyond_32_bits_draw_streams_of_their_own():
+    from nanogpt.generation.sampling import mix32, stream_key, uniform_noise
+
+    assert stream_key(1) == mix32(1) and stream_key(-5) == mix32(-5 & 0xFFFFFFFF)  # 32-bit seeds: as before
+    keys = [stream_key(seed) for seed in (1, 2**32 + 1, 2**33 + 1, -(2**32) - 1)]
+    assert len(set(keys)) == 4
+    draws = [uniform_noise(torch.tensor([k]), torch.tensor([0]), 50) for k in keys[:2]]
+    assert not torch.equal(draws[0], draws[1])

@@ -1,7 +1,11 @@
+import random
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from helpers import assert_user_error, run_script
+from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
 
 SEP = "---------------\n"
 
@@ -78,3 +82,39 @@ def test_corrupt_checkpoint(tmp_path, trained_run):
     data = (out_dir / "ckpt.pt").read_bytes()
     (tmp_path / "ckpt.pt").write_bytes(data[: len(data) // 2])
     assert_user_error(sample(tmp_path), "could not be loaded safely")
+
+
+@pytest.mark.slow
+def test_a_prompt_file_that_is_not_utf8_is_one_line(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("ROMÉO:\n".encode("latin-1"))
+    assert_user_error(sample(out_dir, f"--start=FILE:{path}"), f"prompt file {path} is not UTF-8 text")
+    assert_user_error(sample(out_dir, f"--prompts={path}"), f"prompts file {path} is not UTF-8 text")
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_early_ends_no_traceback(trained_run):
+    out_dir, _ = trained_run
+    command = f"{sys.executable} sample.py --out_dir={out_dir} --device=cpu --num_samples=1 --stream=True --max_new_tokens=3000 | head -c 20"
+    result = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    assert len(result.stdout) == 20 and "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr
+
+
+def test_random_bytes_are_refused_without_advice_to_load_them_unsafely(tmp_path):
+    from nanogpt.checkpoint import load_checkpoint
+    from nanogpt.errors import CheckpointError
+
+    (tmp_path / "ckpt.pt").write_bytes(random.Random(0).randbytes(5000))  # what torch calls a failed weights-only load
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path)
+    assert "could not be loaded safely" in str(refused.value) and "weights_only" not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_a_run_without_best_pt_is_read_from_ckpt_pt_and_says_so(trained_run, tmp_path, capsys):
+    from nanogpt.checkpoint import load_checkpoint
+
+    (tmp_path / "ckpt.pt").write_bytes((trained_run[0] / "ckpt.pt").read_bytes())
+    assert load_checkpoint(tmp_path, "best")["path"] == str(tmp_path / "ckpt.pt")
+    assert f"note: {tmp_path} holds no best.pt" in capsys.readouterr().err

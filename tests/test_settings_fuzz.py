@@ -148,7 +148,7 @@ END_TO_END = [
     ("train.py", ["--block_size=99999999999999999999"], "block_size is too large"),
     ("train.py", ["--n_embd=100", "--n_head=3"], "n_embd (100) must be divisible by n_head (3)"),
     ("train.py", ["--init_from=gpt2", "--block_size=2048"], "block_size 2048 is larger than the 1024 positions"),
-    ("train.py", ["--optimizer=sgd"], "unknown optimizer 'sgd'; use adamw or muon"),
+    ("train.py", ["--optimizer=sgd"], "unknown optimizer 'sgd'; use adamw, muon or adafactor"),
     ("train.py", ["--out_dir=/proc/forbidden/run"], "cannot create out_dir /proc/forbidden/run"),
     ("train.py", ["--compile=maybe"], "--compile expects bool or None"),
     ("train.py", ["--attention=flash"], "attention='flash' picks among CUDA attention kernels; leave it 'auto' on cpu"),

@@ -161,3 +161,22 @@ def test_training_goes_on_without_matplotlib(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("loss.png is not drawn: matplotlib is not installed") == 1
     assert (out / CHECKPOINT_NAME).is_file() and not (out / "loss.png").exists()
+
+
+def test_inputs_that_once_ended_in_a_traceback_are_one_line(data_dir, tmp_path):
+    """Values each settings check accepts, but the run cannot use (issue 24, items 5, 6 and 9)."""
+    train = ("train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'o'}")
+    assert_user_error(run_script(*train, f"--data_dir={data_dir}", "--n_embd=2305843009213693952", "--n_head=1"), "a training step needs about")
+    too_large = run_script(*train, f"--data_dir={data_dir}", "--n_embd=2305843009213693952", "--n_head=1", "--memory_check=off")
+    assert_user_error(too_large, "out of memory with batch_size=16", "or make the model smaller")
+    assert_user_error(run_script(*train, f"--data_dir={data_dir}", "--batch_size=2305843009213693952"), "a training step needs about")
+    damaged = tmp_path / "d" / "shakespeare_char"
+    shutil.copytree(data_dir / "shakespeare_char", damaged)
+    with open(damaged / "train.bin", "ab") as f:
+        f.write(b"\0")  # half a token
+    assert_user_error(run_script(*train, f"--data_dir={tmp_path / 'd'}"), "train.bin has 2,007,709 bytes, not a whole number of uint16 tokens")
+    assert_user_error(run_script("train.py", "config"), "config file config is a folder")
+    assert_user_error(run_script(*train, f"--data_dir={data_dir}", f"--init_from={tmp_path / 'no-such-model'}"), "no such folder")
+    assert not (tmp_path / "o").exists()
+    assert_user_error(run_script("data/shakespeare_char/prepare.py", "--input=/proc/self/mem", f"--out_dir={tmp_path / 'p'}"), "cannot read text file /proc/self/mem")
+    assert_user_error(run_script("bench.py", "--device=cpu", "--real_data=False", "--batch_size=2305843009213693952"), "out of memory")

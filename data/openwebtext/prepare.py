@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 from nanogpt.config import load_config, setting  # noqa: E402
 from nanogpt.data import shown_path, token_dtype  # noqa: E402
 from nanogpt.errors import DataError, UnavailableError, run_main  # noqa: E402
-from nanogpt.files import check_writable_folder, write_atomically  # noqa: E402
+from nanogpt.files import check_writable_folder, hold_folder, write_atomically  # noqa: E402
 from nanogpt.tokenizer import GPT2Tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -133,6 +133,7 @@ def main():
     meta = '{"tokenizer": "gpt2", "vocab_size": %d, "dtype": "%s"}\n' % (tokenizer.vocab_size, dtype)
     writers[out_dir / "meta.json"] = lambda f: f.write(meta.encode())
     # all three files or none: a full disk or a crash never leaves a half-written or mismatched set
+    hold_folder(out_dir, "out_dir")  # and one writer at a time
     write_atomically(writers, total * np.dtype(dtype).itemsize)
     seconds = time.time() - t0
     print(f"{total:,} tokens in {seconds:.1f} s: {total / seconds:,.0f} tokens/s with num_proc={args.num_proc}; written to {shown_path(out_dir)}")

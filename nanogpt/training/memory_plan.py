@@ -49,13 +49,25 @@ class MemoryPlan:
 
 
 def model_shapes(config):
-    """{name: shape} of the model's parameters (a tied head counted once), built on the meta device:
-    no memory, no weights."""
-    from nanogpt.model import GPT
-
-    with torch.device("meta"):
-        model = GPT(config)
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+    """{name: shape} of the parameters GPT(config) has (a tied head counted once), from the config alone:
+    nothing is built (tests/test_memory.py holds them equal to the model's for every switch)."""
+    C, V = config.n_embd, config.vocab_size
+    norm = {"weight": (C,), **({"bias": (C,)} if config.bias and not config.rmsnorm else {})}
+    linears = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C), "mlp.c_proj": (C, 4 * C)}
+    shapes = {"transformer.wte.weight": (V, C)}
+    if not config.rotary:
+        shapes["transformer.wpe.weight"] = (config.block_size, C)
+    for i in range(config.n_layer):
+        block = f"transformer.h.{i}"
+        shapes.update({f"{block}.{ln}.{key}": shape for ln in ("ln_1", "ln_2") for key, shape in norm.items()})
+        for name, shape in linears.items():
+            shapes[f"{block}.{name}.weight"] = shape
+            if config.bias:
+                shapes[f"{block}.{name}.bias"] = shape[:1]
+    shapes.update({f"transformer.ln_f.{key}": shape for key, shape in norm.items()})
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
 
 
 def lora_shapes(shapes, cfg):
@@ -188,12 +200,13 @@ def check_memory_plan(plan, config, cfg, dtype, world_size, pretrained):
     options = []
     for flags, changed in remedies(cfg, pretrained):
         peak = plan_memory(config, changed, dtype, plan.device, world_size).peak
-        options.append(f"{flags} ({gib(peak)}{'' if peak <= plan.free else ', still too much'})")
+        if peak < plan.peak:  # e.g. checkpointing a single block, or fused_loss on a small vocabulary, saves nothing
+            options.append(f"{flags} ({gib(peak)}{'' if peak <= plan.free else ', still too much'})")
     message = (
         f"a training step needs about {gib(plan.peak)} (weights {gib(plan.weights)}, gradients {gib(plan.gradients)},"
         f" optimizer {gib(plan.optimizer)}, activations {gib(plan.activations)}) but {plan.device} has {gib(plan.free)} free"
         + (f"; these need less: {'; '.join(options)}" if options else "")
-        + f"; or lower --batch_size (raising --gradient_accumulation_steps by the same factor)"
+        + "; or lower --batch_size (raising --gradient_accumulation_steps by the same factor)"
     )
     if cfg.memory_check == "warn":
         print(f"warning: {message}; going on (memory_check='warn')")

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nanogpt.errors import UnavailableError
+from nanogpt.files import hold_folder
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -67,8 +68,9 @@ def keep_records_through(out_dir, iter_num):
 
 def open_run_log(cfg, iter_num, tokens_per_iter, tokenizer_meta):
     """Start a run's log (rank 0 only): metrics.jsonl afresh, or cut back to the step a run resumes
-    from, then its run record, and wandb when cfg.wandb_log; returns the wandb module, or None."""
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    from, then its run record, and wandb when cfg.wandb_log; returns the wandb module, or None. Before
+    its first write the run becomes out_dir's one writer (a second run into it is refused)."""
+    hold_folder(cfg.out_dir, "out_dir")
     if iter_num == 0:
         open(Path(cfg.out_dir) / METRICS_NAME, "w").close()
     else:
