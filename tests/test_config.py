@@ -169,5 +169,6 @@ def test_seeds_beyond_32_bits_draw_streams_of_their_own():
     assert stream_key(1) == mix32(1) and stream_key(-5) == mix32(-5 & 0xFFFFFFFF)  # 32-bit seeds: as before
     keys = [stream_key(seed) for seed in (1, 2**32 + 1, 2**33 + 1, -(2**32) - 1)]
     assert len(set(keys)) == 4
+    assert stream_key(torch.tensor([1, 2**32 + 1, -(2**32) - 1])).tolist() == [keys[0], keys[1], keys[3]]  # as a batch
     draws = [uniform_noise(torch.tensor([k]), torch.tensor([0]), 50) for k in keys[:2]]
     assert not torch.equal(draws[0], draws[1])

@@ -57,10 +57,11 @@ def mix32(x):
 def stream_key(seed):
     """A row's random stream: its seed, hashed once when the row joins (not at every step). A seed of
     more than 32 bits has its upper bits hashed in too (so 2**32 + 1 is not 1); one of 32 bits or fewer
-    keeps the stream it always had."""
-    if -(2**32) < seed < 2**32:
-        return mix32(seed & 0xFFFFFFFF)
-    return mix32((seed & 0xFFFFFFFF) ^ mix32((seed >> 32) & 0xFFFFFFFF))
+    keeps the stream it always had. seed: an int, or a tensor of them."""
+    narrow = mix32(seed & 0xFFFFFFFF)
+    wide = mix32((seed & 0xFFFFFFFF) ^ mix32((seed >> 32) & 0xFFFFFFFF))
+    fits = (seed > -(2**32)) & (seed < 2**32)
+    return torch.where(fits, narrow, wide) if isinstance(seed, torch.Tensor) else (narrow if fits else wide)
 
 
 @functools.lru_cache(maxsize=8)

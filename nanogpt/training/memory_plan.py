@@ -7,7 +7,7 @@ Bytes a parameter (references/training.md, "Memory"):
     gradients    4 for each parameter that trains (a LoRA run: the adapters alone)
     optimizer    AdamW 8 (two float32 moments); Muon 4 for its matrices (one momentum), AdamW's 8 for
                  the rest; Adafactor one row and one column a matrix, so almost nothing
-Activations: what the forward pass keeps for the backward, per block about 15 numbers of B x T x n_embd
+Activations: what the forward pass keeps for the backward, per block about 18.5 numbers of B x T x n_embd
 in the activation dtype and 2 in float32 (the residual stream), plus the output head's logits (several
 B x T x vocab copies; fused_loss keeps a slice); activation checkpointing keeps each block's input and
 one block's worth for its recomputation. FSDP divides weights, gradients and optimizer state by the
