@@ -61,7 +61,8 @@ def write_atomically(writers, needed_bytes):
                 os.fsync(f.fileno())
     except BaseException as e:  # Ctrl-C included: no temporary file is left behind
         for tmp in temporary.values():
-            tmp.unlink(missing_ok=True)
+            if tmp.is_file():  # only what this write made: a folder in the way is not ours to remove
+                tmp.unlink()
         if not isinstance(e, (OSError, RuntimeError)):  # torch.save's own writer reports a full disk as a RuntimeError
             raise
         names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])

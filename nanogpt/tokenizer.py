@@ -202,11 +202,13 @@ def meta_from_hf_folder(name_or_dir):
 
 
 def write_hf_tokenizer(meta, out_dir):
-    """The tokenizer files of an exported model: char_vocab.json (character -> id) for a char-level
-    model; for bpe and GPT-2, files AutoTokenizer.from_pretrained(out_dir) loads, giving the same ids."""
+    """The tokenizer files of an exported model, which AutoTokenizer.from_pretrained(out_dir) loads and
+    which give the checkpoint's ids: for a char-level model a tokenizer of one token a character (and
+    char_vocab.json, character -> id, which --init_from=FOLDER reads); GPT-2's files; a BPE's own."""
     if meta["tokenizer"] == "char":
         vocab = {ch: i for i, ch in enumerate(meta["chars"])}
         Path(out_dir, CHAR_VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write_char_tokenizer(vocab, out_dir)
     elif meta["tokenizer"] == "bpe":
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
@@ -216,6 +218,19 @@ def write_hf_tokenizer(meta, out_dir):
         ).save_pretrained(out_dir)
     else:
         write_gpt2_tokenizer_files(out_dir)
+
+
+def write_char_tokenizer(vocab, out_dir):
+    """A Hugging Face tokenizer of one token a character: every character its own piece ((?m). is any
+    character, newlines included, in the Oniguruma regexes tokenizers uses), looked up in vocab, and
+    the pieces joined back without spaces. A character outside vocab is an error, not a wrong id."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))  # [UNK] is not in vocab: unknown fails
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("(?m)."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(out_dir)
 
 
 def write_gpt2_tokenizer_files(out_dir):

@@ -59,11 +59,12 @@ def child_pids(pid):
     return children
 
 
-def run_torchrun(*args, timeout=SCRIPT_TIMEOUT):
+def run_torchrun(*args, timeout=SCRIPT_TIMEOUT, preexec_fn=None):
     """Run a script in two processes under torchrun (gloo on the CPU), as a user would. On a timeout its
-    workers are killed too (torchrun starts each in a session of its own), so a hung run leaves nothing behind."""
+    workers are killed too (torchrun starts each in a session of its own), so a hung run leaves nothing behind.
+    preexec_fn runs in torchrun's process before it starts (e.g. to set a limit the workers inherit)."""
     command = [*TORCHRUN, *map(str, args)]
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -247,8 +247,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, finished_ru
 
 def test_failed_checkpoint_write_is_reported_and_the_old_one_kept(data_dir, finished_run):
     before = (finished_run / CHECKPOINT_NAME).read_bytes()
-    (finished_run / (CHECKPOINT_NAME + ".tmp")).mkdir()  # makes the write fail, even for root
-    result = resume(data_dir, finished_run, "--max_iters=305", "--always_save_checkpoint=True")
+    # a folder where the run's temporary file goes makes the write fail, even for root; the name holds the
+    # writer's pid, so the folder is made by the process that then becomes train.py (exec keeps the pid)
+    args = [*TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume", "--max_iters=305", "--always_save_checkpoint=True"]
+    launcher = "import os, sys; os.mkdir(f'{sys.argv[1]}/ckpt.pt.{os.getpid()}.tmp'); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+    result = subprocess.run([sys.executable, "-c", launcher, str(finished_run), "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
     assert_user_error(result, "could not write ckpt.pt", "is intact")
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
 
@@ -362,10 +365,11 @@ def test_a_failure_on_one_process_ends_every_process_promptly(data_dir, tmp_path
         args += ["--learning_rate=1e9", "--decay_lr=False", "--grad_clip=0"]
         expected = "error: training loss is nan"
     else:
-        (out / (CHECKPOINT_NAME + ".tmp")).mkdir(parents=True)  # the first save, at step 10, fails
         expected = f"error: could not write {CHECKPOINT_NAME} to {out}"
+    # the write: a file-size limit of 300 kB, below the checkpoint (1.2 MB) and above the run's logs
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))) if failure == "write" else None
     t0 = time.time()
-    result = run_torchrun("train.py", *args, timeout=30)
+    result = run_torchrun("train.py", *args, timeout=30, preexec_fn=limit)
     assert time.time() - t0 < 30
     assert result.returncode != 0
     lines = result.stderr.splitlines()

@@ -36,6 +36,21 @@ def test_exported_char_model_loads_in_transformers_with_the_same_logits(exported
     assert len(vocab) == 65 and vocab["\n"] == 0
 
 
+def test_exported_char_model_loads_with_autotokenizer_and_pipeline(exported):
+    """AutoTokenizer once gave a char export a one-token GPT-2 tokenizer: "ROMEO:" encoded to nothing."""
+    out_dir, target = exported
+    chars = load_checkpoint(out_dir)["tokenizer"]["chars"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(target)
+    text = "ROMEO:\nWhat, ho!"
+    ids = tokenizer(text)["input_ids"]
+    assert ids == [chars.index(c) for c in text] and tokenizer.decode(ids) == text
+    with pytest.raises(Exception, match="UNK"):  # a character outside the vocabulary is no silent wrong id
+        tokenizer("ROMEO: é")
+    generate = transformers.pipeline("text-generation", model=str(target), device="cpu")
+    out = generate("ROMEO:", max_new_tokens=20, do_sample=False)[0]["generated_text"]
+    assert out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 20 and set(out) <= set(chars)
+
+
 def test_exported_folder_samples_like_the_checkpoint(exported):
     out_dir, target = exported
     args = ("--num_samples=2", "--max_new_tokens=60", "--start=ROMEO:", "--seed=11")
