@@ -1,6 +1,6 @@
 """Files and folders: writing so that no crash and no full disk leaves a torn file, refusing folders
-that cannot be written before any work is spent on what would go in them, and where the offline copy
-of public data lies."""
+that cannot be written before any work is spent on what would go in them, one writing process per
+folder, reading text files in one sentence, and where the offline copy of public data lies."""
 
 import json
 import os
