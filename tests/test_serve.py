@@ -117,6 +117,10 @@ def test_echo_and_logprobs_score_the_prompt(server):
     assert logprobs["tokens"][:12] == list("ROMEO: speak")
     assert logprobs["token_logprobs"][0] is None and all(lp < 0 for lp in logprobs["token_logprobs"][1:])
     assert logprobs["text_offset"][:3] == [0, 1, 2]
+    # the older scoring request asks for the 10 (up to 20) most likely tokens at each place
+    wide = httpx.post(server + "/v1/completions", json=dict(body, logprobs=20)).json()["choices"][0]["logprobs"]
+    assert wide["top_logprobs"][0] is None and all(len(top) == 20 for top in wide["top_logprobs"][1:])
+    assert wide["token_logprobs"] == logprobs["token_logprobs"]
 
 
 def test_sixteen_concurrent_streams_share_the_batch(server):

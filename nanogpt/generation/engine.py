@@ -267,7 +267,7 @@ class Engine:
         chosen = logprobs.gather(1, x[0, 1:, None])[:, 0].tolist()
         tops = [None] * len(chosen)
         if top:
-            values, indices = logprobs.topk(top, dim=-1)
+            values, indices = logprobs.topk(min(top, vocab_size), dim=-1)
             tops = [dict(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
         return [None, *chosen], [None, *tops]
 

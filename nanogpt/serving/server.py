@@ -118,7 +118,7 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
         seed=number(body, "seed", None, int, -(2**62), 2**62 - 1),
         stream=body.get("stream", False),
         echo=body.get("echo", False),
-        logprobs=number(body, "logprobs", None, int, 0, 5),
+        logprobs=number(body, "logprobs", None, int, 0, 20),  # lm-evaluation-harness asks for up to 10
     )
     if request.seed is None:
         request.seed = random.randrange(2**31)
