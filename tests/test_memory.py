@@ -12,6 +12,7 @@ import torch
 
 from helpers import REPO, SCRIPT_TIMEOUT, TINY_MODEL, assert_user_error, run_script
 from nanogpt.config import TrainSettings, gpt_config
+from nanogpt.errors import SettingError
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.training.memory_plan import model_shapes, plan_memory
 
@@ -118,15 +119,16 @@ def test_a_step_that_cannot_fit_is_refused_before_the_model_loads(data_dir, tmp_
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 
 
-def test_memory_check_warn_goes_on(data_dir, tmp_path):
+def test_memory_check_warn_goes_on(capsys):
     # the same refusal as a warning: here a model that fits, with the free memory taken as 1 byte
     from nanogpt.training.memory_plan import check_memory_plan
 
     cfg = TrainSettings(n_layer=1, n_embd=64, n_head=2, block_size=32, batch_size=2, memory_check="warn")
     shape = gpt_config(cfg, 65)
     plan = replace(plan_memory(shape, cfg, "float32", "cpu"), free=1)
-    check_memory_plan(plan, shape, cfg, "float32", 1, pretrained=True)  # prints, does not raise
-    with pytest.raises(Exception, match="--lora_rank=16"):
+    check_memory_plan(plan, shape, cfg, "float32", 1, pretrained=True)  # says so, does not raise
+    assert capsys.readouterr().out.startswith("warning: a training step needs about")
+    with pytest.raises(SettingError, match="--lora_rank=16"):
         check_memory_plan(plan, shape, replace(cfg, memory_check="error"), "float32", 1, pretrained=True)
 
 
