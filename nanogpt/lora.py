@@ -55,7 +55,9 @@ def check_lora_resume(cfg, checkpoint):
 
 
 def lora_record(cfg, base):
-    """What a LoRA checkpoint says of its adapters and base."""
+    """What a LoRA checkpoint says of its adapters and base (a folder as an absolute path: a resume or a
+    sample from another working directory finds it too)."""
+    base = str(Path(base).resolve()) if Path(base).is_dir() else base
     return dict(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets, dropout=cfg.lora_dropout, base=base)
 
 
@@ -138,8 +140,7 @@ def export_adapters(checkpoint, folder):
     lora = checkpoint["lora"]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base = str(Path(lora["base"]).resolve()) if Path(lora["base"]).is_dir() else lora["base"]
-    peft_config(lora, fan_in_fan_out=True, task_type="CAUSAL_LM", base_model_name_or_path=base).save_pretrained(folder)
+    peft_config(lora, fan_in_fan_out=True, task_type="CAUSAL_LM", base_model_name_or_path=lora["base"]).save_pretrained(folder)
     # PEFT's file names a tensor by its place in PeftModel (base_model.model. ...) without the adapter's name
     state = {f"base_model.model.{k.replace('.default.', '.')}": v.contiguous() for k, v in checkpoint["model"].items()}
     save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
