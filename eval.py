@@ -1,8 +1,11 @@
-"""Loss and bits per byte of a model on a text: a checkpoint, GPT-2, or a Hugging Face GPT-2 folder.
+"""Loss and bits per byte of a model on a text, or its accuracy on multiple-choice items (HellaSwag):
+a checkpoint, GPT-2, or a Hugging Face GPT-2 folder.
 
     python eval.py --out_dir=out-shakespeare-char                       # its dataset's val split
     python eval.py --out_dir=out-shakespeare-char --input=some_text.txt
     python eval.py --init_from=gpt2 --input=some_text.txt --stride=512
+    python eval.py --init_from=gpt2 --task=hellaswag                    # acc and acc_norm
+    python eval.py --out_dir=out-shakespeare-char --task=my_items.jsonl
 
 Loss in nats per token depends on the tokenizer; bits per byte (the nats over every scored token,
 divided by the UTF-8 bytes of their text, over ln 2) does not, so a character-level and a BPE model
@@ -11,6 +14,7 @@ compare on it. A text longer than the model's context is read in windows of bloc
 first block_size - stride positions (so it has at least that much context), as in Hugging Face's
 perplexity recipe. A model with an end-of-text token starts from it, so every byte of the text is
 scored; a character-level model has none, so the text's first character is given, not scored.
+--task scores multiple-choice items instead (how, and the file formats: nanogpt/multiple_choice.py).
 """
 
 import math
@@ -27,6 +31,7 @@ from nanogpt.config import CHECKPOINTS, DTYPES, load_config, setting
 from nanogpt.data import Dataset, read_text
 from nanogpt.generation.engine import inference_model
 from nanogpt.errors import DataError, SettingError, run_main
+from nanogpt.multiple_choice import accuracy, loglikelihoods, read_items, task_file
 from nanogpt.system import resolve_device, resolve_dtype
 from nanogpt.tokenizer import tokenizer_from_meta
 
@@ -38,7 +43,8 @@ class EvalSettings:
     checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt) or 'latest' (ckpt.pt)", choices=CHECKPOINTS)
     input: str = setting("", "a UTF-8 text file; empty: the val split of the dataset the checkpoint was trained on")
     stride: int = setting(0, "tokens each window moves on; 0: half the context. Smaller: more context per token, slower", within="[0, inf)")
-    batch_size: int = setting(8, "windows per forward pass", within="[1, inf)")
+    task: str = setting("", "'hellaswag' (its validation set, downloaded once into data/hellaswag/) or a .jsonl file of multiple-choice items; empty: loss on a text")
+    batch_size: int = setting(8, "windows (with --task, choices) per forward pass", within="[1, inf)")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("float32", "'float32', 'bfloat16', 'float16' or 'auto'", choices=DTYPES)
 
@@ -46,7 +52,9 @@ class EvalSettings:
 def read_settings(argv):
     cfg = load_config(EvalSettings, argv, script="eval.py")
     check_model_source(cfg.init_from)
-    if not cfg.input and cfg.init_from != "resume":
+    if cfg.task and cfg.input:
+        raise SettingError("give --task=... (multiple-choice accuracy) or --input=FILE (loss on a text), not both")
+    if not cfg.input and not cfg.task and cfg.init_from != "resume":
         raise SettingError(f"--input=FILE is needed to evaluate {cfg.init_from}: it has no dataset of its own")
     if cfg.input and not Path(cfg.input).is_file():
         shown = cfg.input if cfg.input.isprintable() else repr(cfg.input)  # a message stays one line
@@ -104,9 +112,22 @@ def score(model, ids, token_bytes, stride, batch_size, device):
     return nats, tokens, text_bytes
 
 
+def evaluate_task(cfg, device):
+    """acc and acc_norm on a multiple-choice task."""
+    path = task_file(cfg.task)
+    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
+    items = read_items(path, tokenizer, model.config.block_size)
+    model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
+    scores = accuracy(loglikelihoods(model, items, cfg.batch_size, device, tokenizer.vocab_size, progress=True), items)
+    print(f"{path}: {scores.count:,} items")
+    print(f"acc {scores.acc:.4f} ({scores.correct:,}/{scores.count:,}, summed log-likelihood), acc_norm {scores.acc_norm:.4f} ({scores.correct_norm:,}/{scores.count:,}, per token)")
+
+
 def main():
     cfg = read_settings(sys.argv[1:])
     device = resolve_device(cfg.device)
+    if cfg.task:
+        return evaluate_task(cfg, device)
     model, tokenizer, ids, source = model_tokenizer_and_ids(cfg)
     model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
     stride = cfg.stride or max(1, model.config.block_size // 2)

@@ -1,0 +1,139 @@
+"""Multiple-choice evaluation (eval.py --task): HellaSwag's format and our own, scored as build-nanogpt
+scores them, checked against transformers, on a trained model, and on bad files."""
+
+import json
+import random
+import re
+
+import pytest
+import torch
+
+from helpers import assert_user_error, run_script
+from nanogpt.checkpoint import load_model_and_tokenizer
+from nanogpt.files import shared_data_dir
+from nanogpt.multiple_choice import accuracy, loglikelihoods, read_items
+
+pytestmark = pytest.mark.slow  # every test here starts processes or trains
+
+# HellaSwag's own format (a line of its validation file has more keys; these are the ones read)
+HELLASWAG_LINES = [
+    {"ctx": "A man is sitting on a roof. He", "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."], "label": 3},
+    {"ctx": "A lady walks to a barbell. She bends down and grabs the pole. The lady", "endings": ["swings and lands in her arms.", "pulls the barbell forward.", "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."], "label": 3},
+    {"ctx": "Two women in a child are shown in a canoe while a man pulls the canoe while standing in the water, with other individuals visible in the background. The child and a different man", "endings": ["are then shown paddling down a river in a boat while a woman talks.", "are driving the canoe, they go down the river flowing side to side.", "sit in a canoe while the man paddles.", "walking go down the rapids, while the man in his helicopter almost falls and goes out of canoehood."], "label": 2},
+    {"ctx": "The boy lifts his body above the height of a pole. The boy", "endings": ["turns his body around on the bar.", "did a back flip.", "swings his legs high.", "lands on his back."], "label": 0},
+    {"ctx": "Café au lait, 3 spoons", "endings": ["of sugar", "and a croissant, warm from the oven, with butter", "— no", "!"], "label": "1"},
+]
+
+
+def report(stdout):
+    """(items, acc, acc_norm) from eval.py --task's report."""
+    count = re.search(r": ([\d,]+) items", stdout)
+    acc = re.search(r"acc ([\d.]+) .*acc_norm ([\d.]+)", stdout)
+    assert count and acc, stdout
+    return int(count[1].replace(",", "")), float(acc[1]), float(acc[2])
+
+
+def write_lines(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_hellaswag_format_matches_transformers(hf_gpt2_dir, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    path = write_lines(tmp_path / "hellaswag.jsonl", HELLASWAG_LINES)
+    result = run_script("eval.py", f"--init_from={hf_gpt2_dir}", f"--task={path}", "--device=cpu", "--batch_size=3")
+    assert result.returncode == 0, result.stderr
+    count, acc, acc_norm = report(result.stdout)
+
+    # the same computation with transformers: one forward per ending, " " + ending after the context
+    from nanogpt.tokenizer import GPT2Tokenizer
+
+    tokenizer, hf = GPT2Tokenizer(), transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dir).eval()
+    expected = []
+    with torch.no_grad():
+        for line in HELLASWAG_LINES:
+            context = tokenizer.encode(line["ctx"])
+            per_ending = []
+            for ending in line["endings"]:
+                choice = tokenizer.encode(" " + ending)
+                ids = torch.tensor([context + choice])
+                logprobs = torch.log_softmax(hf(ids).logits[0, :-1].float(), dim=-1)
+                targets = ids[0, 1:]
+                per_ending.append((logprobs[torch.arange(len(targets)), targets][-len(choice) :].double().sum().item(), len(choice)))
+            expected.append(per_ending)
+
+    model, ours = load_model_and_tokenizer(str(hf_gpt2_dir), "", "best")
+    items = read_items(path, ours, model.config.block_size)
+    for batch_size in (1, 7):  # the batching changes nothing
+        got = loglikelihoods(model, items, batch_size, "cpu", ours.vocab_size)
+        for got_item, expected_item in zip(got, expected):
+            for (total, n), (want, want_n) in zip(got_item, expected_item):
+                assert n == want_n and total == pytest.approx(want, abs=1e-5)
+    labels = [int(line["label"]) for line in HELLASWAG_LINES]
+    want_acc = sum(max(range(4), key=lambda c: e[c][0]) == label for e, label in zip(expected, labels)) / len(labels)
+    want_norm = sum(max(range(4), key=lambda c: e[c][0] / e[c][1]) == label for e, label in zip(expected, labels)) / len(labels)
+    assert (count, acc, acc_norm) == (len(labels), pytest.approx(want_acc, abs=1e-4), pytest.approx(want_norm, abs=1e-4))
+    assert accuracy(got, items).acc == pytest.approx(want_acc)
+
+
+def val_items(n, context, length, seed=0):
+    """n four-way items cut from tiny Shakespeare's val split (its last 10%), in our own format: the
+    `length` characters that follow `context` characters, and three shuffles of them. Telling them
+    apart takes what the model learned of English; a model with random weights cannot."""
+    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()
+    val = text[int(len(text) * 0.9) :]
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        start = rng.randrange(len(val) - context - length)
+        true = val[start + context : start + context + length]
+        choices = [true] + ["".join(rng.sample(true, length)) for _ in range(3)]
+        order = rng.sample(range(4), 4)
+        lines.append({"context": val[start : start + context], "choices": [choices[o] for o in order], "label": order.index(0)})
+    return lines
+
+
+def test_trained_char_model_beats_chance(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    path = write_lines(tmp_path / "items.jsonl", val_items(100, context=24, length=8))
+    result = run_script("eval.py", f"--out_dir={out_dir}", f"--task={path}", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    count, acc, acc_norm = report(result.stdout)
+    assert count == 100
+    # chance is 0.25; after its 300 steps the model picks the true text nearly always (0.95 when written)
+    assert acc >= 0.8 and acc_norm >= 0.8, result.stdout
+
+    # the same items and the same scorer, on the model's shape with random weights: about chance
+    from nanogpt.model import GPT
+
+    model, tokenizer = load_model_and_tokenizer("resume", str(out_dir), "best")
+    items = read_items(path, tokenizer, model.config.block_size)
+    torch.manual_seed(0)
+    untrained = accuracy(loglikelihoods(GPT(model.config), items, 8, "cpu", tokenizer.vocab_size), items)
+    assert untrained.acc < 0.4 and accuracy(loglikelihoods(model, items, 8, "cpu", tokenizer.vocab_size), items).acc == acc
+
+
+def test_bad_task_files(trained_run, tmp_path):
+    out_dir, _ = trained_run
+    good = {"context": "ROMEO:", "choices": [" yes", " no"], "label": 0}
+    cases = {
+        "missing": (None, "not found"),
+        "empty": ([], "holds no items"),
+        "blank": (["", "   "], "holds no items"),
+        "not_json": ([good, "{oops"], "line 2 is not JSON"),
+        "no_choices": ([good, good, {"context": "ROMEO:", "label": 0}], "line 3 has no 'choices'"),
+        "one_choice": ([{"context": "ROMEO:", "choices": ["a"], "label": 0}], "two or more"),
+        "label_out_of_range": ([{**good, "label": 2}], "line 1 has label 2"),
+        "label_bool": ([{**good, "label": True}], "line 1 has label True"),
+        "not_an_object": ([[1, 2]], "line 1 is not a JSON object"),
+        "foreign_characters": ([good, {"ctx": "Caf\u00e9", "endings": ["a", "b"], "label": 0}], "line 2 cannot be read by this model's tokenizer"),
+        "choice_too_long": ([{"context": "A", "choices": ["b" * 40, "c"], "label": 0}], "longer than the model's context of 32"),
+    }
+    for name, (lines, fragment) in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        if lines is not None:
+            write_lines(path, lines)
+        assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", f"--task={path}", "--device=cpu"), fragment)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"context": "caf\xe9"}\n')
+    assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", f"--task={tmp_path / 'latin1.jsonl'}"), "not UTF-8")
+    assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", f"--task={tmp_path}", "--input=x.txt"), "not both")
