@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, MODEL_KEYS, capture_rng_state, load_checkpoint, model_from_checkpoint, save_checkpoint
+from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, MODEL_KEYS, capture_rng_state, model_from_checkpoint, save_checkpoint
 from nanogpt.config import TrainSettings, gpt_config, load_config
 from nanogpt.data import Dataset, TrainBatches
 from nanogpt.errors import DataError, RunError, SettingError, out_of_memory_as_error, run_main
 from nanogpt.files import check_writable_folder
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, not_a_model, pretrained_block_size, pretrained_config
-from nanogpt.lora import adapter_state, adapters_note, add_adapters, check_lora_resume, check_lora_settings, lora_record, run_lora
+from nanogpt.lora import adapter_state, adapters_note, add_adapters, check_lora_settings, lora_record, run_lora
 from nanogpt.model import GPT, GPTConfig, architecture_switches
 from nanogpt.system import (
     attention_kernel, autocast_context, check_attention_kernel, check_fp8, float8_training, keep_freed_memory,
@@ -35,7 +35,7 @@ from nanogpt.training.evaluation import estimate_loss, format_duration
 from nanogpt.training.lr_schedule import set_learning_rate
 from nanogpt.training.memory_plan import check_memory
 from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
-from nanogpt.training.resume import check_resume_config, full_state, restore_optimizers, restore_random_streams
+from nanogpt.training.resume import MODEL_SHAPE_KEYS, full_state, resumable_checkpoint, restore_optimizers, restore_random_streams
 from nanogpt.training.step import training_step
 from nanogpt.training.train_log import METRICS_NAME, LossPlotter, append_record, open_run_log
 
@@ -142,12 +142,15 @@ class Progress:
 def set_up(cfg, procs):
     """Data, model, optimizers (restored on resume), wrappers and the run's log files."""
     dtype = resolve_dtype(cfg.dtype, procs.device)
+    data = Dataset(cfg.data_dir, cfg.dataset)
+    checkpoint, cfg = resumable_checkpoint(cfg, data) if cfg.init_from == "resume" else (None, cfg)
     tokens_per_iter = procs.grad_accum * procs.world_size * cfg.batch_size * cfg.block_size
     prepare_process(cfg, procs, dtype, tokens_per_iter)
-    data = Dataset(cfg.data_dir, cfg.dataset)
     data.check_length(cfg.block_size)
     batches = TrainBatches(data, cfg.batch_size, cfg.block_size, procs.device, cfg.seed, procs.rank, procs.world_size)
-    model, model_args, checkpoint = build_model(cfg, data, procs, dtype)
+    model, model_args = build_model(cfg, data, procs, dtype, checkpoint)
+    # what gets recorded is what runs: a fine-tuned model's shape is the pretrained one's
+    cfg = replace(cfg, **{key: model_args[key] for key in (*MODEL_SHAPE_KEYS, "block_size")})
     # float16 needs loss scaling to keep small gradients from flushing to zero; bfloat16 does not
     scaler = torch.amp.GradScaler(procs.device_type, enabled=(dtype == "float16"))
     if cfg.fsdp:
@@ -203,15 +206,14 @@ def prepare_process(cfg, procs, dtype, tokens_per_iter):
         check_writable_folder(cfg.out_dir, "out_dir")
 
 
-def build_model(cfg, data, procs, dtype):
-    """The model to train on this process's device, its constructor arguments, and the checkpoint it
-    resumes (None otherwise). The memory plan comes first (nanogpt/training/memory_plan.py)."""
+def build_model(cfg, data, procs, dtype, checkpoint):
+    """The model to train on this process's device and its constructor arguments; checkpoint: the one
+    it resumes, or None. The memory plan comes first (nanogpt/training/memory_plan.py)."""
     if cfg.init_from != "resume" and os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) and not cfg.overwrite:
         raise SettingError(
             f"{cfg.out_dir} already holds a checkpoint; continue it with --init_from=resume,"
             f" choose another --out_dir, or replace it with --overwrite=True"
         )
-    checkpoint = resumable_checkpoint(cfg, data) if cfg.init_from == "resume" else None
     if cfg.memory_check != "off":  # the step's memory against the device's, before any weights load
         scratch_shape = gpt_config(cfg, model_vocab_size(data.meta)) if cfg.init_from == "scratch" else None
         shape = GPTConfig(**checkpoint["model_args"]) if checkpoint else scratch_shape or pretrained_config(cfg.init_from)
@@ -236,21 +238,7 @@ def build_model(cfg, data, procs, dtype):
             print(f"fp8: {swapped} Linear layers run their matmuls in float8")
     if procs.rank > 0:
         torch.manual_seed(cfg.seed + procs.rank)  # but dropout masks of its own
-    return model, asdict(model.config), checkpoint
-
-
-def resumable_checkpoint(cfg, data):
-    """out_dir's checkpoint, after checking that these settings and this dataset can continue it."""
-    # loaded into CPU memory: on a GPU a second copy of the model and optimizer could run it out of memory
-    checkpoint = load_checkpoint(cfg.out_dir)
-    check_resume_config(cfg, checkpoint, TrainSettings())
-    check_lora_resume(cfg, checkpoint)
-    if not same_vocabulary(checkpoint["tokenizer"], data.meta):
-        raise DataError(
-            f"the checkpoint in {cfg.out_dir} was trained on {describe_vocabulary(checkpoint['tokenizer'])} but dataset"
-            f" {cfg.dataset!r} has {describe_vocabulary(data.meta)}; resume with the dataset it was trained on"
-        )
-    return checkpoint
+    return model, asdict(model.config)
 
 
 def pretrained_model(cfg, data, dtype):

@@ -481,3 +481,26 @@ def test_one_prepare_writes_into_a_folder_at_a_time(tmp_path):
     taken_over = run_script("data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}")  # the dead holder's lock
     assert taken_over.returncode == 0, taken_over.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
+
+
+def test_resume_runs_and_records_the_checkpoints_shape(data_dir, tmp_path):
+    out = tmp_path / "run"
+    where = (f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={out}", "--device=cpu", "--compile=False")
+    short = ("--eval_interval=2", "--eval_iters=2", "--log_interval=1", "--warmup_iters=1", "--batch_size=4")
+    first = run_script("train.py", *TINY_MODEL, *short, *where, "--max_iters=2", "--lr_decay_iters=4")
+    assert first.returncode == 0, first.stderr
+    log = (out / "metrics.jsonl").read_bytes()
+
+    # a context longer than the model's positions: refused before anything is written
+    grown = run_script("train.py", *short, *where, "--init_from=resume", "--max_iters=4", "--block_size=64")
+    assert_user_error(grown, "cannot resume with block_size=64", "--block_size=32 or less")
+    assert (out / "metrics.jsonl").read_bytes() == log
+
+    # n_layer, n_embd, block_size ... left at their defaults take the checkpoint's, and that is what is recorded
+    resumed = run_script("train.py", *short, *where, "--init_from=resume", "--max_iters=4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "n_layer" not in resumed.stdout and "block_size" not in resumed.stdout, resumed.stdout
+    checkpoint = load_checkpoint(out)
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):
+        assert checkpoint["config"][key] == checkpoint["model_args"][key], key
+    assert checkpoint["model_args"]["n_layer"] == 2 and checkpoint["config"]["block_size"] == 32

@@ -2,21 +2,41 @@
 optimizer moments, loss scale and random streams (an exact resume), and gathering a sharded run's
 state into the same files an unsharded run writes."""
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
-from nanogpt.checkpoint import restore_rng_state
-from nanogpt.errors import CheckpointError, SettingError
+from nanogpt.checkpoint import load_checkpoint, restore_rng_state
+from nanogpt.config import TrainSettings
+from nanogpt.errors import CheckpointError, DataError, SettingError
+from nanogpt.lora import check_lora_resume
 from nanogpt.model import GPTConfig, architecture_switches
+from nanogpt.tokenizer import describe_vocabulary, same_vocabulary
 
 MODEL_SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "bias", *(f.name for f in architecture_switches()))
 
 
-def check_resume_config(cfg, checkpoint, defaults):
-    """Refuse settings that cannot continue the saved run; report the ones that change it. defaults: the
-    settings class's defaults (a key left at its default takes the checkpoint's value)."""
+def resumable_checkpoint(cfg, data):
+    """out_dir's checkpoint and the settings that continue it, after checking that these settings and
+    this dataset can: refused in one sentence before anything is written."""
+    # loaded into CPU memory: on a GPU a second copy of the model and optimizer could run it out of memory
+    checkpoint = load_checkpoint(cfg.out_dir)
+    cfg = settings_to_resume(cfg, checkpoint, TrainSettings())
+    check_lora_resume(cfg, checkpoint)
+    if not same_vocabulary(checkpoint["tokenizer"], data.meta):
+        raise DataError(
+            f"the checkpoint in {cfg.out_dir} was trained on {describe_vocabulary(checkpoint['tokenizer'])} but dataset"
+            f" {cfg.dataset!r} has {describe_vocabulary(data.meta)}; resume with the dataset it was trained on"
+        )
+    return checkpoint, cfg
+
+
+def settings_to_resume(cfg, checkpoint, defaults):
+    """The settings that continue the saved run, with the checkpoint's shape: a shape key (or block_size)
+    left at its default takes the checkpoint's value, one set to another is refused (block_size may
+    shrink, not grow). Reports the settings that change the run. defaults: the settings class's defaults."""
     saved_args = checkpoint["model_args"]
+    shape = {}
     for key in MODEL_SHAPE_KEYS:
         saved = saved_args.get(key, getattr(GPTConfig(), key))  # older checkpoints lack the newer switches
         if getattr(cfg, key) != getattr(defaults, key) and getattr(cfg, key) != saved:
@@ -24,6 +44,14 @@ def check_resume_config(cfg, checkpoint, defaults):
                 f"cannot resume with {key}={getattr(cfg, key)}: the checkpoint in {cfg.out_dir} has {key}={saved};"
                 f" drop the setting, or train a new model in another --out_dir"
             )
+        shape[key] = saved
+    positions = saved_args["block_size"]
+    if cfg.block_size != defaults.block_size and cfg.block_size > positions:
+        raise SettingError(
+            f"cannot resume with block_size={cfg.block_size}: the model in {cfg.out_dir} has {positions} positions;"
+            f" use --block_size={positions} or less, or train a new model in another --out_dir"
+        )
+    cfg = replace(cfg, **shape, block_size=positions if cfg.block_size == defaults.block_size else cfg.block_size)
     saved_config = checkpoint.get("config", {})
     changed = [
         f"{k} {saved_config[k]!r} -> {v!r}"
@@ -32,6 +60,7 @@ def check_resume_config(cfg, checkpoint, defaults):
     ]
     if changed:
         print("settings changed since the checkpoint: " + ", ".join(changed))
+    return cfg
 
 
 def restore_optimizers(checkpoint, model, optimizers, scaler, fsdp):
