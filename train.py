@@ -31,10 +31,10 @@ from nanogpt.system import (
 )
 from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
 from nanogpt.training.distributed import catch_stop_signals, processes, resume_command, shard, wrap_model
-from nanogpt.training.evaluation import estimate_loss, format_duration
+from nanogpt.training.evaluation import choice_accuracy, estimate_loss, format_duration, task_items
 from nanogpt.training.lr_schedule import set_learning_rate
 from nanogpt.training.memory_plan import check_memory
-from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
+from nanogpt.training.optimizers import run_optimizers
 from nanogpt.training.resume import MODEL_SHAPE_KEYS, full_state, resumable_checkpoint, restore_optimizers, restore_random_streams
 from nanogpt.training.step import training_step
 from nanogpt.training.train_log import METRICS_NAME, LossPlotter, append_record, open_run_log
@@ -112,6 +112,7 @@ class Setup:
     model: torch.nn.Module  # compiled where that pays: what evaluates (every call of it stays on this rank)
     train_model: torch.nn.Module  # under DDP the wrapper that all-reduces gradients: what trains
     model_args: dict
+    choice_items: list | None  # the multiple-choice items scored every hellaswag_interval steps
     lora: dict | None  # a LoRA run's adapters and base (nanogpt/lora.py): its checkpoints hold the adapters alone
     optimizers: list
     scaler: torch.amp.GradScaler
@@ -155,7 +156,7 @@ def set_up(cfg, procs):
     scaler = torch.amp.GradScaler(procs.device_type, enabled=(dtype == "float16"))
     if cfg.fsdp:
         shard(model, cfg, procs)
-    optimizers = build_optimizers(cfg, procs, model, checkpoint)
+    optimizers = run_optimizers(cfg, procs, model, checkpoint)
     progress = Progress()
     if checkpoint is not None:
         restore_optimizers(checkpoint, model, optimizers, scaler, cfg.fsdp)
@@ -167,6 +168,7 @@ def set_up(cfg, procs):
         cfg=cfg, procs=procs, ctx=autocast_context(procs.device, dtype), data=data, batches=batches,
         token_bytes=torch.tensor(tokenizer_from_meta(data.meta).token_byte_lengths(), device=procs.device),
         raw_model=model, model=compiled, train_model=train_model, model_args=model_args, optimizers=optimizers, scaler=scaler,
+        choice_items=task_items(cfg.hellaswag_task, data.meta, cfg.block_size) if cfg.hellaswag_interval else None,
         lora=run_lora(cfg, checkpoint),
         tokens_per_iter=tokens_per_iter, flops_per_iter=model.estimate_flops_per_token() * tokens_per_iter,
         device_peak=peak_flops(procs.device), resumed_at=progress.iter_num if cfg.init_from == "resume" else None,
@@ -175,16 +177,6 @@ def set_up(cfg, procs):
     del checkpoint  # free it before training: it holds a second copy of the model and optimizer
     wandb = open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None
     return replace(setup, wandb=wandb), progress
-
-
-def build_optimizers(cfg, procs, model, checkpoint):
-    """The run's optimizers; with Muon, its Newton-Schulz number format chosen and said (see
-    nanogpt/training/optimizers.py: newton_schulz_dtype), the same in every process."""
-    ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, procs.device, checkpoint) if cfg.optimizer == "muon" else ("bfloat16", "")
-    ns_dtype = procs.first(ns_dtype)  # as rank 0 chose: a measured choice could differ between processes
-    if procs.master and why:
-        print(f"muon: Newton-Schulz in {ns_dtype} ({why})")
-    return make_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), procs.device_type, cfg.optimizer, cfg.muon_lr, ns_dtype)
 
 
 def prepare_process(cfg, procs, dtype, tokens_per_iter):
@@ -267,7 +259,11 @@ def training_loop(setup, progress):
     t_last = time.time()
     while True:
         lr = set_learning_rate(setup.optimizers, cfg, progress.iter_num)
-        eval_due = (progress.iter_num % cfg.eval_interval == 0 or progress.iter_num == cfg.max_iters) and progress.iter_num != setup.resumed_at
+        at_end, fresh = progress.iter_num == cfg.max_iters, progress.iter_num != setup.resumed_at  # fresh: not logged before resume
+        if cfg.hellaswag_interval and (progress.iter_num % cfg.hellaswag_interval == 0 or at_end) and (fresh or cfg.eval_only):
+            evaluate_choices(setup, progress)  # every process scores its share
+            t_last = time.time()  # not training time
+        eval_due = (progress.iter_num % cfg.eval_interval == 0 or at_end) and fresh
         # every process's random streams go into the checkpoint: each draws dropout masks of its own
         rank_rng = procs.gather(capture_rng_state(setup.batches.position)) if eval_due and procs.ddp else None
         # FSDP's forward gathers weights from every process, so there all of them evaluate (and, with
@@ -333,6 +329,22 @@ def log_eval(setup, progress, losses, lr, seconds):
     setup.plotter.request()
     if setup.wandb:
         setup.wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+
+
+def evaluate_choices(setup, progress):
+    """Multiple-choice accuracy on hellaswag_task (see nanogpt/multiple_choice.py), logged by rank 0."""
+    t0 = time.time()
+    # len(token_bytes): the tokenizer's vocabulary (a padded one's extra logits are not tokens)
+    scores = choice_accuracy(setup.raw_model, setup.choice_items, setup.ctx, setup.procs, setup.cfg.fsdp, setup.cfg.batch_size, len(setup.token_bytes))
+    if not setup.procs.master:
+        return
+    print(f"step {progress.iter_num}: {setup.cfg.hellaswag_task} acc_norm {scores.acc_norm:.4f}, acc {scores.acc:.4f} ({scores.count:,} items)")
+    append_record(setup.cfg.out_dir, dict(
+        kind="hellaswag", iter=progress.iter_num, acc=scores.acc, acc_norm=scores.acc_norm, items=scores.count,
+        tokens=progress.iter_num * setup.tokens_per_iter, train_seconds=progress.train_seconds, eval_seconds=time.time() - t0,
+    ))
+    if setup.wandb:
+        setup.wandb.log({"iter": progress.iter_num, "hellaswag/acc": scores.acc, "hellaswag/acc_norm": scores.acc_norm})
 
 
 def save(setup, progress, rank_rng, best=False):

@@ -58,6 +58,8 @@ class TrainSettings:
     log_interval: int = setting(1, "print and record the training loss every this many iterations", within="[1, inf)")
     eval_iters: int = setting(200, "batches averaged for each loss estimate", within="[1, inf)")
     eval_only: bool = setting(False, "evaluate once and exit")
+    hellaswag_interval: int = setting(0, "score hellaswag_task every this many iterations (acc, acc_norm in metrics.jsonl); 0: never", within="[0, inf)")
+    hellaswag_task: str = setting("hellaswag", "with hellaswag_interval: 'hellaswag' (its validation set, downloaded once into data/hellaswag/) or a .jsonl file of multiple-choice items")
     always_save_checkpoint: bool = setting(True, "nanoGPT's setting, accepted so its configs run; no effect: ckpt.pt is written at every eval and best.pt keeps the best model")
     keep_checkpoints: int = setting(0, "also keep the last N step checkpoints (ckpt-000500.pt ...) to roll back to; 0 keeps only ckpt.pt and best.pt", within="[0, inf)")
     init_from: str = setting("scratch", "'scratch', 'resume' (from out_dir), 'auto' (resume if out_dir holds a checkpoint, else scratch) or a GPT-2 name: gpt2, gpt2-medium, gpt2-large, gpt2-xl")

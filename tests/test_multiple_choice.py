@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from helpers import assert_user_error, run_script
+from helpers import TINY_MODEL, assert_user_error, run_script, run_torchrun
 from nanogpt.checkpoint import load_model_and_tokenizer
 from nanogpt.files import shared_data_dir
 from nanogpt.multiple_choice import accuracy, loglikelihoods, read_items
@@ -137,3 +137,50 @@ def test_bad_task_files(trained_run, tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"context": "caf\xe9"}\n')
     assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", f"--task={tmp_path / 'latin1.jsonl'}"), "not UTF-8")
     assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", f"--task={tmp_path}", "--input=x.txt"), "not both")
+
+
+def choice_records(out_dir):
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["iter"], r["acc"], r["acc_norm"], r["items"]) for r in records if r["kind"] == "hellaswag"]
+
+
+def test_training_scores_items_and_two_processes_sum_their_shares(data_dir, tmp_path):
+    path = write_lines(tmp_path / "items.jsonl", val_items(51, context=24, length=8))  # 51: the shares differ in size
+    run = [
+        *TINY_MODEL, "--batch_size=8", f"--data_dir={data_dir}", "--dataset=shakespeare_char", "--max_iters=20", "--lr_decay_iters=20",
+        "--warmup_iters=5", "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--learning_rate=3e-3",
+        "--hellaswag_interval=10", f"--hellaswag_task={path}",
+    ]
+    # one process accumulating 2 micro-batches trains exactly as 2 processes with one each
+    one = run_script("train.py", *run, "--gradient_accumulation_steps=2", f"--out_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr
+    two = run_torchrun("train.py", *run, "--gradient_accumulation_steps=2", f"--out_dir={tmp_path / 'two'}")
+    assert two.returncode == 0, two.stderr
+    scored = choice_records(tmp_path / "one")
+    assert [r[0] for r in scored] == [0, 10, 20] and all(r[3] == 51 for r in scored)
+    assert scored == choice_records(tmp_path / "two")
+    assert f"step 20: {path} acc_norm" in two.stdout
+
+    # the last record is what eval.py gives the saved model
+    result = run_script("eval.py", f"--out_dir={tmp_path / 'two'}", "--checkpoint=latest", f"--task={path}", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    correct = [int(n) for n in re.findall(r"\((\d+)/51,", result.stdout)]  # acc's and acc_norm's counts
+    assert correct == [round(scored[-1][1] * 51), round(scored[-1][2] * 51)]
+
+    # compare.py: a column with each run's best acc_norm and a fourth panel (the picture is wider)
+    picture = tmp_path / "compare.png"
+    result = run_script("compare.py", tmp_path / "one", tmp_path / "two", f"--to={picture}")
+    assert result.returncode == 0, result.stderr
+    header, *rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert header.endswith("| best acc_norm |") and all(row.endswith(f"| {max(r[2] for r in scored):.4f} |") for row in rows)
+    assert int.from_bytes(picture.read_bytes()[16:20], "big") == 2100  # PNG width: (16 + 5) inches at 100 dpi
+
+
+def test_training_refuses_a_task_its_tokenizer_cannot_read(data_dir, tmp_path):
+    lines = [{"ctx": "The boy", "endings": ["runs.", "sits."], "label": 0}, {"ctx": "Caf\u00e9 au lait", "endings": ["is hot.", "is cold."], "label": 0}]
+    path = write_lines(tmp_path / "hellaswag.jsonl", lines)  # no é in tiny Shakespeare
+    result = run_script(
+        "train.py", *TINY_MODEL, f"--data_dir={data_dir}", "--dataset=shakespeare_char", "--max_iters=2",
+        f"--out_dir={tmp_path / 'out'}", "--hellaswag_interval=1", f"--hellaswag_task={path}",
+    )
+    assert_user_error(result, f"hellaswag_interval cannot score {path}", "line 2", "outside the model's vocabulary")

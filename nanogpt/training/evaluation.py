@@ -1,9 +1,14 @@
-"""The loss estimate of train.py's evaluations: mean loss of both splits, and val bits per byte."""
+"""train.py's evaluations: the loss estimate (mean loss of both splits, and val bits per byte) and
+multiple-choice accuracy (HellaSwag) every hellaswag_interval steps."""
 
 import math
 import time
 
 import torch
+
+from nanogpt.errors import DataError
+from nanogpt.multiple_choice import Scores, accuracy, loglikelihoods, read_items, task_file
+from nanogpt.tokenizer import tokenizer_from_meta
 
 
 def format_duration(seconds):
@@ -56,3 +61,25 @@ def report_eval_time(first_batch_seconds, eval_iters):
             f"note: each evaluation will take about {format_duration(seconds)} (2 x {eval_iters} batches at"
             f" {first_batch_seconds:.2f} s each); --eval_iters and --eval_interval set how many and how often"
         )
+
+
+def task_items(task, tokenizer_meta, block_size):
+    """The multiple-choice items a run scores (hellaswag_task), read once before training: a task the
+    model's tokenizer cannot read (HellaSwag for a character-level model) is refused here."""
+    try:
+        return read_items(task_file(task), tokenizer_from_meta(tokenizer_meta), block_size)
+    except DataError as e:
+        raise DataError(f"hellaswag_interval cannot score {task}: {e}") from None
+
+
+def choice_accuracy(model, items, ctx, procs, fsdp, batch_size, vocab_size):
+    """Scores on the items. Under DDP each process scores every world_size-th item and the counts are
+    summed, so every process must call it at the same step; under FSDP a forward pass is collective, so
+    every process scores them all in the same batches."""
+    share = items if fsdp or not procs.ddp else items[procs.rank :: procs.world_size]
+    scores = accuracy(loglikelihoods(model, share, batch_size, procs.device, vocab_size, ctx), share)
+    if procs.ddp and not fsdp:
+        counts = torch.tensor([scores.correct, scores.correct_norm, scores.count], device=procs.device)
+        torch.distributed.all_reduce(counts)
+        scores = Scores(*counts.tolist())
+    return scores

@@ -56,3 +56,13 @@ def newton_schulz_dtype(setting, device, checkpoint=None):
         return saved[1]["param_groups"][0].get("ns_dtype", "bfloat16"), "as the checkpoint's run chose"
     speed = bfloat16_matmul_speed(device)
     return ("bfloat16" if speed >= 0.8 else "float32"), f"bfloat16 matmuls run {speed:.2f}x float32's speed here"
+
+
+def run_optimizers(cfg, procs, model, checkpoint):
+    """A training run's optimizers (cfg: train.py's settings); with Muon, its Newton-Schulz number
+    format chosen and said, the same in every process."""
+    ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, procs.device, checkpoint) if cfg.optimizer == "muon" else ("bfloat16", "")
+    ns_dtype = procs.first(ns_dtype)  # as rank 0 chose: a measured choice could differ between processes
+    if procs.master and why:
+        print(f"muon: Newton-Schulz in {ns_dtype} ({why})")
+    return make_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), procs.device_type, cfg.optimizer, cfg.muon_lr, ns_dtype)
