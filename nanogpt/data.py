@@ -1,7 +1,9 @@
 """Datasets on disk and the batches drawn from them.
 
 A prepared dataset is a folder with
-    train.bin, val.bin   token ids, one after another, as raw unsigned integers
+    train.bin, val.bin   token ids, one after another, as raw unsigned integers (a large split may
+                         instead be numbered shards, train_000000.bin, train_000001.bin, ..., read
+                         as one stream: data/fineweb/prepare.py writes them as they fill)
     meta.json            the tokenizer ("char" with its characters, "gpt2", or "bpe" with its
                          tokenizer.json beside) and the id dtype
 Training reads the .bin files through np.memmap, so a dataset larger than memory works.
@@ -184,27 +186,62 @@ def load_meta(dataset_dir):
     return meta
 
 
+def split_files(folder, split):
+    """The files of a split: split.bin, else its numbered shards in order (none: an empty list)."""
+    single = folder / f"{split}.bin"
+    return [single] if single.is_file() else sorted(p for p in folder.glob(f"{split}_[0-9]*.bin") if p.is_file())
+
+
+class TokenStream:
+    """A split stored as numbered shards, read as one stream of tokens: a window may run from the end
+    of one shard into the next. A shard is mapped only when a window touches it."""
+
+    def __init__(self, paths, dtype):
+        self.paths, self.dtype = paths, dtype
+        self.ends = np.cumsum([p.stat().st_size // dtype.itemsize for p in paths])
+
+    def __len__(self):
+        return int(self.ends[-1])
+
+    def __getitem__(self, window):
+        start, stop, _ = window.indices(len(self))
+        pieces, k = [], int(np.searchsorted(self.ends, start, side="right"))
+        while start < stop:
+            shard_start = int(self.ends[k - 1]) if k else 0
+            end = min(stop, int(self.ends[k]))
+            pieces.append(np.memmap(self.paths[k], dtype=self.dtype, mode="r")[start - shard_start : end - shard_start])
+            start, k = end, k + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+
 class Dataset:
-    """train.bin / val.bin of one prepared dataset, with random (x, y) batches for training."""
+    """train.bin / val.bin (or their shards) of one prepared dataset, with random (x, y) batches for training."""
 
     def __init__(self, data_dir, name):
         self.dir = Path(data_dir) / name
-        for split in ("train", "val"):
-            if not (self.dir / f"{split}.bin").is_file():
+        self.files = {split: split_files(self.dir, split) for split in ("train", "val")}
+        for split, paths in self.files.items():
+            if not paths:
                 raise DataError(f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run {prepare_command(name)}")
         self.meta = load_meta(self.dir)
         self.dtype = np.dtype(self.meta["dtype"])
-        for split in ("train", "val"):
-            size = (self.dir / f"{split}.bin").stat().st_size
+        for path in self.files["train"] + self.files["val"]:
+            size = path.stat().st_size
             if size % self.dtype.itemsize:
                 raise DataError(
-                    f"{self.dir / f'{split}.bin'} has {size:,} bytes, not a whole number of {self.dtype} tokens: it is damaged;"
+                    f"{path} has {size:,} bytes, not a whole number of {self.dtype} tokens: it is damaged;"
                     f" prepare it again ({prepare_command(name)})"
                 )
 
     def tokens(self, split):
+        paths = self.files[split]
+        if len(paths) > 1:
+            return TokenStream(paths, self.dtype)
         # a fresh memmap per call: a long-lived one keeps every page it touched and slowly fills RAM
-        return np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
+        return np.memmap(paths[0], dtype=self.dtype, mode="r")
 
     def check_length(self, block_size):
         for split in ("train", "val"):

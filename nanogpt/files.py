@@ -68,8 +68,9 @@ def write_atomically(writers, needed_bytes):
         names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])
         kept = f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact" if all(p.is_file() for p in paths) else "nothing was replaced"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        megabytes = needed_bytes / 2**20
         raise WriteError(
-            f"could not write {names} to {folder} ({reason}); it needs about {needed_bytes / 2**20:,.0f} MB free; {kept}"
+            f"could not write {names} to {folder} ({reason}); it needs about {megabytes:,.{0 if megabytes >= 10 else 1}f} MB free; {kept}"
         ) from None
     for path in paths:
         os.replace(temporary[path], path)

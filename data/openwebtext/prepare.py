@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 from nanogpt.config import load_config, setting  # noqa: E402
 from nanogpt.data import shown_path, token_dtype  # noqa: E402
-from nanogpt.errors import DataError, UnavailableError, run_main  # noqa: E402
+from nanogpt.errors import DataError, run_main  # noqa: E402
 from nanogpt.files import check_writable_folder, hold_folder, write_atomically  # noqa: E402
 from nanogpt.tokenizer import GPT2Tokenizer  # noqa: E402
+from nanogpt.web_documents import load_documents  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -46,32 +46,6 @@ class OpenWebTextSettings:
 
 def read_settings(argv):
     return load_config(OpenWebTextSettings, argv, script="data/openwebtext/prepare.py")
-
-
-def load_documents(args):
-    """A datasets.Dataset with a 'text' column: local files when --input is given, else the hub."""
-    try:
-        import datasets
-    except ImportError:
-        raise UnavailableError("this script needs Hugging Face datasets: pip install -e '.[data]' (or pip install datasets)") from None
-    if args.input:
-        source = Path(args.input)
-        files = sorted(p for p in source.rglob("*") if p.suffix in BUILDERS) if source.is_dir() else [source]
-        if not files or not files[0].is_file():
-            raise DataError(f"{args.input} holds no .txt, .jsonl or .parquet files")
-        builders = {BUILDERS.get(p.suffix) for p in files}
-        if len(builders) != 1 or None in builders:
-            raise DataError(f"{args.input} mixes file types {sorted(p.suffix for p in files)}; use one of .txt, .jsonl, .parquet")
-        builder = builders.pop()
-        # .txt files: one document per line, as in most web-text dumps
-        dataset = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
-    else:
-        dataset = datasets.load_dataset(args.hf_dataset, revision=args.revision, split="train", num_proc=args.num_proc)
-    if "text" not in dataset.column_names:
-        raise DataError(f"the documents have no 'text' column (columns: {dataset.column_names})")
-    if args.max_docs:
-        dataset = dataset.select(range(min(args.max_docs, len(dataset))))
-    return dataset
 
 
 def write_tokens(f, tokenized, n_tokens, dtype, name):
@@ -107,7 +81,7 @@ def main():
     out_dir = Path(args.out_dir or HERE)
     check_writable_folder(out_dir, "out_dir")
     t0 = time.time()
-    documents = load_documents(args).filter(lambda row: bool(row["text"].strip()))
+    documents = load_documents(args.input, args.hf_dataset, args.max_docs, args.num_proc, revision=args.revision).filter(lambda row: bool(row["text"].strip()))
     if len(documents) < 2:
         raise DataError("fewer than two non-empty documents: nothing to split into train and val")
     n_val = max(1, int(len(documents) * args.val_fraction))

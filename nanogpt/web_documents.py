@@ -1,0 +1,34 @@
+"""Large document collections (OpenWebText, FineWeb) through Hugging Face `datasets`: from the hub, or
+from local .txt (a document a line), .jsonl or .parquet files for offline use."""
+
+from pathlib import Path
+
+from nanogpt.errors import DataError, UnavailableError
+
+BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=None):
+    """A datasets.Dataset with a 'text' column: the files under `input` when it is given, else the hub
+    dataset (its config `name`, at `revision`); only the first max_docs documents when that is not 0."""
+    try:
+        import datasets
+    except ImportError:
+        raise UnavailableError("this script needs Hugging Face datasets: pip install -e '.[data]' (or pip install datasets)") from None
+    if input:
+        source = Path(input)
+        files = sorted(p for p in source.rglob("*") if p.suffix in BUILDERS) if source.is_dir() else [source]
+        if not files or not files[0].is_file():
+            raise DataError(f"{input} holds no .txt, .jsonl or .parquet files")
+        builders = {BUILDERS.get(p.suffix) for p in files}
+        if len(builders) != 1 or None in builders:
+            raise DataError(f"{input} mixes file types {sorted(p.suffix for p in files)}; use one of .txt, .jsonl, .parquet")
+        # .txt files: one document per line, as in most web-text dumps
+        dataset = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
+    else:
+        dataset = datasets.load_dataset(hf_dataset, name=name, revision=revision, split="train", num_proc=num_proc)
+    if "text" not in dataset.column_names:
+        raise DataError(f"the documents have no 'text' column (columns: {dataset.column_names})")
+    if max_docs:
+        dataset = dataset.select(range(min(max_docs, len(dataset))))
+    return dataset

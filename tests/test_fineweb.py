@@ -1,0 +1,117 @@
+"""data/fineweb/prepare.py on a few local parquet rows: shards that hold whole documents in order, an
+interrupted run that continues to the same files, and training on the shards as one stream."""
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import REPO, SCRIPT_TIMEOUT, TINY_MODEL, run_script
+from nanogpt.data import Dataset
+from nanogpt.files import shared_data_dir
+from nanogpt.tokenizer import GPT2Tokenizer
+
+pytestmark = pytest.mark.slow  # every test here starts processes
+
+SHARDS = ["--shard_tokens=20000", "--val_tokens=5000"]
+
+
+def documents():
+    """Wikipedia articles from the WikiText-2 sample (split at their titles), with one long article made
+    of several in the middle: it fills a file of its own, larger than shard_tokens."""
+    text = (shared_data_dir() / "webtext_sample" / "wikitext2_valid.txt").read_text()
+    articles = [a.strip() for a in re.split(r"\n(?= = [^=])", text) if a.strip()][:30]
+    return articles[:20] + ["\n".join(articles[20:26]), "   "] + articles[26:]  # and an empty document
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path_factory.mktemp("fineweb_source") / "rows.parquet"
+    docs = documents()
+    pq.write_table(pa.table({"text": docs, "id": [f"doc{i}" for i in range(len(docs))]}), path)
+    return path
+
+
+def prepare(parquet, out_dir, *extra, preexec_fn=None):
+    env = dict(os.environ, HF_DATASETS_CACHE=str(out_dir.parent / "hf_cache"))  # the arrow copy of the rows, shared
+    command = [sys.executable, "data/fineweb/prepare.py", f"--input={parquet}", f"--out_dir={out_dir}", "--num_proc=2", *SHARDS, *extra]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=preexec_fn)
+
+
+def files(out_dir):
+    return {p.name: p.read_bytes() for p in sorted(out_dir.glob("*.bin"))}
+
+
+def test_shards_hold_whole_documents_in_order(parquet, tmp_path):
+    out = tmp_path / "data" / "fineweb"
+    result = prepare(parquet, out)
+    assert result.returncode == 0, result.stderr
+    assert "tokens/s with num_proc=2" in result.stdout
+    assert json.loads((out / "meta.json").read_text()) == {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16"}
+    assert not (out / "prepare_state.json").exists()
+
+    tokenizer = GPT2Tokenizer()
+    expected = [[tokenizer.eot_token] + tokenizer.encode(d, ordinary=True) for d in documents() if d.strip()]
+    names = ["val.bin"] + [f"train_{i:06d}.bin" for i in range(len(files(out)) - 1)]
+    assert sorted(names) == sorted(files(out))
+    shards = [np.fromfile(out / name, dtype=np.uint16) for name in names]
+    # every document once, in order, each beginning with <|endoftext|>; no file starts inside one
+    assert np.concatenate(shards).tolist() == [t for ids in expected for t in ids]
+    assert all(shard[0] == tokenizer.eot_token for shard in shards)
+    document_starts = set(np.cumsum([0] + [len(ids) for ids in expected]).tolist())
+    assert set(np.cumsum([0] + [len(s) for s in shards]).tolist()) <= document_starts
+    # full files: the next document would not have fit; a file over shard_tokens is one long document
+    assert len(shards[0]) <= 5000 and all(len(s) <= 20000 or (s == tokenizer.eot_token).sum() == 1 for s in shards[1:])
+    assert any(len(s) > 20000 for s in shards)
+
+    # training reads the train shards as one stream: a window may cross from one shard into the next
+    stream = Dataset(tmp_path / "data", "fineweb").tokens("train")
+    joined = np.concatenate(shards[1:])
+    assert len(stream) == len(joined)
+    first_end = len(shards[1])
+    assert stream[first_end - 10 : first_end + 10].tolist() == joined[first_end - 10 : first_end + 10].tolist()
+    assert np.asarray(stream).tolist() == joined.tolist()
+    trained = run_script(
+        "train.py", *TINY_MODEL, "--dataset=fineweb", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'run'}",
+        "--max_iters=3", "--eval_iters=2", "--eval_interval=3", "--block_size=64",
+    )
+    assert trained.returncode == 0, trained.stderr
+
+
+def test_an_interrupted_run_continues_to_the_same_files(parquet, tmp_path):
+    straight = tmp_path / "straight"
+    assert prepare(parquet, straight).returncode == 0
+
+    # a file-size limit below the long document's file: the run stops there, with the files before it kept
+    out = tmp_path / "interrupted"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, resource.RLIM_INFINITY))  # noqa: E731
+    stopped = prepare(parquet, out, preexec_fn=limit)
+    assert stopped.returncode != 0 and "Traceback" not in stderr_text(stopped)
+    assert stderr_text(stopped).splitlines()[-1].startswith("error: ")
+    state = json.loads((out / "prepare_state.json").read_text())
+    kept = files(out)
+    assert 0 < state["train_shards"] < len(files(straight)) - 1 and len(kept) == state["train_shards"] + 1
+    assert all(kept[name] == files(straight)[name] for name in kept)
+
+    # other settings cannot continue it; the same ones do, to the straight run's files, byte for byte
+    other = prepare(parquet, out, "--shard_tokens=30000")
+    assert other.returncode != 0 and "begun with other settings (shard_tokens)" in other.stderr
+    resumed = prepare(parquet, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"continuing: {state['documents']:,} documents" in resumed.stdout
+    assert files(out) == files(straight) and not (out / "prepare_state.json").exists()
+    again = prepare(parquet, out)
+    assert again.returncode != 0 and "already holds a prepared dataset" in again.stderr
+
+
+def stderr_text(result):
+    """stderr without the progress bar's redrawn lines (they end in carriage returns, not newlines)."""
+    return "\n".join(line.split("\r")[-1] for line in result.stderr.splitlines())
