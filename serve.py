@@ -29,7 +29,8 @@ class ServeSettings:
     api_key: str = setting("", "if set (or NANOGPT_API_KEY), every request but /health needs Authorization: Bearer KEY")
     max_rows: int = setting(32, "most completions generated together in one batch", within="[1, 4096]")
     max_queue: int = setting(128, "most completions waiting for a row; past it requests get 429", within="[0, 100000]")
-    max_tokens_limit: int = setting(0, "largest max_tokens a request may ask for; 0: the model's context", within="[0, inf)")
+    max_body_bytes: int = setting(1 << 20, "largest request body; a larger one is refused (413) as soon as it passes this, announced or not", within="[1, inf)")
+    max_tokens_limit: int = setting(4096, "largest max_tokens a request may ask for: generation slides past the model's context, so this bounds a request's time, not its length", within="[1, inf)")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
 
@@ -58,7 +59,7 @@ def main():
     model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
     model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
     name = os.path.basename(os.path.normpath(cfg.out_dir)) if cfg.init_from == "resume" else os.path.basename(os.path.normpath(cfg.init_from))
-    app = create_app(Engine(model), tokenizer, name, cfg.max_rows, cfg.max_queue, cfg.max_tokens_limit, cfg.api_key)
+    app = create_app(Engine(model), tokenizer, name, cfg.max_rows, cfg.max_queue, cfg.max_tokens_limit, cfg.api_key, cfg.max_body_bytes)
 
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model" + ("" if cfg.api_key else "; set --api_key"), file=sys.stderr)

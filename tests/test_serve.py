@@ -2,6 +2,7 @@
 openai client, concurrent streams, bad input, a disconnect, an API key, and the page in a real browser."""
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -123,6 +125,78 @@ def test_echo_and_logprobs_score_the_prompt(server):
     assert wide["token_logprobs"] == logprobs["token_logprobs"]
 
 
+def test_prompt_only_scoring_stop_cut_logprobs_and_usage_chunk(server):
+    """The rest of what lm-evaluation-harness and OpenAI's clients ask of a completions server."""
+    scored = {"prompt": "ROMEO: speak", "temperature": 0, "echo": True, "logprobs": 10}
+    one = httpx.post(server + "/v1/completions", json=dict(scored, max_tokens=1)).json()
+    # max_tokens=0 with echo (the older scoring request): the prompt and its log-probabilities, nothing generated
+    zero = httpx.post(server + "/v1/completions", json=dict(scored, max_tokens=0)).json()
+    choice = zero["choices"][0]
+    assert choice["text"] == "ROMEO: speak" and choice["finish_reason"] == "length"
+    assert choice["logprobs"]["tokens"] == list("ROMEO: speak")
+    alone, with_one = choice["logprobs"]["token_logprobs"], one["choices"][0]["logprobs"]["token_logprobs"][:12]
+    assert alone[0] is None is with_one[0] and alone[1:] == pytest.approx(with_one[1:], abs=1e-5)  # one token longer: other matmul shapes
+    assert zero["usage"] == {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}
+    events = stream_events(server, dict(scored, max_tokens=0, stream=True))
+    assert "".join(e["choices"][0]["text"] for e in events) == "ROMEO: speak"
+    assert events[-1]["choices"][0]["logprobs"]["token_logprobs"] == choice["logprobs"]["token_logprobs"]
+
+    # with a stop string, the log-probabilities end where the text ends
+    greedy = httpx.post(server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0}).json()["choices"][0]["text"]
+    stop = greedy[10]
+    cut = httpx.post(server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0, "stop": [stop], "logprobs": 0}).json()
+    logprobs = cut["choices"][0]["logprobs"]
+    assert "".join(logprobs["tokens"]) == cut["choices"][0]["text"] == greedy[: greedy.index(stop)]
+    assert len(logprobs["token_logprobs"]) == len(logprobs["tokens"]) == len(logprobs["text_offset"])
+
+    # stream_options.include_usage: every chunk has usage null, then one chunk without choices has the figures
+    c = client(server)
+    chunks = list(c.completions.create(model="any", prompt="ROMEO:", max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert all(chunk.usage is None for chunk in chunks[:-1]) and chunks[-1].choices == []
+    assert chunks[-1].usage.model_dump() == {"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18, "completion_tokens_details": None, "prompt_tokens_details": None}
+    plain = [e for e in stream_events(server, {"prompt": "ROMEO:", "max_tokens": 3, "stream": True})]
+    assert all("usage" not in e for e in plain)
+
+
+def test_generation_and_logprobs_slide_past_the_context(server):
+    """The model's context is 32 tokens; 200 (the page's default) are generated and scored, each token on
+    the context generation gave it: greedy tokens are the most likely ones where they were drawn."""
+    body = {"prompt": "ROMEO:", "max_tokens": 200, "temperature": 0, "logprobs": 1}
+    choice = httpx.post(server + "/v1/completions", json=body).json()["choices"][0]
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == 200 and choice["finish_reason"] == "length"
+    for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        assert logprob == pytest.approx(max(top.values()), abs=1e-4) and token in top
+    assert httpx.get(server + "/v1/models").json()["data"][0]["max_tokens"] == 100000  # the server's limit
+
+
+def test_tokenizer_endpoints_answer_as_lm_evaluation_harness_asks(server, trained_run):
+    from nanogpt.checkpoint import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer("resume", str(trained_run[0]), "best")
+    info = httpx.get(server + "/tokenizer_info").json()
+    assert info["eos_token"] is None and info["model_max_length"] == 32 and info["vocab_size"] == 65  # a char vocabulary has no end token
+    tokens = httpx.post(server + "/tokenize", json={"prompt": "ROMEO: speak", "add_special_tokens": False}).json()
+    assert tokens == {"tokens": tokenizer.encode("ROMEO: speak"), "count": 12, "max_model_len": 32}
+    assert httpx.post(server + "/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": "ROMEO: speak"}
+    for path, body, fragment in [
+        ("/tokenize", {"text": "x"}, "send the text to tokenize as prompt"),
+        ("/tokenize", {"prompt": "caf\u00e9"}, "outside the model's vocabulary"),
+        ("/detokenize", {"tokens": [65]}, "below the vocabulary size (65)"),
+        ("/detokenize", [1, 2], "below the vocabulary size"),
+    ]:
+        response = httpx.post(server + path, json=body)
+        assert response.status_code == 400 and fragment in response.json()["error"]["message"]
+
+
+def stream_events(server, body):
+    """The JSON events of a streamed completion, [DONE] left out."""
+    with httpx.stream("POST", server + "/v1/completions", json=body) as response:
+        lines = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
 def test_sixteen_concurrent_streams_share_the_batch(server):
     prompts = [("ROMEO:", "JULIET:", "First Citizen:", "O", "KING")[i % 5] + " " * (i % 3) for i in range(16)]
     lengths = [8 + 2 * i for i in range(16)]
@@ -151,7 +225,9 @@ def test_sixteen_concurrent_streams_share_the_batch(server):
 BAD_REQUESTS = [
     (b"{not json", 400, "not valid JSON"),
     (json.dumps({"max_tokens": 5}).encode(), 400, "prompt is missing"),
-    (json.dumps({"prompt": "ROMEO:", "max_tokens": 0}).encode(), 400, "max_tokens must be at least 1"),
+    (json.dumps({"prompt": "ROMEO:", "max_tokens": 0}).encode(), 400, "max_tokens must be at least 1"),  # 0 only with echo
+    (json.dumps({"prompt": "ROMEO:", "stream_options": {"include_usage": True}}).encode(), 400, "stream_options is only for stream: true"),
+    (b"[" * 200_000, 400, "nests too deeply"),
     (json.dumps({"prompt": "ROMEO:", "max_tokens": 10**9}).encode(), 400, "max_tokens must be at least 1 and at most 100000"),
     (json.dumps({"prompt": "ROMEO:", "temperature": -1}).encode(), 400, "temperature must be at least 0"),
     (b'{"prompt": "ROMEO:", "temperature": NaN}', 400, "temperature must be a finite number"),
@@ -161,7 +237,7 @@ BAD_REQUESTS = [
     (json.dumps({"prompt": "x" * 100}).encode(), 400, "longer than the model's context of 32"),
     (json.dumps({"prompt": "ROMEO:", "stop": 5}).encode(), 400, "stop must be a string"),
     (json.dumps({"prompt": "ROMEO:", "n": "two"}).encode(), 400, "n must be an integer"),
-    (json.dumps({"prompt": "x" * (2 << 20)}).encode(), 413, "larger than 1024 KB"),
+    (json.dumps({"prompt": "x" * (2 << 20)}).encode(), 413, "larger than 1,048,576 bytes"),
 ]
 
 
@@ -183,6 +259,33 @@ def test_the_server_keeps_serving_after_fifty_bad_requests(server):
     assert chat.status_code == 404 and "base models without a chat template" in chat.json()["error"]["message"]
     models = httpx.get(server + "/v1/models").json()
     assert models["data"][0]["context_length"] == 32
+
+
+def test_the_body_limit_holds_while_the_body_is_read(trained_run, tmp_path_factory):
+    out_dir, _ = trained_run
+    process, base, log = start_server(out_dir, tmp_path_factory, "--max_body_bytes=2000")
+    try:
+        def peak_rss_mb():
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
+
+        def chunked():  # no Content-Length: 200 MB in 1 MB pieces
+            for _ in range(200):
+                yield b" " * 1_000_000
+
+        before = peak_rss_mb()
+        try:
+            response = httpx.post(base + "/v1/completions", content=chunked(), timeout=120)
+            assert response.status_code == 413 and "larger than 2,000 bytes" in response.json()["error"]["message"]
+        except httpx.HTTPError:
+            pass  # the server may answer and close the connection while the client is still sending
+        # refused while reading: the server never held the body (reading it whole took 200 MB more)
+        assert peak_rss_mb() - before < 50
+        announced = httpx.post(base + "/v1/completions", json={"prompt": "x" * 3000})
+        assert announced.status_code == 413
+        assert httpx.post(base + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 2}).status_code == 200
+    finally:
+        stop_server(process, log)
 
 
 def test_a_client_that_disconnects_frees_its_row(server):
@@ -236,6 +339,7 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         prompt.clear()
         prompt.send_keys("ROMEO:")
         max_tokens = driver.find_element(By.ID, "max_tokens")
+        assert max_tokens.get_attribute("value") == "200"  # the page's default: within the server's limit
         max_tokens.clear()
         max_tokens.send_keys("100000")
         driver.find_element(By.ID, "generate").click()

@@ -257,14 +257,28 @@ class Engine:
 
     @torch.no_grad()
     def token_logprobs(self, ids, top=0, vocab_size=None):
-        """For a sequence within the context: each token's log-probability given the tokens before it
-        (None for the first), and at each place the `top` most likely tokens with theirs, as a list of
-        {id: logprob} (None for the first)."""
+        """For a sequence: each token's log-probability given the tokens before it (None for the first),
+        and at each place the `top` most likely tokens with theirs, as a list of {id: logprob} (None for
+        the first). Past the context, a token is scored on the context generation gives it
+        (context_start): the tokens that share one are scored by one forward pass."""
         vocab_size = vocab_size or self.config.vocab_size
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits, _ = self.model(x, targets=torch.full_like(x, -1))  # targets: the logits of every position
-        logprobs = F.log_softmax(logits[0, :-1, :vocab_size].float(), dim=-1)
-        chosen = logprobs.gather(1, x[0, 1:, None])[:, 0].tolist()
+        if len(ids) < 2:
+            return [None] * len(ids), [None] * len(ids)
+        groups = []  # [context start, first token, last token]: tokens whose context starts at one place
+        for t in range(1, len(ids)):
+            start = context_start(t, self.config.block_size)
+            if groups and groups[-1][0] == start:
+                groups[-1][2] = t
+            else:
+                groups.append([start, t, t])
+        rows = []
+        for start, first, last in groups:
+            x = torch.tensor([ids[start:last]], dtype=torch.long, device=self.device)
+            logits, _ = self.model(x, targets=torch.full_like(x, -1))  # targets: the logits of every position
+            rows.append(F.log_softmax(logits[0, first - 1 - start :, :vocab_size].float(), dim=-1))
+        logprobs = torch.cat(rows)
+        targets = torch.tensor(ids[1:], dtype=torch.long, device=self.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
         tops = [None] * len(chosen)
         if top:
             values, indices = logprobs.topk(min(top, vocab_size), dim=-1)

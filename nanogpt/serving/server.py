@@ -22,7 +22,6 @@ from nanogpt.generation.sampling import Sampling
 from nanogpt.errors import DataError
 from nanogpt.serving.batching import Busy, Job, Batcher
 
-MAX_BODY_BYTES = 1 << 20
 PAGE = Path(__file__).with_name("page.html")
 
 
@@ -55,6 +54,7 @@ class Completion:
     stream: bool
     echo: bool
     logprobs: int | None
+    include_usage: bool  # a stream's last chunk carries the usage
 
 
 def number(body, key, default, kind, low=None, high=None, low_open=False):
@@ -107,9 +107,11 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
     for key in ("stream", "echo"):
         if not isinstance(body.get(key, False), bool):
             raise BadRequest(f"{key} must be true or false", param=key)
+    echo = body.get("echo", False)
     request = Completion(
         prompts=prompts,
-        max_tokens=number(body, "max_tokens", 16, int, 1, max_tokens_limit),
+        # with echo, 0 scores the prompt alone (lm-evaluation-harness's older loglikelihood request)
+        max_tokens=number(body, "max_tokens", 16, int, 0 if echo else 1, max_tokens_limit),
         temperature=number(body, "temperature", 1.0, float, 0),
         top_p=number(body, "top_p", 1.0, float, 0, 1, low_open=True),
         top_k=number(body, "top_k", None, int, 1),
@@ -117,16 +119,25 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
         stop=stop,
         seed=number(body, "seed", None, int, -(2**62), 2**62 - 1),
         stream=body.get("stream", False),
-        echo=body.get("echo", False),
+        echo=echo,
         logprobs=number(body, "logprobs", None, int, 0, 20),  # lm-evaluation-harness asks for up to 10
+        include_usage=stream_usage(body),
     )
     if request.seed is None:
         request.seed = random.randrange(2**31)
-    if request.logprobs is not None:
-        longest = max(len(ids) for _, ids in prompts) + request.max_tokens
-        if longest > block_size:
-            raise BadRequest(f"logprobs needs prompt and completion within the model's context of {block_size} tokens; lower max_tokens", param="logprobs")
     return request
+
+
+def stream_usage(body):
+    """Whether a stream ends with a usage chunk (stream_options.include_usage, as OpenAI's API has it)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not body.get("stream", False):
+        raise BadRequest("stream_options is only for stream: true", param="stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise BadRequest("stream_options must be an object such as {\"include_usage\": true}", param="stream_options")
+    return options.get("include_usage", False)
 
 
 def make_metrics():
@@ -142,14 +153,14 @@ def make_metrics():
     }
 
 
-def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_limit=None, api_key=None):
+def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_limit=4096, api_key=None, max_body_bytes=1 << 20):
     """The FastAPI app: its batcher generates for every request, and a guard checks the key and size."""
     config = engine.config
     registry, metrics = make_metrics()
     batcher = Batcher(engine, tokenizer.vocab_size, max_rows, max_queue, metrics)
     app = FastAPI(title="nanogpt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
-    app.middleware("http")(guard(api_key, metrics))
+    app.middleware("http")(guard(api_key, metrics, max_body_bytes))
 
     @app.get("/health")
     async def health():
@@ -157,7 +168,8 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "nanogpt", "context_length": config.block_size}]}
+        model = {"id": name, "object": "model", "owned_by": "nanogpt", "context_length": config.block_size, "max_tokens": max_tokens_limit}
+        return {"object": "list", "data": [model]}
 
     @app.get("/metrics")
     async def prometheus():
@@ -171,13 +183,74 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
     async def chat():
         return error("this server has no chat endpoint: these are base models without a chat template; use /v1/completions with a prompt", 404)
 
-    limits = dict(block_size=config.block_size, max_tokens_limit=max_tokens_limit or config.block_size, max_n=max_rows)
+    limits = dict(block_size=config.block_size, max_tokens_limit=max_tokens_limit, max_n=max_rows, max_body_bytes=max_body_bytes)
     app.post("/v1/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits))
+    add_tokenizer_endpoints(app, tokenizer, config.block_size, max_body_bytes)
     return app
 
 
-def guard(api_key, metrics):
-    """Middleware: every request but /health needs the key, when there is one; bodies stay under 1 MB."""
+def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
+    """GET /tokenizer_info, POST /tokenize and /detokenize, in the shape vLLM serves them, which
+    lm-evaluation-harness's remote tokenizer reads: a client needs no copy of the model's tokenizer."""
+    eot = getattr(tokenizer, "eot_token", None)
+    end_text = None if eot is None else tokenizer.decode([eot])  # GPT-2's <|endoftext|>; a char vocabulary has none
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return {"eos_token": end_text, "bos_token": end_text, "pad_token": None, "chat_template": None, "model_max_length": block_size, "vocab_size": tokenizer.vocab_size}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = await json_body(request, max_body_bytes)
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            return error("send the text to tokenize as prompt: {\"prompt\": \"...\"}", 400, "prompt")
+        try:
+            ids = tokenizer.encode(body["prompt"])
+        except DataError as e:
+            return error(str(e), 400, "prompt")
+        return {"tokens": ids, "count": len(ids), "max_model_len": block_size}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        body = await json_body(request, max_body_bytes)
+        ids = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in ids):
+            return error(f"send token ids below the vocabulary size ({tokenizer.vocab_size}) as tokens: {{\"tokens\": [...]}}", 400, "tokens")
+        return {"prompt": tokenizer.decode(ids)}
+
+
+async def read_body(request, limit):
+    """The body, read no further than `limit` bytes: a larger one, announced or not (a chunked body has
+    no Content-Length), is refused as soon as it passes the limit."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body is larger than {limit:,} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw):
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise BadRequest("the body nests too deeply to be a request") from None
+
+
+async def json_body(request, limit):
+    """The request's JSON, or None when it is not JSON (or is too large)."""
+    try:
+        return parse_json(await read_body(request, limit))
+    except BadRequest:
+        return None
+
+
+def guard(api_key, metrics, max_body_bytes):
+    """Middleware: every request but /health needs the key, when there is one; a body that says it is
+    larger than max_body_bytes is refused before it is read."""
 
     async def check(request: Request, call_next):
         if api_key and request.url.path != "/health":
@@ -188,9 +261,9 @@ def guard(api_key, metrics):
                 metrics["requests"].labels("401").inc()
                 return error("a valid API key is needed: send the header Authorization: Bearer KEY", 401)
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             metrics["requests"].labels("413").inc()
-            return error(f"the body is larger than {MAX_BODY_BYTES // 1024} KB", 413)
+            return error(f"the body is larger than {max_body_bytes:,} bytes", 413)
         return await call_next(request)
 
     return check
@@ -200,17 +273,12 @@ def completions_endpoint(batcher, tokenizer, name, metrics, limits):
     """POST /v1/completions: the body checked, its jobs queued, the answer whole or streamed."""
 
     async def completions(request: Request):
-        raw = await request.body()
         try:
-            if len(raw) > MAX_BODY_BYTES:
-                raise BadRequest(f"the body is larger than {MAX_BODY_BYTES // 1024} KB", status=413)
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise BadRequest("the body is not valid JSON") from None
+            body = parse_json(await read_body(request, limits["max_body_bytes"]))
             completion = parse_completion(body, tokenizer, limits["block_size"], limits["max_tokens_limit"], limits["max_n"])
             answer = Answer(completion, tokenizer, batcher, tokenizer.vocab_size, name)
-            batcher.submit(answer.jobs)
+            if completion.max_tokens:
+                batcher.submit(answer.jobs)
         except BadRequest as e:
             metrics["requests"].labels(str(e.status)).inc()
             return error(str(e), e.status, e.param)
@@ -264,23 +332,25 @@ class Answer:
         text = self.endings.text(ids)
         choice = {"text": (prompt_text if completion.echo else "") + text, "index": index, "logprobs": None, "finish_reason": reason}
         if completion.logprobs is not None:
-            kept = self._kept_ids(ids, text)
-            choice["logprobs"] = await self._logprobs(prompt_ids, kept)
+            choice["logprobs"] = await self._logprobs(prompt_ids, ids, text)
         return choice
 
     def _kept_ids(self, ids, text):
-        """The generated ids up to where the text was cut (for logprobs)."""
+        """The generated ids that make up the text: up to the one where it was cut (a stop string, the
+        end-of-text token), that one included when it begins before the cut."""
         kept = []
         for token in ids:
-            if len(self.endings.text([*kept, token])) > len(text) or token == self.endings.end_token:
+            if token == self.endings.end_token or len(self.tokenizer.decode(kept)) >= len(text):
                 break
             kept.append(token)
         return kept
 
-    async def _logprobs(self, prompt_ids, ids):
-        """OpenAI's logprobs object for the completion (and the prompt, with echo): one forward over the
-        whole sequence, run on a worker thread while the batcher's step is not using the model."""
+    async def _logprobs(self, prompt_ids, ids, text):
+        """OpenAI's logprobs object for the completion (and the prompt, with echo), ending where its text
+        ends: one forward over the whole sequence (past the context, one per place the context moves),
+        run on a worker thread while the batcher's step is not using the model."""
         decode = self.tokenizer.decode
+        ids = self._kept_ids(ids, text)
         sequence = [*prompt_ids, *ids]
 
         def score():
@@ -290,6 +360,9 @@ class Answer:
         chosen, tops = await asyncio.to_thread(score)
         first = 0 if self.completion.echo else len(prompt_ids)
         tokens = [decode([t]) for t in sequence[first:]]
+        if ids:  # a token cut by a stop string shows the part of it the text keeps
+            before = sum(len(decode([t])) for t in ids[:-1])
+            tokens[-1] = tokens[-1][: max(len(text) - before, 0)]
         offsets, position = [], 0
         for token in tokens:
             offsets.append(position)
@@ -297,35 +370,46 @@ class Answer:
         top = [None if t is None else {decode([k]): v for k, v in t.items()} for t in tops[first:]]
         return {"tokens": tokens, "token_logprobs": chosen[first:], "top_logprobs": top if self.completion.logprobs else None, "text_offset": offsets}
 
+    def usage(self):
+        completion_tokens = sum(len(job.ids) for job in self.jobs) if self.completion.max_tokens else 0
+        prompt_tokens = sum(len(ids) for _, ids in self.completion.prompts)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
     async def whole(self):
         choices = [None] * len(self.jobs)
+        if not self.completion.max_tokens:  # echo alone: the prompt and its log-probabilities, nothing generated
+            choices = [await self.choice(index, [], "length") for index in range(len(self.jobs))]
         while any(c is None for c in choices):
             index, event = await self.inbox.get()
             if event[0] == "done":
                 choices[index] = await self.choice(index, event[1], event[2])
             elif event[0] == "error":
                 raise BadRequest(event[1], status=500)
-        completion_tokens = sum(len(job.ids) for job in self.jobs)
-        prompt_tokens = sum(len(ids) for _, ids in self.completion.prompts)
-        return {
-            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-        }
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices, "usage": self.usage()}
 
     def chunk(self, index, text, reason=None, logprobs=None):
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
-        return "data: " + json.dumps({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [choice]}) + "\n\n"
+        body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [choice]}
+        if self.completion.include_usage:
+            body["usage"] = None  # as OpenAI: every chunk has the key, the last one (no choices) the figures
+        return "data: " + json.dumps(body) + "\n\n"
 
     async def events(self):
         """Server-sent events in OpenAI's chunk format: text as it becomes safe to show, a last chunk per
-        choice with its finish_reason, then [DONE]. A client that goes away cancels its rows."""
+        choice with its finish_reason (and logprobs), with include_usage a chunk with the usage, then
+        [DONE]. A client that goes away cancels its rows."""
+        completion = self.completion
         shown = [""] * len(self.jobs)
         received = [[] for _ in self.jobs]  # each choice's ids so far, from its events
-        open_choices = len(self.jobs)
+        open_choices = len(self.jobs) if completion.max_tokens else 0
         try:
-            if self.completion.echo:
-                for index in range(len(self.jobs)):
-                    yield self.chunk(index, self.completion.prompts[index // self.completion.n][0])
+            for index in range(len(self.jobs)):
+                prompt_text, prompt_ids = completion.prompts[index // completion.n]
+                if completion.echo:
+                    yield self.chunk(index, prompt_text)
+                if not completion.max_tokens:  # echo alone: nothing to generate
+                    logprobs = None if completion.logprobs is None else await self._logprobs(prompt_ids, [], "")
+                    yield self.chunk(index, "", "length", logprobs)
             while open_choices:
                 index, event = await self.inbox.get()
                 if event[0] == "error":
@@ -339,11 +423,14 @@ class Answer:
                 if len(text) > len(shown[index]) or final:
                     delta, shown[index] = text[len(shown[index]) :], max(text, shown[index], key=len)
                     logprobs = None
-                    if final and self.completion.logprobs is not None:
-                        prompt_ids = self.completion.prompts[index // self.completion.n][1]
-                        logprobs = await self._logprobs(prompt_ids, self._kept_ids(ids, text))
+                    if final and completion.logprobs is not None:
+                        logprobs = await self._logprobs(completion.prompts[index // completion.n][1], ids, text)
                     yield self.chunk(index, delta, event[2] if final else None, logprobs)
                 open_choices -= final
+            else:
+                if completion.include_usage:
+                    usage = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": self.usage()}
+                    yield "data: " + json.dumps(usage) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:
             self.cancel()
