@@ -1,5 +1,6 @@
 """What the tests share: how to run the repo's scripts as a user would (alone, under torchrun, as two
-"nodes"), the tiny model's settings, and the checks of a clean failure and of two runs that trained alike."""
+"nodes", serve.py in the background), the tiny model's settings, and the checks of a clean failure and of
+two runs that trained alike."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -135,3 +137,39 @@ def assert_user_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(out_dir, tmp_path_factory, *extra):
+    """serve.py in the background; returns (process, base URL) once /health answers."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", f"--out_dir={out_dir}", "--device=cpu", f"--port={port}", *extra],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1) as response:
+                if response.status == 200:
+                    return process, base, log
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    log.seek(0)
+    process.kill()
+    raise AssertionError(f"the server did not start: {log.read()}")
+
+
+def stop_server(process, log):
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()

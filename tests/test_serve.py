@@ -4,58 +4,18 @@ openai client, concurrent streams, bad input, a disconnect, an API key, and the 
 import json
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_script
+from helpers import run_script, start_server, stop_server
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 openai = pytest.importorskip("openai", reason="the serve tests need the serve extra: pip install -e '.[serve,dev]'")
 httpx = pytest.importorskip("httpx")
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(out_dir, tmp_path_factory, *extra):
-    """serve.py in the background; returns (process, base URL) once /health answers."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "serve.py", f"--out_dir={out_dir}", "--device=cpu", f"--port={port}", *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=1) as response:
-                if response.status == 200:
-                    return process, base, log
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.2)
-    log.seek(0)
-    process.kill()
-    raise AssertionError(f"the server did not start: {log.read()}")
-
-
-def stop_server(process, log):
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")

@@ -410,11 +410,13 @@ class Answer:
                 if not completion.max_tokens:  # echo alone: nothing to generate
                     logprobs = None if completion.logprobs is None else await self._logprobs(prompt_ids, [], "")
                     yield self.chunk(index, "", "length", logprobs)
-            while open_choices:
+            failed = False
+            while open_choices and not failed:
                 index, event = await self.inbox.get()
                 if event[0] == "error":
                     yield "data: " + json.dumps({"error": {"message": event[1], "type": "server_error"}}) + "\n\n"
-                    break
+                    failed = True
+                    continue
                 final = event[0] == "done"
                 if not final:
                     received[index].append(event[1])
@@ -427,10 +429,9 @@ class Answer:
                         logprobs = await self._logprobs(completion.prompts[index // completion.n][1], ids, text)
                     yield self.chunk(index, delta, event[2] if final else None, logprobs)
                 open_choices -= final
-            else:
-                if completion.include_usage:
-                    usage = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": self.usage()}
-                    yield "data: " + json.dumps(usage) + "\n\n"
+            if completion.include_usage and not failed:
+                usage = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": self.usage()}
+                yield "data: " + json.dumps(usage) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:
             self.cancel()
