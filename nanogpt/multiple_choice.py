@@ -65,7 +65,10 @@ def task_file(task):
         print(f"downloading {HELLASWAG_URL} ...", file=sys.stderr)
         try:
             with urllib.request.urlopen(HELLASWAG_URL, timeout=60) as response:
-                data = response.read()
+                size = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=size, unit="B", unit_scale=True, desc="hellaswag_val.jsonl", file=sys.stderr) as bar:
+                    chunks = iter(lambda: response.read(1 << 20), b"")
+                    data = b"".join(bar.update(len(chunk)) or chunk for chunk in chunks)
         except OSError as e:
             raise DataError(f"could not download HellaSwag ({e}); put hellaswag_val.jsonl at {HELLASWAG_PATH} or pass --task=PATH.jsonl") from None
         write_atomically({HELLASWAG_PATH: lambda f: f.write(data)}, len(data))

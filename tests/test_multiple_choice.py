@@ -184,3 +184,30 @@ def test_training_refuses_a_task_its_tokenizer_cannot_read(data_dir, tmp_path):
         f"--out_dir={tmp_path / 'out'}", "--hellaswag_interval=1", f"--hellaswag_task={path}",
     )
     assert_user_error(result, f"hellaswag_interval cannot score {path}", "line 2", "outside the model's vocabulary")
+
+
+def test_hellaswag_is_downloaded_once(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    from nanogpt import multiple_choice
+
+    served = tmp_path / "served"
+    served.mkdir()
+    write_lines(served / "hellaswag_val.jsonl", HELLASWAG_LINES)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # the official source stands in for a local one: the same code path, no internet needed
+        monkeypatch.setattr(multiple_choice, "HELLASWAG_URL", f"http://127.0.0.1:{server.server_port}/hellaswag_val.jsonl")
+        monkeypatch.setattr(multiple_choice, "HELLASWAG_PATH", tmp_path / "data" / "hellaswag" / "hellaswag_val.jsonl")
+        path = multiple_choice.task_file("hellaswag")
+        assert path.read_bytes() == (served / "hellaswag_val.jsonl").read_bytes()
+        server.shutdown()
+        assert multiple_choice.task_file("hellaswag") == path  # kept: no second download (the server is gone)
+    finally:
+        server.server_close()
+    monkeypatch.setattr(multiple_choice, "HELLASWAG_PATH", tmp_path / "elsewhere" / "hellaswag_val.jsonl")
+    with pytest.raises(multiple_choice.DataError, match="could not download HellaSwag .*put hellaswag_val.jsonl at"):
+        multiple_choice.task_file("hellaswag")
