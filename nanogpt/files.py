@@ -68,10 +68,12 @@ def write_atomically(writers, needed_bytes):
         names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])
         kept = f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact" if all(p.is_file() for p in paths) else "nothing was replaced"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        if isinstance(e, RuntimeError) and ("enforce fail" in reason or "write failed" in reason):
+            # torch.save's writer drops the OS's reason: a write that stopped short is a full disk or a size limit
+            reason = "the write stopped short: no space left on the device, or a file-size limit"
         megabytes = needed_bytes / 2**20
-        raise WriteError(
-            f"could not write {names} to {folder} ({reason}); it needs about {megabytes:,.{0 if megabytes >= 10 else 1}f} MB free; {kept}"
-        ) from None
+        size = f"{megabytes:,.{0 if megabytes >= 10 else 1}f} MB" if megabytes >= 1 else f"{max(needed_bytes / 1024, 1):.0f} KB"
+        raise WriteError(f"could not write {names} to {folder} ({reason}); it needs about {size} free; {kept}") from None
     for path in paths:
         os.replace(temporary[path], path)
     fsync_dir(folder)

@@ -268,9 +268,34 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_old_checkpoint_intact(data
     result = subprocess.run(
         [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=limit_file_size,
     )
-    assert_user_error(result, f"could not write ckpt.pt to {finished_run}", "MB free", "is intact")
+    assert_user_error(result, f"could not write ckpt.pt to {finished_run}", "MB free", "is intact", "no space left on the device, or a file-size limit")
+    assert "enforce fail" not in result.stderr  # torch's words for it say nothing to a user
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
     assert not list(finished_run.glob("*.tmp"))  # no temporary file of any process
+
+
+def test_a_full_disk_under_metrics_jsonl_is_one_sentence(data_dir, tmp_path):
+    """metrics.jsonl fills up while the run logs every step, and on resume its rewrite cannot be written."""
+    out = tmp_path / "run"
+    args = [*TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={out}", "--log_interval=1", "--eval_iters=2"]
+
+    def run(limit, *extra):
+        return subprocess.run(
+            [sys.executable, "train.py", *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        )
+
+    # no checkpoint before step 1000: the log is the only file that grows
+    full = run(60_000, "--max_iters=400", "--eval_interval=1000", "--lr_decay_iters=400")  # loss.png stays below it
+    assert_user_error(full, f"could not append to {out / 'metrics.jsonl'}", "free some space")
+    assert 50_000 < (out / "metrics.jsonl").stat().st_size <= 60_000
+
+    saved = run(10**9, "--max_iters=200", "--eval_interval=100", "--lr_decay_iters=400", "--overwrite=True")
+    assert saved.returncode == 0, saved.stderr
+    log = (out / "metrics.jsonl").read_bytes()
+    resumed = run(len(log) // 2, "--max_iters=400", "--eval_interval=100", "--lr_decay_iters=400", "--init_from=resume")
+    assert_user_error(resumed, "could not write metrics.jsonl", "the previous metrics.jsonl is intact")
+    assert (out / "metrics.jsonl").read_bytes() == log and not list(out.glob("*.tmp"))
 
 
 def test_settings_are_checked_before_anything_loads(tmp_path):

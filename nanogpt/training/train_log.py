@@ -9,16 +9,22 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nanogpt.errors import UnavailableError
-from nanogpt.files import hold_folder
+from nanogpt.errors import UnavailableError, WriteError
+from nanogpt.files import hold_folder, write_atomically
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
 
 
 def append_record(out_dir, record):
-    with open(Path(out_dir) / METRICS_NAME, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One more line of metrics.jsonl; a failed write (a full disk) ends the run in one sentence, its
+    checkpoints untouched (a line cut short is skipped when the file is read)."""
+    path = Path(out_dir) / METRICS_NAME
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise WriteError(f"could not append to {path} ({e.strerror or e}); free some space and run again (from its last checkpoint, if it has one, with --init_from=resume)") from None
 
 
 def run_record(cfg, iter_num, tokens_per_iter, tokenizer_meta):
@@ -59,11 +65,8 @@ def read_records(out_dir):
 
 def keep_records_through(out_dir, iter_num):
     """On resume, drop what a crashed run logged after the checkpoint it resumes from."""
-    records = [r for r in read_records(out_dir) if r["iter"] <= iter_num]
-    path = Path(out_dir) / METRICS_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    records = "".join(json.dumps(r) + "\n" for r in read_records(out_dir) if r["iter"] <= iter_num).encode()
+    write_atomically({Path(out_dir) / METRICS_NAME: lambda f: f.write(records)}, len(records))
 
 
 def open_run_log(cfg, iter_num, tokens_per_iter, tokenizer_meta):
