@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
 from nanogpt.config import DTYPES, as_train_settings, gpt_config, load_config, setting, train_setting, with_model_switches

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer

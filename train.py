@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
+import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, MODEL_KEYS, capture_rng_state, model_from_checkpoint, save_checkpoint
@@ -43,9 +44,9 @@ from nanogpt.training.train_log import METRICS_NAME, LossPlotter, append_record,
 
 
 def read_settings(argv):
-    """The run's settings, refused in one sentence if they cannot work, before any data or model loads:
-    each key against what it declares (nanogpt/config.py), then what depends on more than one key.
-    Nothing outside the settings changes here."""
+    """The run's settings, refused in one sentence if they cannot work, before any data or model loads
+    (and changing nothing else): each key against what it declares (nanogpt/config.py), then what
+    depends on more than one key."""
     cfg = load_config(TrainSettings, argv)
     if cfg.init_from not in ("scratch", "resume", "auto"):
         if not is_pretrained_source(cfg.init_from):
@@ -175,8 +176,7 @@ def set_up(cfg, procs):
         plotter=LossPlotter(cfg.out_dir) if procs.master else None, wandb=None, stop_signals=[],
     )
     del checkpoint  # free it before training: it holds a second copy of the model and optimizer
-    wandb = open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None
-    return replace(setup, wandb=wandb), progress
+    return replace(setup, wandb=open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None), progress
 
 
 def prepare_process(cfg, procs, dtype, tokens_per_iter):

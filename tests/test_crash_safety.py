@@ -529,3 +529,16 @@ def test_resume_runs_and_records_the_checkpoints_shape(data_dir, tmp_path):
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         assert checkpoint["config"][key] == checkpoint["model_args"][key], key
     assert checkpoint["model_args"]["n_layer"] == 2 and checkpoint["config"]["block_size"] == 32
+
+
+@pytest.mark.parametrize("script", ["train.py", "data/shakespeare_char/prepare.py"])
+def test_ctrl_c_while_torch_loads_is_one_line(script, tmp_path):
+    process = subprocess.Popen([sys.executable, script, f"--out_dir={tmp_path / 'out'}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    # torch's library is mapped early in `import torch`, a second or more before the import ends
+    while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert stderr.strip() == "interrupted" and stdout == "", stderr
+    assert process.returncode != 0
