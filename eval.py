@@ -72,7 +72,9 @@ def model_tokenizer_and_ids(cfg):
     checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     data = Dataset(checkpoint["config"]["data_dir"], checkpoint["config"]["dataset"])
     model, tokenizer = model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"], checkpoint["path"])
-    return model, tokenizer, np.asarray(data.tokens("val"), dtype=np.int64), f"the val split of {data.dir}"
+    ids = np.asarray(data.tokens("val"), dtype=np.int64)
+    data.check_ids(ids, f"the val split of {data.dir}")
+    return model, tokenizer, ids, f"the val split of {data.dir}"
 
 
 def windows(n_ids, context, stride):

@@ -186,6 +186,9 @@ def load_meta(dataset_dir):
     return meta
 
 
+SCANNED_TOKENS = 1 << 24  # of each split, when a dataset is opened: before a run writes anything
+
+
 def split_files(folder, split):
     """The files of a split: split.bin, else its numbered shards in order (none: an empty list)."""
     single = folder / f"{split}.bin"
@@ -235,6 +238,17 @@ class Dataset:
                     f"{path} has {size:,} bytes, not a whole number of {self.dtype} tokens: it is damaged;"
                     f" prepare it again ({prepare_command(name)})"
                 )
+        for split in ("train", "val"):  # the start of each split now (a few ms), every batch later (get_batch)
+            self.check_ids(self.tokens(split)[:SCANNED_TOKENS], self.files[split][0])
+
+    def check_ids(self, ids, where):
+        """Refuse ids at or past the vocabulary meta.json gives: a file written with another tokenizer."""
+        top = int(ids.max()) if len(ids) else 0
+        if top >= self.meta["vocab_size"]:
+            raise DataError(
+                f"{where} holds token id {top:,}, not below the vocabulary size of {self.meta['vocab_size']:,} in its meta.json:"
+                f" it was written with another tokenizer, or is damaged; prepare it again ({prepare_command(self.dir.name)})"
+            )
 
     def tokens(self, split):
         paths = self.files[split]
@@ -262,7 +276,9 @@ class Dataset:
             if r == rank:
                 starts = offsets.tolist()
         # one copy of block_size + 1 tokens per row; x and y are views into it
-        rows = torch.from_numpy(np.stack([data[i : i + block_size + 1] for i in starts]).astype(np.int64))
+        rows = np.stack([data[i : i + block_size + 1] for i in starts])
+        self.check_ids(rows, f"the {split} split of {self.dir}")  # on a GPU an id past the table is an opaque device assert
+        rows = torch.from_numpy(rows.astype(np.int64))
         if device.startswith("cuda"):
             # pinned memory lets the copy run asynchronously while the GPU is busy
             rows = rows.pin_memory().to(device, non_blocking=True)

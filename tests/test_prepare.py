@@ -79,3 +79,28 @@ def test_a_full_disk_leaves_the_prepared_dataset_as_it_was(data_dir, tmp_path):
     assert_user_error(result, f"could not write train.bin, val.bin and meta.json to {out}", "MB free", "are intact")
     # every file as it was (besides the lock file the failed run held)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK_NAME} == before
+
+
+def test_token_ids_past_the_vocabulary_are_refused_in_one_sentence(data_dir, tmp_path):
+    """A train.bin written with another tokenizer: refused when the dataset opens (before the run writes
+    anything) if the bad ids are near the start, else by the batch that draws them."""
+    from helpers import TINY_MODEL
+
+    good = data_dir / "shakespeare_char"
+    for name, bad_from in (("early", 1000), ("late", 1 << 24)):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for file in ("val.bin", "meta.json"):
+            shutil.copy(good / file, folder / file)
+        ids = np.resize(np.fromfile(good / "train.bin", dtype=np.uint16), bad_from + (1 << 20))
+        ids[bad_from:] = 70  # the vocabulary has 65 characters
+        ids.tofile(folder / "train.bin")
+        out = tmp_path / f"out-{name}"
+        result = run_script(
+            "train.py", *TINY_MODEL, f"--data_dir={tmp_path / 'data'}", f"--dataset={name}", f"--out_dir={out}",
+            "--max_iters=50", "--eval_interval=25", "--eval_iters=10",
+        )
+        where = folder / "train.bin" if name == "early" else f"the train split of {folder}"
+        assert_user_error(result, f"{where} holds token id 70, not below the vocabulary size of 65", "prepare it again")
+        if name == "early":
+            assert not out.exists() or not list(out.iterdir())  # nothing written
