@@ -18,6 +18,7 @@ from pathlib import Path
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
 from nanogpt.config import CHECKPOINTS, load_config, setting
 from nanogpt.errors import SettingError, UnavailableError, run_main
+from nanogpt.files import check_writable_folder
 from nanogpt.hf import export_hf_gpt2
 from nanogpt.lora import check_peft, export_adapters
 
@@ -45,6 +46,7 @@ def read_settings(argv):
 def main():
     cfg = read_settings(sys.argv[1:])
     target = Path(cfg.to)
+    check_writable_folder(target, "to")  # before the checkpoint loads: a place that cannot hold a folder is one sentence
     try:
         import transformers  # noqa: F401
     except ImportError:

@@ -92,12 +92,12 @@ def check_writable_folder(folder, setting):
         path.mkdir(parents=True, exist_ok=True)
         writable = os.access(path, os.W_OK)
     except OSError as e:
-        raise WriteError(f"cannot create {setting} {folder} ({e.strerror}); choose a folder you can write to with --{setting}") from None
+        raise WriteError(f"cannot create the folder {folder} (--{setting}: {e.strerror}); choose a folder you can write to with --{setting}") from None
     finally:
         if first_missing is not None and first_missing.is_dir():
             shutil.rmtree(first_missing)
     if not writable:
-        raise WriteError(f"cannot write to {setting} {folder} (permission denied); choose a folder you can write to with --{setting}")
+        raise WriteError(f"cannot write to the folder {folder} (--{setting}: permission denied); choose a folder you can write to with --{setting}")
 
 
 def hold_folder(folder, setting):

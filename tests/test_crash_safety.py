@@ -303,7 +303,7 @@ def test_settings_are_checked_before_anything_loads(tmp_path):
     result = run_script("train.py", "--batch_size=0", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'out'}")
     assert_user_error(result, "batch_size must be at least 1, got 0")
     result = run_script("train.py", "--out_dir=/proc/forbidden/run", f"--data_dir={tmp_path}")
-    assert_user_error(result, "cannot create out_dir /proc/forbidden/run")
+    assert_user_error(result, "cannot create the folder /proc/forbidden/run (--out_dir")
 
 
 class RunsCode:

@@ -106,6 +106,7 @@ def test_export_refuses_a_non_empty_target(exported, tmp_path):
 def test_export_bad_inputs(tmp_path):
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "no checkpoint in")
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path}"), "--to=FOLDER")
+    assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", "--to=/dev/null/sub"), "cannot create the folder /dev/null/sub (--to: Not a directory)")
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "could not be loaded safely")
     assert not (tmp_path / "hf").exists()

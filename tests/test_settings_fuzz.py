@@ -149,7 +149,7 @@ END_TO_END = [
     ("train.py", ["--n_embd=100", "--n_head=3"], "n_embd (100) must be divisible by n_head (3)"),
     ("train.py", ["--init_from=gpt2", "--block_size=2048"], "block_size 2048 is larger than the 1024 positions"),
     ("train.py", ["--optimizer=sgd"], "unknown optimizer 'sgd'; use adamw, muon or adafactor"),
-    ("train.py", ["--out_dir=/proc/forbidden/run"], "cannot create out_dir /proc/forbidden/run"),
+    ("train.py", ["--out_dir=/proc/forbidden/run"], "cannot create the folder /proc/forbidden/run (--out_dir"),
     ("train.py", ["--compile=maybe"], "--compile expects bool or None"),
     ("train.py", ["--attention=flash"], "attention='flash' picks among CUDA attention kernels; leave it 'auto' on cpu"),
     ("sample.py", ["--temperature=nan"], "temperature must be a finite number"),
@@ -159,7 +159,7 @@ END_TO_END = [
     ("bench.py", ["--attention=cudnn", "--device=cpu"], "attention='cudnn' picks among CUDA attention kernels; leave it 'auto' on cpu"),
     ("bench.py", ["config/train_gpt2.py", "--batch_sise=2"], "unknown config key 'batch_sise' in the command line; did you mean batch_size?"),
     ("export.py", ["--checkpoint=newest", "--to=x"], "unknown checkpoint 'newest'; use best or latest"),
-    ("data/shakespeare_char/prepare.py", ["--out_dir=/proc/forbidden"], "cannot create out_dir /proc/forbidden"),
+    ("data/shakespeare_char/prepare.py", ["--out_dir=/proc/forbidden"], "cannot create the folder /proc/forbidden (--out_dir"),
     ("data/openwebtext/prepare.py", ["--val_fraction=1"], "val_fraction must be above 0 and below 1"),
     ("data/custom/prepare.py", ["--tokenizer=bpe2"], "unknown tokenizer 'bpe2'; use char, gpt2 or bpe"),
 ]
