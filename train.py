@@ -143,6 +143,8 @@ class Progress:
 
 def set_up(cfg, procs):
     """Data, model, optimizers (restored on resume), wrappers and the run's log files."""
+    if procs.master:  # before anything is spent on what would go in it
+        check_writable_folder(cfg.out_dir, "out_dir")
     dtype = resolve_dtype(cfg.dtype, procs.device)
     data = Dataset(cfg.data_dir, cfg.dataset)
     checkpoint, cfg = resumable_checkpoint(cfg, data) if cfg.init_from == "resume" else (None, cfg)
@@ -180,8 +182,7 @@ def set_up(cfg, procs):
 
 
 def prepare_process(cfg, procs, dtype, tokens_per_iter):
-    """This process's settings for the run (seed, number formats, allocator), its first lines of log,
-    and a check that out_dir can be written before anything is spent on what would go in it."""
+    """This process's settings for the run (seed, number formats, allocator) and its first lines of log."""
     if procs.device_type == "cpu":
         keep_freed_memory()
     if procs.master:
@@ -194,8 +195,6 @@ def prepare_process(cfg, procs, dtype, tokens_per_iter):
     if procs.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: much faster, accuracy unchanged in practice
         torch.backends.cudnn.allow_tf32 = True
-    if procs.master:
-        check_writable_folder(cfg.out_dir, "out_dir")
 
 
 def build_model(cfg, data, procs, dtype, checkpoint):
