@@ -69,10 +69,19 @@ def test_dropout_drops_p_and_keeps_the_mean(p):
     assert abs(y.mean().item() / x.mean().item() - 1) < 0.003
 
 
-def test_model_trains_with_dropout_on_the_cpu_paths():
+def test_model_trains_with_dropout_on_the_cpu_paths(monkeypatch):
     """A dropout-0.2 GPT in training mode goes through cpu_dropout, and its gradients are those of the
     same kept weights: eval mode (no dropout) and train mode differ, train mode repeats with the seed,
     and a few steps lower the loss on a fixed batch."""
+    calls = {"dropout": 0, "attention_with_dropout": 0}
+    for name in calls:  # counted on the way through, the functions themselves unchanged
+        original = getattr(cpu_dropout, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(cpu_dropout, name, counted)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=50, dropout=0.2))
     x = torch.randint(50, (4, 32))
@@ -85,6 +94,9 @@ def test_model_trains_with_dropout_on_the_cpu_paths():
     torch.manual_seed(1)
     _, train_loss_again = model(x, y)
     assert train_loss.item() == train_loss_again.item() != eval_loss.item()
+    # each train-mode forward: dropout on the embeddings and on each block's attention and MLP outputs,
+    # attention_with_dropout on each block's attention weights
+    assert calls == {"dropout": 2 * (1 + 2 * 2), "attention_with_dropout": 2 * 2}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
