@@ -173,3 +173,46 @@ def stop_server(process, log):
     process.terminate()
     process.wait(timeout=30)
     log.close()
+
+
+# public data the tests read, where it is published: fetched once when ../shared/data has no copy
+PUBLIC_DATA = {
+    "tinyshakespeare/input.txt": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "webtext_sample/wikitext2_valid.txt": "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/valid.txt",
+    "webtext_sample/wikitext2_test.txt": "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/test.txt",
+}
+FETCHED = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nanogpt-tests"
+OFFLINE = "the test data is neither in ../shared/data ($NANOGPT_SHARED_DATA) nor downloadable here"
+
+
+def public_data(relative):
+    """A public data file (a key of PUBLIC_DATA): the offline copy, else the one fetched into the cache,
+    else fetched now. Offline with neither, the test is skipped and says why."""
+    import pytest
+
+    from nanogpt.files import shared_data_dir
+
+    shared = shared_data_dir()
+    if shared is not None and (shared / relative).is_file():
+        return shared / relative
+    fetched = FETCHED / relative
+    if not fetched.is_file():
+        try:
+            with urllib.request.urlopen(PUBLIC_DATA[relative], timeout=30) as response:
+                data = response.read()
+        except OSError as e:
+            pytest.skip(f"{OFFLINE}: {relative} ({e})")
+        fetched.parent.mkdir(parents=True, exist_ok=True)
+        temporary = fetched.with_name(f"{fetched.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, fetched)
+    return fetched
+
+
+def skip_when_offline(result):
+    """A script's result, or a skip when it failed for want of public data it had to download."""
+    import pytest
+
+    if result.returncode != 0 and ("could not download" in result.stderr or "could not load the GPT-2 tokenizer" in result.stderr):
+        pytest.skip(f"{OFFLINE}: {result.stderr.strip()}")
+    return result

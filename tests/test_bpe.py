@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY_MODEL, assert_user_error, run_script
+from helpers import TINY_MODEL, assert_user_error, public_data, run_script
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.data import Dataset
-from nanogpt.files import shared_data_dir
 from nanogpt.training.train_log import read_records
 from nanogpt.tokenizer import tokenizer_from_meta
 
@@ -28,7 +27,7 @@ BPE_RUN = TINY_MODEL + [
 
 @pytest.fixture(scope="module")
 def wikitext():
-    return shared_data_dir() / "webtext_sample" / "wikitext2_valid.txt"
+    return public_data("webtext_sample/wikitext2_valid.txt")
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import re
 import pytest
 import torch
 
-from helpers import assert_user_error, run_script
-from nanogpt.files import shared_data_dir
+from helpers import assert_user_error, public_data, run_script
 from nanogpt.tokenizer import GPT2Tokenizer
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -23,7 +22,7 @@ def figures(stdout):
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
-    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()[:3000]
+    text = public_data("tinyshakespeare/input.txt").read_text()[:3000]
     path = tmp_path_factory.mktemp("eval") / "text.txt"
     path.write_text(text)
     return path, text

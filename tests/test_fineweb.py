@@ -11,9 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import REPO, SCRIPT_TIMEOUT, TINY_MODEL, run_script
+from helpers import REPO, SCRIPT_TIMEOUT, TINY_MODEL, public_data, run_script
 from nanogpt.data import Dataset
-from nanogpt.files import shared_data_dir
 from nanogpt.tokenizer import GPT2Tokenizer
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -24,7 +23,7 @@ SHARDS = ["--shard_tokens=20000", "--val_tokens=5000"]
 def documents():
     """Wikipedia articles from the WikiText-2 sample (split at their titles), with one long article made
     of several in the middle: it fills a file of its own, larger than shard_tokens."""
-    text = (shared_data_dir() / "webtext_sample" / "wikitext2_valid.txt").read_text()
+    text = public_data("webtext_sample/wikitext2_valid.txt").read_text()
     articles = [a.strip() for a in re.split(r"\n(?= = [^=])", text) if a.strip()][:30]
     return articles[:20] + ["\n".join(articles[20:26]), "   "] + articles[26:]  # and an empty document
 

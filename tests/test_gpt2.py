@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from helpers import (
-    DDP_RUN, REPO, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, run_script, run_torchrun, run_two_launchers,
+    DDP_RUN, REPO, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, public_data, run_script, run_torchrun, run_two_launchers,
 )
 from nanogpt.checkpoint import load_checkpoint
-from nanogpt.files import shared_data_dir
 from nanogpt.hf import gpt_from_pretrained
 from nanogpt.tokenizer import GPT2Tokenizer
 
@@ -37,7 +36,7 @@ def test_shakespeare_bpe_counts_and_roundtrip(bpe_data_dir):
     train = np.fromfile(folder / "train.bin", dtype=np.uint16)
     val = np.fromfile(folder / "val.bin", dtype=np.uint16)
     assert (len(train), len(val)) == (301_966, 36_059)  # the counts nanoGPT documents
-    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()
+    text = public_data("tinyshakespeare/input.txt").read_text()
     tokenizer = GPT2Tokenizer()
     assert tokenizer.decode(train.tolist()) + tokenizer.decode(val.tolist()) == text
 
@@ -127,7 +126,7 @@ def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
 def test_webtext_prepare_end_to_end(tmp_path):
     out = tmp_path / "owt"
     result = run_script(
-        "data/openwebtext/prepare.py", f"--input={shared_data_dir() / 'webtext_sample'}", "--num_proc=2",
+        "data/openwebtext/prepare.py", f"--input={public_data('webtext_sample/wikitext2_valid.txt').parent}", "--num_proc=2",
         "--val_fraction=0.05", f"--out_dir={out}",
     )
     assert result.returncode == 0, result.stderr

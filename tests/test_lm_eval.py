@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from helpers import REPO, run_script, start_server, stop_server
+from helpers import REPO, public_data, run_script, start_server, stop_server
 from nanogpt.checkpoint import load_model_and_tokenizer
-from nanogpt.files import shared_data_dir
 from nanogpt.multiple_choice import loglikelihoods, read_items
 
 pytestmark = pytest.mark.slow  # it starts a server and the harness
@@ -38,7 +37,7 @@ metric_list:
 def hard_items(n, context=20, length=8, seed=1):
     """Four-way items from tiny Shakespeare's val split whose wrong choices are real text from elsewhere:
     hard enough for a tiny model that its score says something (about half right)."""
-    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()
+    text = public_data("tinyshakespeare/input.txt").read_text()
     val = text[int(len(text) * 0.9) :]
     rng = random.Random(seed)
     items = []

@@ -8,9 +8,8 @@ import re
 import pytest
 import torch
 
-from helpers import TINY_MODEL, assert_user_error, run_script, run_torchrun
+from helpers import TINY_MODEL, assert_user_error, public_data, run_script, run_torchrun, skip_when_offline
 from nanogpt.checkpoint import load_model_and_tokenizer
-from nanogpt.files import shared_data_dir
 from nanogpt.multiple_choice import accuracy, loglikelihoods, read_items
 
 pytestmark = pytest.mark.slow  # every test here starts processes or trains
@@ -41,7 +40,7 @@ def write_lines(path, lines):
 def test_hellaswag_format_matches_transformers(hf_gpt2_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     path = write_lines(tmp_path / "hellaswag.jsonl", HELLASWAG_LINES)
-    result = run_script("eval.py", f"--init_from={hf_gpt2_dir}", f"--task={path}", "--device=cpu", "--batch_size=3")
+    result = skip_when_offline(run_script("eval.py", f"--init_from={hf_gpt2_dir}", f"--task={path}", "--device=cpu", "--batch_size=3"))
     assert result.returncode == 0, result.stderr
     count, acc, acc_norm = report(result.stdout)
 
@@ -80,7 +79,7 @@ def val_items(n, context, length, seed=0):
     """n four-way items cut from tiny Shakespeare's val split (its last 10%), in our own format: the
     `length` characters that follow `context` characters, and three shuffles of them. Telling them
     apart takes what the model learned of English; a model with random weights cannot."""
-    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()
+    text = public_data("tinyshakespeare/input.txt").read_text()
     val = text[int(len(text) * 0.9) :]
     rng = random.Random(seed)
     lines = []

@@ -1,4 +1,5 @@
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, run_script
-from nanogpt.files import LOCK_NAME, shared_data_dir
+from helpers import REPO, SCRIPT_TIMEOUT, assert_user_error, public_data, run_script, skip_when_offline
+from nanogpt.files import LOCK_NAME
 from nanogpt.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.slow  # every test here starts processes
@@ -23,7 +24,7 @@ def test_tiny_shakespeare_counts_and_roundtrip(data_dir):
     val = np.fromfile(folder / "val.bin", dtype=np.uint16)
     assert (len(train), len(val)) == (1_003_854, 111_540)
 
-    text = (shared_data_dir() / "tinyshakespeare" / "input.txt").read_text()
+    text = public_data("tinyshakespeare/input.txt").read_text()
     tokenizer = CharTokenizer(meta["chars"])
     assert tokenizer.decode(tokenizer.encode(text)) == text
     # the files hold exactly the encoded text, split 90/10
@@ -55,7 +56,7 @@ def test_prepare_missing_input_is_a_clear_error(tmp_path):
 
 
 def test_prepare_runs_from_any_directory(tmp_path):
-    result = run_script(REPO / "data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}", cwd=tmp_path)
+    result = skip_when_offline(run_script(REPO / "data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}", cwd=tmp_path))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
 
@@ -104,3 +105,26 @@ def test_token_ids_past_the_vocabulary_are_refused_in_one_sentence(data_dir, tmp
         assert_user_error(result, f"{where} holds token id 70, not below the vocabulary size of 65", "prepare it again")
         if name == "early":
             assert not out.exists() or not list(out.iterdir())  # nothing written
+
+
+def test_without_the_offline_copy_tests_fetch_or_skip_never_error(tmp_path):
+    """On a machine without ../shared/data the tests that read public data fetch it (with a network) or
+    are skipped saying why (without one); none of them errors."""
+    empty = tmp_path / "no-shared-data"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "NANOGPT_ALLOWED_SKIPS_ONLY"}
+    env.update(NANOGPT_SHARED_DATA=str(empty), TIKTOKEN_CACHE_DIR=str(empty / "tiktoken"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    selection = [
+        "tests/test_prepare.py::test_tiny_shakespeare_counts_and_roundtrip", "tests/test_prepare.py::test_prepare_runs_from_any_directory",
+        "tests/test_eval.py::test_char_model_default_text_is_its_val_split", "tests/test_bpe.py",
+        "tests/test_multiple_choice.py::test_hellaswag_format_matches_transformers", "tests/test_fineweb.py::test_shards_hold_whole_documents_in_order",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *selection], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "error" not in summary and "failed" not in summary, summary
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("neither in ../shared/data" in line for line in skipped), skipped
