@@ -21,7 +21,7 @@ from nanogpt.generation.completion import Endings
 from nanogpt.config import SampleSettings, load_config
 from nanogpt.generation.engine import Engine, context_start, inference_model
 from nanogpt.generation.sampling import Sampling
-from nanogpt.errors import DataError, SettingError, WriteError, run_main
+from nanogpt.errors import DataError, SettingError, WriteError, out_of_memory_as_error, run_main
 from nanogpt.files import read_utf8
 from nanogpt.system import resolve_device, resolve_dtype
 
@@ -107,6 +107,16 @@ def main():
     dtype = resolve_dtype(cfg.dtype, device)
     model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
     model = inference_model(model, device, dtype)
+    oom = (
+        f"out of memory for {cfg.num_samples:,} sample(s) of {cfg.max_new_tokens:,} new tokens; lower --num_samples"
+        f" or --max_new_tokens (with --prompts, --batch_size)"
+    )
+    with out_of_memory_as_error(oom):
+        generate_and_print(cfg, model, tokenizer)
+
+
+def generate_and_print(cfg, model, tokenizer):
+    """The prompts (--start, or --prompts), generated batch by batch, printed or written to --output."""
     vocab_size = tokenizer.vocab_size
     # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
     top_k_given = cfg.top_k != SampleSettings().top_k
@@ -117,7 +127,10 @@ def main():
         prompts = read_prompts_file(cfg.prompts, tokenizer)
     else:
         text = read_prompt(cfg.start)
-        prompts = [(text, tokenizer.encode(text))] * cfg.num_samples
+        try:
+            prompts = [(text, tokenizer.encode(text))] * cfg.num_samples
+        except DataError as e:
+            raise DataError(f"--start: {e}") from None
         if not prompts[0][1]:
             raise DataError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
     block_size = model.config.block_size

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from nanogpt.errors import HelpRequested, SettingError
+from nanogpt.files import read_utf8
 from nanogpt.model import GPTConfig, architecture_switches
 
 
@@ -214,10 +215,10 @@ def _read_config_file(path):
         raise SettingError(f"config file {path} is a folder; name a file in it (config files live in config/, e.g. config/train_shakespeare_char.py)")
     if not p.is_file():
         raise SettingError(f"config file {path} not found (config files live in config/, e.g. config/train_shakespeare_char.py)")
-    namespace = {}
+    namespace, source = {}, read_utf8(p, "config file")
     try:
-        exec(compile(p.read_text(), str(p), "exec"), namespace)
-    except Exception as e:
+        exec(compile(source, str(p), "exec"), namespace)
+    except (Exception, SystemExit) as e:  # SystemExit: a config that calls exit() is not a config
         raise SettingError(f"config file {path} could not be run: {type(e).__name__}: {e}") from None
     return {
         k: v

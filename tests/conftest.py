@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from helpers import FUZZ_COUNTS, OFFLINE, TINY_TRAIN, run_script, skip_when_offline
+from helpers import FUZZ_COUNTS, OFFLINE, SCRIPT_OUTCOMES, TINY_TRAIN, run_script, skip_when_offline
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,6 +56,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if SCRIPT_OUTCOMES:
+        terminalreporter.write_line("end-to-end fuzzing (tests/test_script_fuzz.py): how each case ended")
+        terminalreporter.write_line("| script | cases | ran | refused in one line naming a setting | anything else |")
+        terminalreporter.write_line("|---|---|---|---|---|")
+        for script, n in SCRIPT_OUTCOMES.items():
+            terminalreporter.write_line(f"| {script} | {sum(n.values())} | {n['ran']} | {n['refused']} | {n['other']} |")
     if FUZZ_COUNTS:
         terminalreporter.write_line(
             f"settings fuzzing: {sum(FUZZ_COUNTS.values())} cases over {len(FUZZ_COUNTS)} scripts"

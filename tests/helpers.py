@@ -41,6 +41,8 @@ DDP_RUN = TINY_MODEL + [
 
 # setting combinations tried per script by test_settings_fuzz.py, reported at the end of the run
 FUZZ_COUNTS = {}
+# per script, how test_script_fuzz.py's end-to-end cases ended: {"ran": n, "refused": n, "other": n}
+SCRIPT_OUTCOMES = {}
 
 
 def run_script(*args, cwd=REPO, env=None):

@@ -105,9 +105,10 @@ def write_shards(documents, out_dir, state, cfg):
     texts = (row["text"] for row in documents.select(range(min(state["documents"], len(documents)), len(documents))))
     t0, tokens_done = time.time(), 0
     with contextlib.ExitStack() as stack:  # the bar closes before an error is said, so the error is the last line
-        pool = stack.enter_context(multiprocessing.Pool(cfg.num_proc))
+        pool = stack.enter_context(multiprocessing.Pool(cfg.num_proc)) if cfg.num_proc > 1 else None
+        tokenized = pool.imap(tokenize, texts, chunksize=16) if pool else map(tokenize, texts)
         bar = stack.enter_context(tqdm(total=max(len(documents) - state["documents"], 0), unit="doc", desc="tokenizing"))
-        for ids in pool.imap(tokenize, texts, chunksize=16):
+        for ids in tokenized:
             if filled and filled + len(ids) > capacity:  # the file is full: a document is never split
                 state, name = write_file(out_dir, state, buffer, filled, in_buffer)
                 tqdm.write(f"wrote {name}: {filled:,} tokens ({state['tokens']:,} so far)")

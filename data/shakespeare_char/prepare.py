@@ -21,5 +21,9 @@ def read_settings(argv):
     return load_config(ShakespeareSettings, argv, script="data/shakespeare_char/prepare.py")
 
 
+def main():
+    prepare_tiny_shakespeare(read_settings(sys.argv[1:]), "char", Path(__file__).resolve().parent)
+
+
 if __name__ == "__main__":
-    run_main(lambda: prepare_tiny_shakespeare(read_settings(sys.argv[1:]), "char", Path(__file__).resolve().parent))
+    run_main(main)

@@ -1,0 +1,192 @@
+"""Every script driven past its settings: its real entry point (main, through run_main as a user's run
+goes) runs in-process on a tiny model and dataset with a small budget, so a value that is accepted is
+also used. Hypothesis draws one or two settings a case from the script's own settings class, with values
+meant to break things: sizes up to 2**63, negatives, NaN and infinities, paths that are folders,
+devices, /proc files, /dev/full, non-UTF-8 files; train.py also gets config files with fuzzed contents,
+sample.py fuzzed stdin, serve.py a fuzzed API key in its environment.
+
+Each outcome is counted per script: ran (to the end, or to the case's time budget), refused in one line
+that names a setting it was given, or anything else (a traceback, a refusal that names nothing). The
+table is printed at the end of the test run (tests/conftest.py); bench/README.md quotes it.
+"""
+
+import contextlib
+import io
+import signal
+import sys
+import typing
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import SCRIPT_OUTCOMES, TINY_MODEL, free_port
+from nanogpt.errors import run_main
+from test_settings_fuzz import script_module, settings_class
+
+pytestmark = pytest.mark.slow  # it trains, samples and serves, a few hundred times over
+
+BUDGET_SECONDS = 3  # a case still running then has run: it is stopped there
+EXAMPLES = {
+    "train.py": 24, "sample.py": 16, "bench.py": 12, "eval.py": 12, "export.py": 8, "compare.py": 8, "serve.py": 10,
+    "data/shakespeare_char/prepare.py": 6, "data/shakespeare/prepare.py": 4, "data/custom/prepare.py": 6,
+    "data/openwebtext/prepare.py": 4, "data/fineweb/prepare.py": 4,
+}
+HUGE = [2**31, 2**32 + 1, 2**61, 2**63 - 1, 2**63]
+
+
+class OutOfTime(BaseException):
+    """The case's budget ran out while it was running fine."""
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, data_dir):
+    """Files and folders the path values point at."""
+    root = tmp_path_factory.mktemp("fuzz_places")
+    (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 20)
+    (root / "text.txt").write_text("ROMEO: the text of a small run, said twice.\n" * 40)
+    (root / "folder").mkdir()
+    (root / "prompts.txt").write_text("ROMEO:\nJULIET:\n")
+    return {
+        "folder": str(root / "folder"), "latin1": str(root / "latin1.txt"), "text": str(root / "text.txt"),
+        "prompts": str(root / "prompts.txt"), "missing": str(root / "missing" / "file.txt"),
+        "proc": "/proc/self/mem", "devfull": "/dev/full", "devnull_sub": "/dev/null/sub", "root": str(root),
+    }
+
+
+def values_for(hint, places):
+    """Values for a setting of this type, as command-line text."""
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+    paths = [places[k] for k in ("folder", "latin1", "missing", "proc", "devfull", "devnull_sub")]
+    if base is bool:
+        return st.sampled_from(["True", "False", "None", "2"])
+    if base is int:
+        return st.sampled_from([0, -1, 1, 3, *HUGE, -(2**63)]).map(str) | st.sampled_from(["None", "1.5", "nan"])
+    if base is float:
+        return st.sampled_from(["nan", "inf", "-inf", "0", "-0.0", "1e-300", "1e300", "0.5", "-1", "2"])
+    return st.sampled_from(["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"], *paths])
+
+
+def overrides(config_cls, places):
+    hints = typing.get_type_hints(config_cls)
+    return st.lists(st.sampled_from(sorted(hints)), min_size=1, max_size=2, unique=True).flatmap(
+        lambda keys: st.tuples(*[values_for(hints[k], places).map(lambda v, k=k: (k, v)) for k in keys])
+    )
+
+
+def base_args(script, run, places, case_dir):
+    """A tiny, quick run of each script; the fuzzed settings come after these and replace them."""
+    out_dir, data_dir = run
+    tiny = [a for a in TINY_MODEL if not a.startswith("--compile")]
+    return {
+        "train.py": [*tiny, f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={case_dir / 'out'}",
+                     "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--log_interval=1", "--warmup_iters=1", "--lr_decay_iters=2"],
+        "sample.py": [f"--out_dir={out_dir}", "--max_new_tokens=4", "--num_samples=2", "--device=cpu"],
+        "bench.py": [*tiny, "--real_data=False", "--iters=1", "--warmup_iters=0"],
+        "eval.py": [f"--out_dir={out_dir}", "--device=cpu", f"--input={places['text']}"],
+        "export.py": [f"--out_dir={out_dir}", f"--to={case_dir / 'hf'}"],
+        "compare.py": [str(out_dir), str(out_dir), f"--to={case_dir / 'both.png'}"],
+        "serve.py": [f"--out_dir={out_dir}", "--device=cpu", f"--port={free_port()}"],
+        "data/shakespeare_char/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}"],
+        "data/shakespeare/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}"],
+        "data/custom/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}", "--vocab_size=300"],
+        "data/openwebtext/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}", "--num_proc=1", "--val_fraction=0.1"],
+        "data/fineweb/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}", "--num_proc=1", "--val_tokens=10", "--shard_tokens=100"],
+    }[script]
+
+
+@contextlib.contextmanager
+def budget(seconds):
+    def out_of_time(signum, frame):
+        raise OutOfTime()
+
+    previous = signal.signal(signal.SIGALRM, out_of_time)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def serve_one_request(app, host="127.0.0.1", port=0, **kwargs):
+    """Instead of uvicorn's loop: one completion through the app serve.py built (FastAPI's test client)."""
+    from fastapi.testclient import TestClient
+
+    response = TestClient(app).post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 3})
+    assert response.status_code in (200, 401), response.text
+
+
+def outcome(script, argv, changed, capsys, monkeypatch, stdin=None):
+    """('ran' | 'refused' | 'other', what it said) for one run of the script's main."""
+    module = script_module(script)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    if script == "serve.py":
+        import uvicorn
+
+        monkeypatch.setattr(uvicorn, "run", serve_one_request)
+    capsys.readouterr()
+    try:
+        with budget(BUDGET_SECONDS):
+            run_main(module.main)
+        return "ran", ""
+    except OutOfTime:
+        return "ran", "(stopped at the time budget)"
+    except SystemExit as e:
+        err = capsys.readouterr().err.strip().splitlines()
+        if e.code in (0, None):
+            return "ran", ""
+        said = err[-1] if err else ""
+        # a refusal names what it refuses: a setting it was given, by name (or, for a path, by the path)
+        named = any(name in said for name, _ in changed) or any("/" in value and value in said for _, value in changed)
+        if len(err) == 1 and said.startswith("error: ") and named:
+            return "refused", said
+        return "other", f"exit {e.code}: {err[-3:]}"
+    except BaseException as e:  # noqa: B036 - anything else is what the fuzz is here to find
+        return "other", f"{type(e).__name__}: {e}"
+
+
+@pytest.mark.parametrize("script", list(EXAMPLES))
+def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir, places, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config_cls = settings_class(script_module(script))
+    counts = {"ran": 0, "refused": 0, "other": 0}
+    others = []
+    cases = iter(range(10**6))
+
+    extras = st.just(None)
+    if script == "train.py":  # a config file first, its contents fuzzed
+        extras = st.one_of(st.just(None), st.sampled_from([b"batch_size = 2**63\n", b"max_iters = 'ten'\n", b"\xff\xfe\n", b"n_layer = [\n", b"learning_rate = float('nan')\n", b"raise SystemExit(5)\n"]))
+    elif script == "sample.py":  # --start=- reads the prompt from stdin
+        extras = st.one_of(st.just(None), st.sampled_from([b"", b"\xff\xfe caf\xe9", b"ROMEO:" * 2000, b"JULIET:\n"]))
+    elif script == "serve.py":
+        extras = st.one_of(st.just(None), st.sampled_from(["", "k" * 5000, "caf\u00e9", "key with spaces"]))
+
+    @settings(max_examples=EXAMPLES[script], derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(overrides(config_cls, places), extras)
+    def case(changed, extra):
+        case_dir = tmp_path / f"case{next(cases)}"
+        case_dir.mkdir()
+        argv = base_args(script, (trained_run[0], data_dir), places, case_dir)
+        stdin = None
+        if script == "train.py" and extra is not None:
+            (case_dir / "fuzzed_config.py").write_bytes(extra)
+            argv = [str(case_dir / "fuzzed_config.py"), *argv]
+            changed = (*changed, ("fuzzed_config.py", str(case_dir / "fuzzed_config.py")))
+        elif script == "sample.py" and extra is not None:
+            stdin, changed = extra, (*changed, ("start", "-"))
+            argv = [*argv, "--start=-"]
+        elif script == "serve.py" and extra is not None:
+            monkeypatch.setenv("NANOGPT_API_KEY", extra)
+        argv = [*argv, *(f"--{name}={value}" for name, value in changed if not name.endswith(".py"))]
+        kind, said = outcome(script, argv, changed, capsys, monkeypatch, stdin)
+        monkeypatch.delenv("NANOGPT_API_KEY", raising=False)
+        counts[kind] += 1
+        if kind == "other":
+            others.append(f"{list(changed)} {repr(extra)[:60]}: {said}")
+
+    case()
+    SCRIPT_OUTCOMES[script] = counts
+    assert not others, "\n".join(others)
