@@ -3,7 +3,7 @@ from local .txt (a document a line), .jsonl or .parquet files for offline use.""
 
 from pathlib import Path
 
-from nanogpt.errors import DataError, UnavailableError
+from nanogpt.errors import DataError, UnavailableError, first_line
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -24,7 +24,10 @@ def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=No
         if len(builders) != 1 or None in builders:
             raise DataError(f"{input} mixes file types {sorted(p.suffix for p in files)}; use one of .txt, .jsonl, .parquet")
         # .txt files: one document per line, as in most web-text dumps
-        dataset = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
+        try:
+            dataset = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
+        except datasets.exceptions.DatasetGenerationError as e:  # a file its builder cannot parse: not UTF-8, not JSON lines
+            raise DataError(f"cannot read the documents in {input} ({first_line(e.__cause__ or e)}); give UTF-8 .txt, JSON lines or parquet files") from None
     else:
         dataset = datasets.load_dataset(hf_dataset, name=name, revision=revision, split="train", num_proc=num_proc)
     if "text" not in dataset.column_names:
