@@ -2,9 +2,11 @@
 
 import math
 import statistics
+import subprocess
+import sys
 
 import pytest
-from helpers import TINY_MODEL, run_script
+from helpers import REPO, TINY_MODEL, run_script
 
 from nanogpt.training.train_log import read_records
 
@@ -76,3 +78,14 @@ def test_compare_refuses_what_is_not_a_run(two_runs, tmp_path):
     assert "Traceback" not in result.stderr
     result = run_script("compare.py", two_runs / "slow")
     assert result.returncode == 1 and "two or more run folders" in result.stderr
+
+
+def test_a_reader_that_goes_away_ends_compare_quietly(two_runs, tmp_path):
+    """python compare.py a b | head -0: stdout is closed before the table is printed."""
+    process = subprocess.Popen(
+        [sys.executable, "compare.py", str(two_runs / "slow"), str(two_runs / "fast"), f"--to={tmp_path / 'x.png'}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 1 and "Traceback" not in stderr and stderr == "", stderr

@@ -128,3 +128,28 @@ def test_without_the_offline_copy_tests_fetch_or_skip_never_error(tmp_path):
     assert "error" not in summary and "failed" not in summary, summary
     skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all("neither in ../shared/data" in line for line in skipped), skipped
+
+
+def test_ctrl_c_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path):
+    """Ctrl-C arrives while the second file of a set is being written: both temporary files go, the old
+    files stay, and the interrupt goes on to run_main (which says 'interrupted')."""
+    from nanogpt.files import write_atomically
+
+    (tmp_path / "train.bin").write_bytes(b"old")
+
+    def interrupted(f):
+        f.write(b"x" * 1000)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically({tmp_path / "train.bin": lambda f: f.write(b"new"), tmp_path / "val.bin": interrupted}, 1003)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.bin"] and (tmp_path / "train.bin").read_bytes() == b"old"
+
+
+def test_a_token_file_of_odd_length_is_one_sentence(data_dir, tmp_path):
+    folder = tmp_path / "data" / "odd"
+    shutil.copytree(data_dir / "shakespeare_char", folder)
+    with open(folder / "train.bin", "ab") as f:
+        f.write(b"\x00")  # half a uint16
+    result = run_script("train.py", f"--data_dir={tmp_path / 'data'}", "--dataset=odd", f"--out_dir={tmp_path / 'out'}", "--device=cpu")
+    assert_user_error(result, "train.bin has 2,007,709 bytes, not a whole number of uint16 tokens: it is damaged")
