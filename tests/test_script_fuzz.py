@@ -65,7 +65,8 @@ def values_for(hint, places):
         return st.sampled_from([0, -1, 1, 2, 3, 8, *HUGE, -(2**63)]).map(str) | st.sampled_from(["None", "1.5", "nan"])
     if base is float:
         return st.sampled_from(["nan", "inf", "-inf", "0", "-0.0", "1e-300", "1e300", "0.1", "0.5", "-1", "2"])
-    return st.sampled_from(["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"], *paths])
+    pictures = [places["folder"] + "/fuzzed.png", "/proc/forbidden/x.png", places["folder"] + ".png"]  # compare.py's --to
+    return st.sampled_from(["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"], *paths, *pictures])
 
 
 def overrides(config_cls, places):
