@@ -533,7 +533,11 @@ def test_resume_runs_and_records_the_checkpoints_shape(data_dir, tmp_path):
 
 @pytest.mark.parametrize("script", ["train.py", "data/shakespeare_char/prepare.py"])
 def test_ctrl_c_while_torch_loads_is_one_line(script, tmp_path):
-    process = subprocess.Popen([sys.executable, script, f"--out_dir={tmp_path / 'out'}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it: a test run started in the background (`&`) ignores it, and so would its children
+    process = subprocess.Popen(
+        [sys.executable, script, f"--out_dir={tmp_path / 'out'}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 60
     # torch's library is mapped early in `import torch`, a second or more before the import ends
     while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text() and time.time() < deadline:

@@ -147,6 +147,8 @@ def test_tokenizer_endpoints_answer_as_lm_evaluation_harness_asks(server, traine
     ]:
         response = httpx.post(server + path, json=body)
         assert response.status_code == 400 and fragment in response.json()["error"]["message"]
+    broken = httpx.post(server + "/detokenize", content=b"{oops")
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
 
 
 def stream_events(server, body):

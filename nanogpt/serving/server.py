@@ -201,7 +201,10 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
 
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        body = await json_body(request, max_body_bytes)
+        try:
+            body = parse_json(await read_body(request, max_body_bytes))
+        except BadRequest as e:
+            return error(str(e), e.status)
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
             return error("send the text to tokenize as prompt: {\"prompt\": \"...\"}", 400, "prompt")
         try:
@@ -212,7 +215,10 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        body = await json_body(request, max_body_bytes)
+        try:
+            body = parse_json(await read_body(request, max_body_bytes))
+        except BadRequest as e:
+            return error(str(e), e.status)
         ids = body.get("tokens") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in ids):
             return error(f"send token ids below the vocabulary size ({tokenizer.vocab_size}) as tokens: {{\"tokens\": [...]}}", 400, "tokens")
@@ -238,14 +244,6 @@ def parse_json(raw):
         raise BadRequest("the body is not valid JSON") from None
     except RecursionError:  # arrays or objects nested thousands deep
         raise BadRequest("the body nests too deeply to be a request") from None
-
-
-async def json_body(request, limit):
-    """The request's JSON, or None when it is not JSON (or is too large)."""
-    try:
-        return parse_json(await read_body(request, limit))
-    except BadRequest:
-        return None
 
 
 def guard(api_key, metrics, max_body_bytes):
