@@ -199,29 +199,27 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
     async def tokenizer_info():
         return {"eos_token": end_text, "bos_token": end_text, "pad_token": None, "chat_template": None, "model_max_length": block_size, "vocab_size": tokenizer.vocab_size}
 
+    @app.exception_handler(BadRequest)
+    async def refused(request, e):  # what these endpoints refuse, as /v1/completions says it
+        return error(str(e), e.status, e.param)
+
     @app.post("/tokenize")
     async def tokenize(request: Request):
-        try:
-            body = parse_json(await read_body(request, max_body_bytes))
-        except BadRequest as e:
-            return error(str(e), e.status)
+        body = parse_json(await read_body(request, max_body_bytes))
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
-            return error("send the text to tokenize as prompt: {\"prompt\": \"...\"}", 400, "prompt")
+            raise BadRequest("send the text to tokenize as prompt: {\"prompt\": \"...\"}", param="prompt")
         try:
             ids = tokenizer.encode(body["prompt"])
         except DataError as e:
-            return error(str(e), 400, "prompt")
+            raise BadRequest(str(e), param="prompt") from None
         return {"tokens": ids, "count": len(ids), "max_model_len": block_size}
 
     @app.post("/detokenize")
     async def detokenize(request: Request):
-        try:
-            body = parse_json(await read_body(request, max_body_bytes))
-        except BadRequest as e:
-            return error(str(e), e.status)
+        body = parse_json(await read_body(request, max_body_bytes))
         ids = body.get("tokens") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in ids):
-            return error(f"send token ids below the vocabulary size ({tokenizer.vocab_size}) as tokens: {{\"tokens\": [...]}}", 400, "tokens")
+            raise BadRequest(f"send token ids below the vocabulary size ({tokenizer.vocab_size}) as tokens: {{\"tokens\": [...]}}", param="tokens")
         return {"prompt": tokenizer.decode(ids)}
 
 
