@@ -101,7 +101,8 @@ def write_shards(documents, out_dir, state, cfg):
     from tqdm import tqdm
 
     capacity = cfg.val_tokens if state["documents"] == 0 else cfg.shard_tokens
-    buffer, filled, in_buffer = np.empty(capacity, dtype=np.uint16), 0, 0
+    # the buffer grows as it fills (doubling, up to the file's size): a huge --val_tokens reserves nothing
+    buffer, filled, in_buffer = np.empty(min(capacity, 1 << 24), dtype=np.uint16), 0, 0
     texts = (row["text"] for row in documents.select(range(min(state["documents"], len(documents)), len(documents))))
     t0, tokens_done = time.time(), 0
     with contextlib.ExitStack() as stack:  # the bar closes before an error is said, so the error is the last line
@@ -113,8 +114,8 @@ def write_shards(documents, out_dir, state, cfg):
                 state, name = write_file(out_dir, state, buffer, filled, in_buffer)
                 tqdm.write(f"wrote {name}: {filled:,} tokens ({state['tokens']:,} so far)")
                 capacity, filled, in_buffer = cfg.shard_tokens, 0, 0
-            if len(ids) > len(buffer) - filled:  # one document longer than a whole file
-                buffer = np.concatenate([buffer[:filled], np.empty(len(ids), dtype=np.uint16)])
+            if len(ids) > len(buffer) - filled:
+                buffer = np.concatenate([buffer[:filled], np.empty(max(len(ids), len(buffer)), dtype=np.uint16)])
             buffer[filled : filled + len(ids)] = ids
             filled, in_buffer, tokens_done = filled + len(ids), in_buffer + 1, tokens_done + len(ids)
             bar.update()
