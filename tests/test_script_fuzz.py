@@ -47,11 +47,9 @@ def places(tmp_path_factory):
     (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 20)
     (root / "text.txt").write_text("ROMEO: the text of a small run, said twice.\n" * 40)
     (root / "folder").mkdir()
-    (root / "prompts.txt").write_text("ROMEO:\nJULIET:\n")
     return {
         "folder": str(root / "folder"), "latin1": str(root / "latin1.txt"), "text": str(root / "text.txt"),
-        "prompts": str(root / "prompts.txt"), "missing": str(root / "missing" / "file.txt"),
-        "proc": "/proc/self/mem", "devfull": "/dev/full", "devnull_sub": "/dev/null/sub", "root": str(root),
+        "missing": str(root / "missing" / "file.txt"), "proc": "/proc/self/mem", "devfull": "/dev/full", "devnull_sub": "/dev/null/sub",
     }
 
 
@@ -99,16 +97,20 @@ def base_args(script, run, places, case_dir):
 
 @contextlib.contextmanager
 def budget(seconds):
+    """Stop the case after `seconds`; and give the test run back its own signal handlers (train.py's main
+    installs Ctrl-C and SIGTERM handlers of its own)."""
     def out_of_time(signum, frame):
         raise OutOfTime()
 
-    previous = signal.signal(signal.SIGALRM, out_of_time)
+    previous = {number: signal.getsignal(number) for number in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGALRM, out_of_time)
     signal.alarm(seconds)
     try:
         yield
     finally:
         signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def serve_one_request(app, host="127.0.0.1", port=0, **kwargs):
