@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers import (
-    REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, child_pids, run_script, run_torchrun,
+    REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, child_pids, public_data, run_script, run_torchrun,
 )
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
@@ -494,16 +494,17 @@ def test_one_run_writes_into_an_out_dir_at_a_time(data_dir, start_training, tmp_
 
 
 def test_one_prepare_writes_into_a_folder_at_a_time(tmp_path):
+    text = public_data("tinyshakespeare/input.txt")
     hold = "import sys, time; from nanogpt.files import hold_folder; hold_folder(sys.argv[1], 'out_dir'); print('held', flush=True); time.sleep(300)"
     with subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True) as holder:
         try:
             assert holder.stdout.readline().strip() == "held"
-            refused = run_script("data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}")
+            refused = run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}")
             assert_user_error(refused, f"{tmp_path} is being written by process {holder.pid}")
             assert not (tmp_path / "train.bin").exists() and not list(tmp_path.glob("*.tmp"))
         finally:
             holder.kill()
-    taken_over = run_script("data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}")  # the dead holder's lock
+    taken_over = run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}")  # the dead holder's lock
     assert taken_over.returncode == 0, taken_over.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
 

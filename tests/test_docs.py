@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, skip_when_offline
 from nanogpt.files import shared_data_dir
 
 BLOCK = re.compile(r"^```(bash|python) runnable\n(.*?)^```", re.S | re.M)
@@ -43,5 +43,5 @@ def test_runnable_blocks(doc, tmp_path):
         env["NANOGPT_SHARED_DATA"] = str(shared_data_dir())
     for language, code in runnable_blocks(doc):
         command = ["bash", "-e", "-c", code] if language == "bash" else [sys.executable, "-c", code]
-        result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+        result = skip_when_offline(subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600))
         assert result.returncode == 0, f"{doc.name} block failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"

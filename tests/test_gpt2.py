@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helpers import (
-    DDP_RUN, REPO, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, public_data, run_script, run_torchrun, run_two_launchers,
+    DDP_RUN, REPO, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, public_data, run_script, run_torchrun,
+    run_two_launchers, skip_when_offline,
 )
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.hf import gpt_from_pretrained
@@ -69,7 +70,7 @@ def test_finetune_from_a_local_hf_gpt2_lowers_val_loss(hf_gpt2_dir, bpe_data_dir
 
 @pytest.mark.slow
 def test_sample_from_a_hf_folder(hf_gpt2_dir):
-    result = run_script("sample.py", f"--init_from={hf_gpt2_dir}", "--num_samples=1", "--max_new_tokens=10", "--start=Hello")
+    result = skip_when_offline(run_script("sample.py", f"--init_from={hf_gpt2_dir}", "--num_samples=1", "--max_new_tokens=10", "--start=Hello"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Hello")
 
@@ -107,7 +108,7 @@ def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
     source.mkdir()
     (source / "a.txt").write_text(text, encoding="utf-8")
     out = tmp_path / "data" / "custom"
-    result = run_script("data/custom/prepare.py", f"--input={source}", f"--tokenizer={tokenizer}", f"--out_dir={out}")
+    result = skip_when_offline(run_script("data/custom/prepare.py", f"--input={source}", f"--tokenizer={tokenizer}", f"--out_dir={out}"))
     assert result.returncode == 0, result.stderr
     meta = load_meta(out)
     assert meta["dtype"] == dtype
