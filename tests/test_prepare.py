@@ -129,6 +129,14 @@ def test_without_the_offline_copy_tests_fetch_or_skip_never_error(tmp_path):
     skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all("neither in ../shared/data" in line for line in skipped), skipped
 
+    # as CI runs the suite, a skip for want of data is a failure
+    if skipped:
+        strict = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", selection[1]], cwd=REPO,
+            env=dict(env, NANOGPT_ALLOWED_SKIPS_ONLY="1"), capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+        )
+        assert strict.returncode == 1 and "skipped, and not allowed to be: tests/test_prepare.py::test_prepare_runs_from_any_directory" in strict.stdout
+
 
 def test_ctrl_c_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path):
     """Ctrl-C arrives while the second file of a set is being written: both temporary files go, the old
