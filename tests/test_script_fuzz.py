@@ -13,15 +13,17 @@ table is printed at the end of the test run (tests/conftest.py); bench/README.md
 import contextlib
 import io
 import re
+import shutil
 import signal
 import sys
 import typing
+from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from helpers import SCRIPT_OUTCOMES, TINY_MODEL, free_port
+from helpers import REPO, SCRIPT_OUTCOMES, TINY_MODEL, free_port
 from nanogpt.errors import run_main
 from test_settings_fuzz import script_module, settings_class
 
@@ -121,9 +123,25 @@ def serve_one_request(app, host="127.0.0.1", port=0, **kwargs):
     assert response.status_code in (200, 401), response.text
 
 
-def outcome(script, argv, changed, capsys, monkeypatch, stdin=None):
+def checkout_for(script, tmp_path):
+    """Where the script runs from: a prepare script's defaults write beside it (an empty --out_dir is
+    "beside prepare.py"), so those run from a copy; the others write only where they are told."""
+    if not script.startswith("data/"):
+        return REPO
+    copy = tmp_path / "checkout"
+    (copy / script).parent.mkdir(parents=True)
+    shutil.copy2(REPO / script, copy / script)
+    return copy
+
+
+def files_under(folder):
+    """{path: (size, mtime)} of every file under folder: what a run may not change."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def outcome(script, argv, changed, capsys, monkeypatch, checkout, stdin=None):
     """('ran' | 'refused' | 'other', what it said) for one run of the script's main."""
-    module = script_module(script)
+    module = script_module(script, checkout)
     monkeypatch.setattr(sys, "argv", [script, *argv])
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
@@ -156,7 +174,9 @@ def outcome(script, argv, changed, capsys, monkeypatch, stdin=None):
 @pytest.mark.parametrize("script", list(EXAMPLES))
 def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir, places, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config_cls = settings_class(script_module(script))
+    checkout = checkout_for(script, tmp_path)
+    repo_data = files_under(REPO / "data")
+    config_cls = settings_class(script_module(script, checkout))
     counts = {"ran": 0, "refused": 0, "other": 0}
     others = []
     cases = iter(range(10**6))
@@ -189,12 +209,15 @@ def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir,
             monkeypatch.setenv("NANOGPT_API_KEY", extra)
             named.append(("api_key", ""))
         argv = [*argv, *(f"--{name}={value}" for name, value in given)]
-        kind, said = outcome(script, argv, named, capsys, monkeypatch, stdin)
+        kind, said = outcome(script, argv, named, capsys, monkeypatch, checkout, stdin)
         monkeypatch.delenv("NANOGPT_API_KEY", raising=False)
         counts[kind] += 1
         if kind == "other":
             others.append(f"{given} {repr(extra)[:60]}: {said}")
 
+    if script.startswith("data/"):  # always a case with the default folder, beside the (copied) script
+        case = example((("out_dir", ""),), None)(case)
     case()
     SCRIPT_OUTCOMES[script] = counts
     assert not others, "\n".join(others)
+    assert files_under(REPO / "data") == repo_data, "the fuzzed runs changed the checkout's data/ folder"

@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import math
 import re
+import sys
 import typing
 
 import pytest
@@ -26,9 +27,11 @@ from nanogpt.training.lr_schedule import learning_rate
 from nanogpt.errors import NanoGPTError
 
 
-def script_module(path):
-    spec = importlib.util.spec_from_file_location("fuzzed_" + re.sub(r"\W", "_", path), REPO / path)
+def script_module(path, checkout=REPO):
+    """The script at `path` in `checkout` (the repo, or a copy whose folders it may write into)."""
+    spec = importlib.util.spec_from_file_location("fuzzed_" + re.sub(r"\W", "_", path), checkout / path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that its functions pickle by name into worker processes (num_proc > 1)
     spec.loader.exec_module(module)  # the scripts run main() only under __main__
     return module
 
