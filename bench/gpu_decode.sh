@@ -6,7 +6,8 @@
 #                                kernel time
 #   bash bench/gpu_decode.sh 2   sampled decoding as sample.py draws, our graph against a compiled model
 #                                captured the same way, and `sample.py --num_samples=8 --max_new_tokens=1000`
-#                                as a whole process (needs data/shakespeare_char: carry it)
+#                                as a whole process, and nanoGPT's sample.py the same way (needs
+#                                data/shakespeare_char, and a nanoGPT checkout in .nanogpt: carry both)
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh"
 PART=${1:-1}
@@ -32,4 +33,13 @@ else
         seconds=$( { time timeout 120 $PY sample.py --out_dir="$OUT/out-char" --num_samples=8 --max_new_tokens=1000 > "$OUT/sample_$run.log" 2>&1; } 2>&1 )
         echo "| sample.py --num_samples=8 --max_new_tokens=1000, whole process, run $run | ${seconds} s | last line: $(tail -c 60 "$OUT/sample_$run.log" | tr '\n' ' ') |"
     done
+    # 7. nanoGPT's sample.py, the same command on a char checkpoint of its own (20 steps of its train.py)
+    if [ -d "$NANOGPT" ]; then
+        (cd "$NANOGPT" && timeout 120 $PY train.py config/train_shakespeare_char.py --max_iters=20 --eval_interval=20 --eval_iters=1 \
+            --compile=False --out_dir="$OUT/out-nanogpt-char") > "$OUT/nanogpt_train_char.log" 2>&1 || tail -3 "$OUT/nanogpt_train_char.log"
+        for run in 1 2; do
+            seconds=$( { time (cd "$NANOGPT" && timeout 120 $PY sample.py --out_dir="$OUT/out-nanogpt-char" --num_samples=8 --max_new_tokens=1000 > "$OUT/nanogpt_sample_$run.log" 2>&1); } 2>&1 )
+            echo "| nanoGPT's sample.py, the same command, whole process, run $run | ${seconds} s | last line: $(tail -c 60 "$OUT/nanogpt_sample_$run.log" | tr '\n' ' ') |"
+        done
+    fi
 fi

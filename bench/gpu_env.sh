@@ -2,6 +2,10 @@
 # card and torch version at the top of each log.
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: nanoGPT's runs start in its own checkout
+# a checkout of karpathy/nanoGPT, for the side-by-side rows (copy one to .nanogpt, ignored by git, with its
+# data/shakespeare_char prepared, e.g. by python bench/cpu_vs_nanogpt.py --nanogpt=.nanogpt, and carry it)
+NANOGPT=${NANOGPT:-$PWD/.nanogpt}
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"

@@ -2,10 +2,11 @@
 # The GPU training-speed figures, in two device calls of at most 8 minutes each, every ratio's two sides
 # in the same call. Run from the repo root on a CUDA machine; logs go to $OUT (default gpu-logs/), and the
 # table of figures is printed last.
-#   bash bench/gpu_train.sh 1   GPT-2 124M step against the card's peak: attention kernels, fused loss,
-#                               micro-batches 12/16/32, train.py's logged MFU against bench.py's for the
-#                               same step (needs data/shakespeare, GPT-2 tokens, and .tiktoken_cache:
-#                               carry both, see gpu_env.sh), and where the step's time goes
+#   bash bench/gpu_train.sh 1   GPT-2 124M step against the card's peak and against nanoGPT's own bench.py
+#                               (a nanoGPT checkout in .nanogpt: carry it, see gpu_env.sh): attention
+#                               kernels, fused loss, micro-batches 12/16/32, train.py's logged MFU against
+#                               bench.py's for the same step (needs data/shakespeare, GPT-2 tokens, and
+#                               .tiktoken_cache: carry both), and where the step's time goes
 #   bash bench/gpu_train.sh 2   Muon against AdamW, the modern 124M config, fp8, and the spec's char model
 #                               (classic, modern, fp8): needs data/shakespeare_char (carry it), and for
 #                               fp8 a torchao wheel in .whl/ (carry it; see the device notes)
@@ -30,6 +31,10 @@ char_run() {
 if [ "$PART" = 1 ]; then
     # the goal: <= 21 ms per 12 x 1024 step, >= 50% of 989 TFLOPS; each candidate against torch's defaults
     bench adamw_12 --batch_size=12
+    # nanoGPT's bench.py times the same step (12 x 1024, no biases, bf16 autocast, compiled, AdamW)
+    if [ -d "$NANOGPT" ]; then
+        (cd "$NANOGPT" && timeout 200 $PY bench.py --real_data=False --compile=True) > "$OUT/nanogpt_bench.log" 2>&1
+    fi
     bench fused_loss_12 --batch_size=12 --fused_loss=True
     bench flash_12 --batch_size=12 --attention=flash
     bench cudnn_12 --batch_size=12 --attention=cudnn
@@ -78,6 +83,13 @@ for log in sorted(out.glob("bench_*.log"), key=lambda p: p.stat().st_mtime):
     else:
         last = text.strip().splitlines()[-1] if text.strip() else "no output"
         print(f"| {name} | failed: {last[:120]} | | | |")
+theirs = out / "nanogpt_bench.log"
+found = re.findall(r"time per iteration: ([\d.]+)ms", theirs.read_text()) if theirs.is_file() else []
+if found and "adamw_12" in steps:
+    print(f"| nanoGPT's bench.py, the same step | {float(found[-1]):.2f} | | | |")
+    print(f"| nanoGPT's step / ours (adamw_12): how many times faster ours is | {float(found[-1]) / steps['adamw_12']:.3f}x | | | |")
+elif theirs.is_file():
+    print(f"| nanoGPT's bench.py | failed: {theirs.read_text().strip().splitlines()[-1][:120] if theirs.read_text().strip() else 'no output'} | | | |")
 metrics = out / "out-gpt2" / "metrics.jsonl"
 if metrics.is_file() and "adamw_12_accum4" in steps:
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
