@@ -74,11 +74,9 @@ def load_hf_gpt2(name_or_dir):
         where = "the folder" if local else "the Hugging Face hub (is this machine online?)"
         raise CheckpointError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line(e)}") from None
     hf = hf_model.config
-    if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise CheckpointError(f"{name_or_dir} uses activation {hf.activation_function!r}; only GPT-2's tanh GELU is supported")
     model_args = dict(
         n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd, block_size=hf.n_positions,
-        vocab_size=hf.vocab_size, bias=True, dropout=0.0,
+        vocab_size=hf.vocab_size, bias=True, dropout=0.0, exact_gelu=exact_gelu(hf.activation_function, name_or_dir),
     )
     state = {}
     for key, value in hf_model.state_dict().items():
@@ -86,6 +84,14 @@ def load_hf_gpt2(name_or_dir):
             continue  # causal-mask buffers of older transformers versions, not weights
         state[key] = value.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else value
     return model_args, state
+
+
+def exact_gelu(activation_function, name_or_dir):
+    """GPTConfig.exact_gelu for a transformers GPT-2's activation_function: "gelu" is the exact (erf)
+    GELU; "gelu_new" (OpenAI's) and "gelu_pytorch_tanh" are the tanh approximation."""
+    if activation_function not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        raise CheckpointError(f"{name_or_dir} uses activation {activation_function!r}; only GELU (exact or tanh) is supported")
+    return activation_function == "gelu"
 
 
 def pretrained_config(name_or_dir):
@@ -97,7 +103,7 @@ def pretrained_config(name_or_dir):
         return GPTConfig(block_size=positions, vocab_size=50257, bias=True, **GPT2_SIZES[name_or_dir])
     hf = json.loads((Path(name_or_dir) / "config.json").read_text(encoding="utf-8"))
     shape = {key: hf.get(key, GPTConfig.__dataclass_fields__[key].default) for key in ("n_layer", "n_head", "n_embd", "vocab_size")}
-    return GPTConfig(block_size=positions, bias=True, **shape)
+    return GPTConfig(block_size=positions, bias=True, exact_gelu=exact_gelu(hf.get("activation_function", "gelu_new"), name_or_dir), **shape)
 
 
 def gpt_from_pretrained(name_or_dir, **overrides):
@@ -133,7 +139,7 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     eot = end_of_text_id(tokenizer_meta)
     hf_config = GPT2Config(
         vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_head=cfg.n_head, activation_function="gelu" if cfg.exact_gelu else "gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
     )
     state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in state.items()}

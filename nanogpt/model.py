@@ -46,6 +46,7 @@ class GPTConfig:
     rmsnorm: bool = switch(False, "RMSNorm (scale only, no mean) instead of LayerNorm", gpt2_format=False)
     qk_norm: bool = switch(False, "RMS-normalise queries and keys in attention: keeps attention logits tame", gpt2_format=False)
     relu2: bool = switch(False, "ReLU^2 MLP activation instead of GELU", gpt2_format=False)
+    exact_gelu: bool = switch(False, "the exact (erf) GELU, as nanoGPT, instead of GPT-2's tanh approximation: cheaper on a CPU", gpt2_format=True)
     tie_embeddings: bool = switch(True, "share the token embedding with the output head, as GPT-2", gpt2_format=True)
     logit_softcap: float = switch(0.0, "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))", gpt2_format=False, within="[0, inf)")
     zero_init_proj: bool = switch(False, "start the residual projections at zero: each block starts as identity", gpt2_format=True)
@@ -55,6 +56,8 @@ class GPTConfig:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.rotary and (self.n_embd // self.n_head) % 2 != 0:
             raise ConfigError(f"rotary needs an even head size, but n_embd / n_head = {self.n_embd // self.n_head}")
+        if self.relu2 and self.exact_gelu:
+            raise ConfigError("relu2 and exact_gelu both choose the MLP's activation; set one of them")
 
 
 def architecture_switches():
@@ -154,8 +157,9 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2's tanh GELU, so its weights give its exact outputs; or ReLU^2, sparser and cheaper
-        self.act = (lambda h: F.relu(h).square()) if config.relu2 else nn.GELU(approximate="tanh")
+        # GPT-2's tanh GELU, so its weights give its exact outputs; the exact GELU, cheaper on a CPU, for
+        # models trained here; or ReLU^2, sparser and cheaper still
+        self.act = (lambda h: F.relu(h).square()) if config.relu2 else nn.GELU(approximate="none" if config.exact_gelu else "tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 

@@ -110,3 +110,34 @@ def test_export_bad_inputs(tmp_path):
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "could not be loaded safely")
     assert not (tmp_path / "hf").exists()
+
+
+def test_exact_gelu_exports_as_gelu_and_imports_back(data_dir, tmp_path):
+    """exact_gelu is still GPT-2's format, with activation_function "gelu": transformers computes the
+    same logits, and the folder loads back with the switch set."""
+    from nanogpt.checkpoint import save_checkpoint
+    from nanogpt.hf import gpt_from_pretrained
+    from nanogpt.model import GPT, GPTConfig
+
+    meta = json.loads((data_dir / "shakespeare_char" / "meta.json").read_text())
+    torch.manual_seed(0)
+    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=65, bias=True, dropout=0.0, exact_gelu=True)
+    model = GPT(GPTConfig(**args)).eval()
+    for block in model.transformer.h:
+        block.mlp.c_fc.weight.data.mul_(40)  # GELU inputs of a few units, where erf and tanh GELU part
+    save_checkpoint(tmp_path / "run", {"model": model.state_dict(), "model_args": args, "tokenizer": meta})
+    result = run_script("export.py", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
+    assert result.returncode == 0, result.stderr
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert hf_model.config.activation_function == "gelu"
+    tanh = GPT(GPTConfig(**dict(args, exact_gelu=False))).eval()
+    tanh.load_state_dict(model.state_dict())
+    back = gpt_from_pretrained(tmp_path / "hf").eval()
+    assert back.config.exact_gelu
+    tokens = torch.randint(65, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = model(tokens, targets=tokens)
+        theirs_gap = (hf_model(tokens).logits - expected).abs().max()
+        torch.testing.assert_close(back(tokens, targets=tokens)[0], expected, atol=1e-5, rtol=0)
+        tanh_gap = (tanh(tokens, targets=tokens)[0] - expected).abs().max()
+    assert theirs_gap < 1e-5 and theirs_gap * 10 < tanh_gap, (theirs_gap, tanh_gap)  # transformers' GELU is the exact one

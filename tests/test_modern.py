@@ -10,7 +10,7 @@ from helpers import DDP_RUN, TINY_TRAIN, assert_same_training, assert_user_error
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.generation.engine import Engine
 from nanogpt.generation.sampling import Sampling
-from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_tables
+from nanogpt.model import GPT, ConfigError, GPTConfig, apply_rotary, rotary_tables
 from nanogpt.training.lr_schedule import wsd_lr
 from nanogpt.system import bfloat16_matmul_speed
 from nanogpt.training.muon import BatchedMuon, lr_scale, orthogonalize
@@ -269,3 +269,11 @@ def test_modern_recipe_across_processes_equals_one_process(data_dir, tmp_path, o
     single = run_script("train.py", *run, f"--out_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
     assert_same_training(tmp_path / "spread", tmp_path / "single")
+
+
+def test_exact_gelu_is_erf_gelu_and_excludes_relu2():
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(model(exact_gelu=True).transformer.h[0].mlp.act(x), torch.erf(x / 2**0.5).add(1).mul(x / 2), atol=1e-6, rtol=0)
+    assert (model().transformer.h[0].mlp.act(x) - model(exact_gelu=True).transformer.h[0].mlp.act(x)).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="relu2 and exact_gelu"):
+        GPTConfig(relu2=True, exact_gelu=True)
