@@ -12,8 +12,8 @@ val loss, the medians, and how many times faster ours is, whole and per step. Th
 (--step_rounds, 0 for none), the two projects' training steps on that command's model and batch,
 alternating: nanoGPT's model.py and optimizer as its train.py steps them, and ours (nanogpt/training/
 step.py), with each step's share of time in matrix multiplies (torch.profiler): whatever both spend
-there, neither can save. PATH is a nanoGPT checkout (e.g. a clone of github.com/karpathy/nanoGPT); its data is prepared
-from this repo's data/shakespeare_char/input.txt if it has none.
+there, neither can save. PATH is a nanoGPT checkout (e.g. a clone of github.com/karpathy/nanoGPT); its
+data is prepared from this repo's data/shakespeare_char/input.txt if it has none.
 """
 
 import argparse
