@@ -215,7 +215,7 @@ def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir,
         if kind == "other":
             others.append(f"{given} {repr(extra)[:60]}: {said}")
 
-    if script.startswith("data/"):  # always a case with the default folder, beside the (copied) script
+    if checkout != REPO:  # a prepare script: always a case with its default folder, beside the copy
         case = example((("out_dir", ""),), None)(case)
     case()
     SCRIPT_OUTCOMES[script] = counts
