@@ -17,14 +17,33 @@ from typing import Optional
 import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
-from nanogpt.config import DTYPES, as_train_settings, gpt_config, load_config, setting, train_setting, with_model_switches
+from nanogpt.config import (
+    DTYPES,
+    as_train_settings,
+    gpt_config,
+    load_config,
+    setting,
+    train_setting,
+    with_model_switches,
+)
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError, run_main
 from nanogpt.lora import add_adapters, adapters_note, check_peft, lora_record
 from nanogpt.model import GPT, architecture_switches
 from nanogpt.system import (
-    attention_kernel, autocast_context, check_attention_kernel, check_fp8, compile_model, current_memory_mb, float8_training,
-    keep_freed_memory, peak_flops, peak_memory_mb, reset_peak_memory, resolve_device, resolve_dtype,
+    attention_kernel,
+    autocast_context,
+    check_attention_kernel,
+    check_fp8,
+    compile_model,
+    current_memory_mb,
+    float8_training,
+    keep_freed_memory,
+    peak_flops,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+    resolve_dtype,
 )
 from nanogpt.tokenizer import model_vocab_size
 from nanogpt.training.memory_plan import available_memory, plan_memory, plan_table
@@ -43,7 +62,9 @@ class BenchSettings:
     bias: bool = setting(False, "biases in Linear and LayerNorm layers")
     dropout: float = setting(0.0, "dropout rate (the spec's char model trains with 0.2)", within="[0, 1)")
     gradient_accumulation_steps: int = setting(1, "micro-batches per step, as train.py's", within="[1, 100000]")
-    grad_clip: float = setting(1.0, "clip the gradient norm at this value (0: no clipping), as train.py", within="[0, inf)")
+    grad_clip: float = setting(
+        1.0, "clip the gradient norm at this value (0: no clipping), as train.py", within="[0, inf)"
+    )
     optimizer: str = train_setting("optimizer")
     real_data: bool = setting(True, "draw batches from data_dir/dataset/train.bin; False: random tokens")
     dataset: str = setting("openwebtext", "prepared dataset to draw batches from")
@@ -59,7 +80,11 @@ class BenchSettings:
     fused_loss: bool = train_setting("fused_loss")
     fp8: bool = train_setting("fp8")
     activation_checkpointing: bool = train_setting("activation_checkpointing")
-    lora_rank: int = setting(0, "LoRA adapters of this rank on every block (on random weights, frozen), as a fine-tune with lora_rank trains", within="[0, 65536]")
+    lora_rank: int = setting(
+        0,
+        "LoRA adapters of this rank on every block (on random weights, frozen), as a fine-tune with lora_rank trains",
+        within="[0, 65536]",
+    )
     lora_alpha: float = train_setting("lora_alpha")
     lora_targets: str = train_setting("lora_targets")
     lora_dropout: float = train_setting("lora_dropout")
@@ -93,14 +118,22 @@ def batch_source(cfg, device):
     data.check_length(cfg.block_size)
     generator = torch.Generator().manual_seed(cfg.seed)
     # the vocabulary padded as train.py pads it
-    return model_vocab_size(data.meta), lambda: data.get_batch("train", cfg.batch_size, cfg.block_size, device, generator)
+    return model_vocab_size(data.meta), lambda: data.get_batch(
+        "train", cfg.batch_size, cfg.block_size, device, generator
+    )
 
 
 def build(cfg, device, dtype, vocab_size):
     """The model as train.py builds it (its memory plan first), its optimizers, and a line about what
     differs from GPT-2."""
     plan_settings = as_train_settings(cfg)
-    print(plan_table(plan_memory(gpt_config(cfg, vocab_size), plan_settings, dtype, device, free=available_memory(device)), plan_settings, dtype))
+    print(
+        plan_table(
+            plan_memory(gpt_config(cfg, vocab_size), plan_settings, dtype, device, free=available_memory(device)),
+            plan_settings,
+            dtype,
+        )
+    )
     model = GPT(gpt_config(cfg, vocab_size))
     if cfg.lora_rank:
         add_adapters(model, lora_record(cfg, "random weights"), getattr(torch, dtype))
@@ -108,13 +141,21 @@ def build(cfg, device, dtype, vocab_size):
     if cfg.fp8:
         print(f"fp8: {float8_training(model)} Linear layers run their matmuls in float8")
     ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, device) if cfg.optimizer == "muon" else ("bfloat16", "")
-    optimizers = make_optimizers(model, 0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr, ns_dtype)
+    optimizers = make_optimizers(
+        model, 0.1, 1e-4, (0.9, 0.95), device.split(":")[0], cfg.optimizer, cfg.muon_lr, ns_dtype
+    )
     print(
-        f"{model.get_num_params() / 1e6:.1f}M parameters{adapters_note(model)}, {cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
-        f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}" + (f"; Newton-Schulz in {ns_dtype} ({why})" if why else "")
+        f"{model.get_num_params() / 1e6:.1f}M parameters{adapters_note(model)}, "
+        f"{cfg.gradient_accumulation_steps} x {cfg.batch_size} x {cfg.block_size} tokens a step,"
+        f" optimizer {cfg.optimizer}, device {device}, dtype {dtype}"
+        + (f"; Newton-Schulz in {ns_dtype} ({why})" if why else "")
     )
     switches = [f.name for f in architecture_switches()] + ["attention", "fused_loss", "activation_checkpointing"]
-    changed = [f"{key}={getattr(cfg, key)}" for key in switches if getattr(cfg, key) != BenchSettings.__dataclass_fields__[key].default]
+    changed = [
+        f"{key}={getattr(cfg, key)}"
+        for key in switches
+        if getattr(cfg, key) != BenchSettings.__dataclass_fields__[key].default
+    ]
     if changed:
         print(f"changed from GPT-2: {', '.join(changed)}")
     return model, optimizers
@@ -138,7 +179,15 @@ def time_steps(cfg, model, optimizers, device, dtype, get_batch):
         for _ in range(steps):
             # no .item() inside the timed loop, which would wait for the GPU
             loss, batch = training_step(
-                step_model, optimizers, scaler, ctx, cfg.gradient_accumulation_steps, cfg.grad_clip, batch, get_batch, fused_loss=cfg.fused_loss
+                step_model,
+                optimizers,
+                scaler,
+                ctx,
+                cfg.gradient_accumulation_steps,
+                cfg.grad_clip,
+                batch,
+                get_batch,
+                fused_loss=cfg.fused_loss,
             )
         sync()
         seconds = time.perf_counter() - t0
@@ -164,10 +213,14 @@ def main():
         seconds = time_steps(cfg, model, optimizers, device, dtype, get_batch)
     tokens = cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size
     achieved = model.estimate_flops_per_token() * tokens * cfg.iters / seconds
-    print(f"time per iteration: {seconds / cfg.iters * 1000:.2f} ms, {tokens * cfg.iters / seconds:,.0f} tokens/s, {achieved / 1e12:.3f} TFLOPS achieved")
+    print(
+        f"time per iteration: {seconds / cfg.iters * 1000:.2f} ms, {tokens * cfg.iters / seconds:,.0f} "
+        f"tokens/s, {achieved / 1e12:.3f} TFLOPS achieved"
+    )
     peak_mb = peak_memory_mb(device)
     print(
-        f"peak memory of the timed steps: {peak_mb:,.0f} MiB ({'allocated by torch' if device.startswith('cuda') else 'resident set'}),"
+        f"peak memory of the timed steps: {peak_mb:,.0f} MiB "
+        f"({'allocated by torch' if device.startswith('cuda') else 'resident set'}),"
         f" {peak_mb - memory_before:,.0f} MiB above the process before the model was built"
     )
     peak = peak_flops(device)

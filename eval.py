@@ -40,11 +40,23 @@ from nanogpt.tokenizer import tokenizer_from_meta
 @dataclass
 class EvalSettings:
     out_dir: str = setting("out", "folder holding the checkpoint (with init_from='resume')")
-    init_from: str = setting("resume", "'resume' (the checkpoint in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder")
-    checkpoint: str = setting("best", "with init_from='resume': 'best' (best.pt) or 'latest' (ckpt.pt)", choices=CHECKPOINTS)
+    init_from: str = setting(
+        "resume", "'resume' (the checkpoint in out_dir), a GPT-2 name (gpt2 ... gpt2-xl) or a Hugging Face GPT-2 folder"
+    )
+    checkpoint: str = setting(
+        "best", "with init_from='resume': 'best' (best.pt) or 'latest' (ckpt.pt)", choices=CHECKPOINTS
+    )
     input: str = setting("", "a UTF-8 text file; empty: the val split of the dataset the checkpoint was trained on")
-    stride: int = setting(0, "tokens each window moves on; 0: half the context. Smaller: more context per token, slower", within="[0, inf)")
-    task: str = setting("", "'hellaswag' (its validation set, downloaded once into data/hellaswag/) or a .jsonl file of multiple-choice items; empty: loss on a text")
+    stride: int = setting(
+        0,
+        "tokens each window moves on; 0: half the context. Smaller: more context per token, slower",
+        within="[0, inf)",
+    )
+    task: str = setting(
+        "",
+        "'hellaswag' (its validation set, downloaded once into data/hellaswag/) or a .jsonl file of "
+        "multiple-choice items; empty: loss on a text",
+    )
     batch_size: int = setting(8, "windows (with --task, choices) per forward pass", within="[1, inf)")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("float32", "'float32', 'bfloat16', 'float16' or 'auto'", choices=DTYPES)
@@ -71,7 +83,10 @@ def model_tokenizer_and_ids(cfg):
         return model, tokenizer, tokenizer.encode(read_text(cfg.input), ordinary=True), cfg.input
     checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     data = Dataset(checkpoint["config"]["data_dir"], checkpoint["config"]["dataset"])
-    model, tokenizer = model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"], checkpoint["path"])
+    model, tokenizer = (
+        model_from_checkpoint(checkpoint, dropout=0.0),
+        tokenizer_from_meta(checkpoint["tokenizer"], checkpoint["path"]),
+    )
     ids = np.asarray(data.tokens("val"), dtype=np.int64)
     data.check_ids(ids, f"the val split of {data.dir}")
     return model, tokenizer, ids, f"the val split of {data.dir}"
@@ -99,7 +114,7 @@ def score(model, ids, token_bytes, stride, batch_size, device):
         # windows of one length go through the model together (all but the last window have the full length)
         length = pending[0][1] - pending[0][0]
         batch = [w for w in pending[:batch_size] if w[1] - w[0] == length]
-        pending = pending[len(batch):]
+        pending = pending[len(batch) :]
         x = torch.stack([ids[b : e - 1] for b, e, _ in batch])
         y = torch.stack([ids[b + 1 : e] for b, e, _ in batch])
         for row, (b, _, first) in enumerate(batch):
@@ -123,7 +138,10 @@ def evaluate_task(cfg, device):
     model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
     scores = accuracy(loglikelihoods(model, items, cfg.batch_size, device, tokenizer.vocab_size, progress=True), items)
     print(f"{path}: {scores.count:,} items")
-    print(f"acc {scores.acc:.4f} ({scores.correct:,}/{scores.count:,}, summed log-likelihood), acc_norm {scores.acc_norm:.4f} ({scores.correct_norm:,}/{scores.count:,}, per token)")
+    print(
+        f"acc {scores.acc:.4f} ({scores.correct:,}/{scores.count:,}, summed log-likelihood), acc_norm "
+        f"{scores.acc_norm:.4f} ({scores.correct_norm:,}/{scores.count:,}, per token)"
+    )
 
 
 def main():
@@ -135,7 +153,10 @@ def main():
     model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
     stride = cfg.stride or max(1, model.config.block_size // 2)
     if stride > model.config.block_size:
-        raise SettingError(f"stride {stride} is longer than the model's context of {model.config.block_size} tokens; use --stride={model.config.block_size} or less")
+        raise SettingError(
+            f"stride {stride} is longer than the model's context of {model.config.block_size} tokens; use "
+            f"--stride={model.config.block_size} or less"
+        )
     eot = getattr(tokenizer, "eot_token", None)
     if eot is not None:
         ids = np.concatenate([[eot], np.asarray(ids, dtype=np.int64)])  # so the text's first token is scored too
@@ -144,7 +165,9 @@ def main():
         raise DataError(f"{source} is too short to score: it needs at least {needed} token{'s' if needed > 1 else ''}")
     token_bytes = torch.tensor(tokenizer.token_byte_lengths())
     nats, tokens, text_bytes = score(model, ids, token_bytes, stride, cfg.batch_size, device)
-    print(f"{source}: {tokens:,} tokens, {text_bytes:,} bytes scored (context {model.config.block_size}, stride {stride})")
+    print(
+        f"{source}: {tokens:,} tokens, {text_bytes:,} bytes scored (context {model.config.block_size}, stride {stride})"
+    )
     print(f"loss {nats / tokens:.6f} nats per token, {nats / max(text_bytes, 1) / math.log(2):.6f} bits per byte")
 
 

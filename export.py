@@ -28,8 +28,16 @@ class ExportSettings:
     out_dir: str = setting("out", "folder holding the checkpoint to export")
     to: str = setting("", "folder to write the Hugging Face model into")
     force: bool = setting(False, "write into --to even if it already holds files (they may be replaced)")
-    checkpoint: str = setting("best", "'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)", choices=CHECKPOINTS)
-    adapters_only: bool = setting(False, "a LoRA run: write only its adapters, as a PEFT adapter folder (adapter_config.json, adapter_model.safetensors), instead of the merged model")
+    checkpoint: str = setting(
+        "best",
+        "'best' (best.pt, the lowest val loss) or 'latest' (ckpt.pt, where training stopped)",
+        choices=CHECKPOINTS,
+    )
+    adapters_only: bool = setting(
+        False,
+        "a LoRA run: write only its adapters, as a PEFT adapter folder (adapter_config.json, "
+        "adapter_model.safetensors), instead of the merged model",
+    )
 
 
 def read_settings(argv):
@@ -39,29 +47,44 @@ def read_settings(argv):
         raise SettingError("say where to write the model: --to=FOLDER")
     target = Path(cfg.to)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not cfg.force:
-        raise SettingError(f"{target} already exists and is not empty; choose another --to, or pass --force=True to write into it")
+        raise SettingError(
+            f"{target} already exists and is not empty; choose another --to, or pass --force=True to write into it"
+        )
     return cfg
 
 
 def main():
     cfg = read_settings(sys.argv[1:])
     target = Path(cfg.to)
-    check_writable_folder(target, "to")  # before the checkpoint loads: a place that cannot hold a folder is one sentence
+    check_writable_folder(
+        target, "to"
+    )  # before the checkpoint loads: a place that cannot hold a folder is one sentence
     try:
         import transformers  # noqa: F401
     except ImportError:
-        raise UnavailableError("export needs transformers: pip install -e '.[hf]' (or pip install transformers safetensors)") from None
+        raise UnavailableError(
+            "export needs transformers: pip install -e '.[hf]' (or pip install transformers safetensors)"
+        ) from None
     checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     if cfg.adapters_only:
         if "lora" not in checkpoint:
-            raise SettingError(f"{checkpoint['path']} is a full model, not a LoRA run: it has no adapters; export it without --adapters_only")
+            raise SettingError(
+                f"{checkpoint['path']} is a full model, not a LoRA run: it has no adapters; export it without "
+                "--adapters_only"
+            )
         check_peft()
         export_adapters(checkpoint, target)
-        print(f"exported the LoRA adapters to {target}: load them with peft.PeftModel.from_pretrained(model, {str(target)!r}) on the GPT-2 {checkpoint['lora']['base']}")
+        print(
+            f"exported the LoRA adapters to {target}: load them with peft.PeftModel.from_pretrained(model, "
+            f"{str(target)!r}) on the GPT-2 {checkpoint['lora']['base']}"
+        )
         return
     model = model_from_checkpoint(checkpoint, dropout=0.0)
     export_hf_gpt2(model, target, checkpoint["tokenizer"])
-    print(f"exported {model.get_num_params() / 1e6:.2f}M parameters to {target}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(target)!r})")
+    print(
+        f"exported {model.get_num_params() / 1e6:.2f}M parameters to {target}: load it with "
+        f"transformers.GPT2LMHeadModel.from_pretrained({str(target)!r})"
+    )
 
 
 if __name__ == "__main__":

@@ -121,7 +121,9 @@ def generate_and_print(cfg, model, tokenizer):
     # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
     top_k_given = cfg.top_k != SampleSettings().top_k
     if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
-        raise SettingError(f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all")
+        raise SettingError(
+            f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all"
+        )
 
     if cfg.prompts:
         prompts = read_prompts_file(cfg.prompts, tokenizer)
@@ -136,7 +138,11 @@ def generate_and_print(cfg, model, tokenizer):
     block_size = model.config.block_size
     cropped = sum(context_start(len(ids), block_size) > 0 for _, ids in prompts)
     if cropped:
-        print(f"note: {cropped} prompt(s) longer than the model's context of {block_size} tokens: the model sees the end of each", file=sys.stderr)
+        print(
+            f"note: {cropped} prompt(s) longer than the model's context of {block_size} tokens: the model "
+            "sees the end of each",
+            file=sys.stderr,
+        )
 
     stream = (len(prompts) == 1 and not cfg.prompts) if cfg.stream is None else cfg.stream
     if stream and len(prompts) > 1:
@@ -149,15 +155,21 @@ def generate_and_print(cfg, model, tokenizer):
     try:
         output = open(cfg.output, "w", encoding="utf-8") if cfg.output else None
     except OSError as e:
-        raise WriteError(f"cannot write --output={cfg.output} ({e.strerror}); choose a file in a folder that exists and is writable") from None
+        raise WriteError(
+            f"cannot write --output={cfg.output} ({e.strerror}); choose a file in a folder that exists and is writable"
+        ) from None
     try:
         for first in range(0, len(prompts), batch_size):
             batch = prompts[first : first + batch_size]
             printer = StreamPrinter(batch[0][0], endings) if stream else None
             with torch.no_grad():
                 completions = engine.generate(
-                    [ids for _, ids in batch], cfg.max_new_tokens, sampling[first : first + batch_size],
-                    vocab_size=vocab_size, on_token=printer, stop=endings if endings.possible else None,
+                    [ids for _, ids in batch],
+                    cfg.max_new_tokens,
+                    sampling[first : first + batch_size],
+                    vocab_size=vocab_size,
+                    on_token=printer,
+                    stop=endings if endings.possible else None,
                 )
             if stream:
                 printer.finish()

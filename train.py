@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass, replace
 import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
-from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, MODEL_KEYS, capture_rng_state, model_from_checkpoint, save_checkpoint
+from nanogpt.checkpoint import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    MODEL_KEYS,
+    capture_rng_state,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from nanogpt.config import TrainSettings, gpt_config, load_config
 from nanogpt.data import Dataset, TrainBatches
 from nanogpt.errors import DataError, RunError, SettingError, out_of_memory_as_error, run_main
@@ -27,16 +34,35 @@ from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, not_a_model, p
 from nanogpt.lora import adapter_state, adapters_note, add_adapters, check_lora_settings, lora_record, run_lora
 from nanogpt.model import GPT, GPTConfig, architecture_switches
 from nanogpt.system import (
-    attention_kernel, autocast_context, check_attention_kernel, check_fp8, float8_training, keep_freed_memory,
-    peak_flops, resolve_device, resolve_dtype,
+    attention_kernel,
+    autocast_context,
+    check_attention_kernel,
+    check_fp8,
+    float8_training,
+    keep_freed_memory,
+    peak_flops,
+    resolve_device,
+    resolve_dtype,
 )
-from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary, tokenizer_from_meta
+from nanogpt.tokenizer import (
+    describe_vocabulary,
+    meta_from_hf_folder,
+    model_vocab_size,
+    same_vocabulary,
+    tokenizer_from_meta,
+)
 from nanogpt.training.distributed import catch_stop_signals, processes, resume_command, shard, wrap_model
 from nanogpt.training.evaluation import choice_accuracy, estimate_loss, format_duration, task_items
 from nanogpt.training.lr_schedule import set_learning_rate
 from nanogpt.training.memory_plan import check_memory
 from nanogpt.training.optimizers import run_optimizers
-from nanogpt.training.resume import MODEL_SHAPE_KEYS, full_state, resumable_checkpoint, restore_optimizers, restore_random_streams
+from nanogpt.training.resume import (
+    MODEL_SHAPE_KEYS,
+    full_state,
+    resumable_checkpoint,
+    restore_optimizers,
+    restore_random_streams,
+)
 from nanogpt.training.step import training_step
 from nanogpt.training.train_log import METRICS_NAME, LossPlotter, append_record, open_run_log
 
@@ -50,15 +76,23 @@ def read_settings(argv):
     cfg = load_config(TrainSettings, argv)
     if cfg.init_from not in ("scratch", "resume", "auto"):
         if not is_pretrained_source(cfg.init_from):
-            raise not_a_model(cfg.init_from, "'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face model folder")
+            raise not_a_model(
+                cfg.init_from,
+                "'scratch', 'resume', 'auto', a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a "
+                "Hugging Face model folder",
+            )
         pretrained_positions = pretrained_block_size(cfg.init_from)  # also checks the name or folder
         if cfg.block_size > pretrained_positions:
-            raise SettingError(f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions {cfg.init_from} was trained with; use --block_size={pretrained_positions} or less")
+            raise SettingError(
+                f"block_size {cfg.block_size} is larger than the {pretrained_positions} positions "
+                f"{cfg.init_from} was trained with; use --block_size={pretrained_positions} or less"
+            )
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if cfg.gradient_accumulation_steps % world_size != 0:
         raise SettingError(
             f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of"
-            f" processes ({world_size}), e.g. --gradient_accumulation_steps={world_size * max(1, cfg.gradient_accumulation_steps // world_size)}"
+            f" processes ({world_size}), e.g. "
+            f"--gradient_accumulation_steps={world_size * max(1, cfg.gradient_accumulation_steps // world_size)}"
         )
     gpt_config(cfg, vocab_size=1)  # the model's own shape checks, without building it
     if cfg.lora_rank:
@@ -75,10 +109,13 @@ def main():
     cfg = read_settings(sys.argv[1:])
     if cfg.init_from == "auto":
         # for restarts (torchrun --max-restarts, a requeued job): continue the run if it has saved, else start it
-        cfg = replace(cfg, init_from="resume" if os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) else "scratch")
+        cfg = replace(
+            cfg, init_from="resume" if os.path.exists(os.path.join(cfg.out_dir, CHECKPOINT_NAME)) else "scratch"
+        )
     out_of_memory = (
         f"out of memory with batch_size={cfg.batch_size}, block_size={cfg.block_size}: lower --batch_size and raise"
-        f" --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), lower --block_size, or make the model smaller"
+        " --gradient_accumulation_steps by the same factor (tokens per iteration stay the same), lower "
+        "--block_size, or make the model smaller"
     )
     with processes(cfg) as procs, attention_kernel(cfg.attention), out_of_memory_as_error(out_of_memory):
         train(cfg, procs)
@@ -93,7 +130,10 @@ def train(cfg, procs):
     if procs.master:
         setup.plotter.finish()
     if procs.master and not stopped:
-        print(f"done: best val loss {progress.best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in {cfg.out_dir}")
+        print(
+            f"done: best val loss {progress.best_val_loss:.4f}; checkpoint, {METRICS_NAME} and loss.png in "
+            f"{cfg.out_dir}"
+        )
 
 
 # -- set-up -----------------------------------------------------------------------------------------------
@@ -165,20 +205,41 @@ def set_up(cfg, procs):
         restore_optimizers(checkpoint, model, optimizers, scaler, cfg.fsdp)
         restore_random_streams(checkpoint, procs, batches, cfg.seed)
         resumed = checkpoint["iter_num"]
-        progress = Progress(resumed, checkpoint["best_val_loss"], checkpoint.get("train_seconds", 0.0), saved_iter=resumed, has_checkpoint=True)
+        progress = Progress(
+            resumed,
+            checkpoint["best_val_loss"],
+            checkpoint.get("train_seconds", 0.0),
+            saved_iter=resumed,
+            has_checkpoint=True,
+        )
     compiled, train_model = wrap_model(model, cfg, procs)
     setup = Setup(
-        cfg=cfg, procs=procs, ctx=autocast_context(procs.device, dtype), data=data, batches=batches,
+        cfg=cfg,
+        procs=procs,
+        ctx=autocast_context(procs.device, dtype),
+        data=data,
+        batches=batches,
         token_bytes=torch.tensor(tokenizer_from_meta(data.meta).token_byte_lengths(), device=procs.device),
-        raw_model=model, model=compiled, train_model=train_model, model_args=model_args, optimizers=optimizers, scaler=scaler,
+        raw_model=model,
+        model=compiled,
+        train_model=train_model,
+        model_args=model_args,
+        optimizers=optimizers,
+        scaler=scaler,
         choice_items=task_items(cfg.hellaswag_task, data.meta, cfg.block_size) if cfg.hellaswag_interval else None,
         lora=run_lora(cfg, checkpoint),
-        tokens_per_iter=tokens_per_iter, flops_per_iter=model.estimate_flops_per_token() * tokens_per_iter,
-        device_peak=peak_flops(procs.device), resumed_at=progress.iter_num if cfg.init_from == "resume" else None,
-        plotter=LossPlotter(cfg.out_dir) if procs.master else None, wandb=None, stop_signals=[],
+        tokens_per_iter=tokens_per_iter,
+        flops_per_iter=model.estimate_flops_per_token() * tokens_per_iter,
+        device_peak=peak_flops(procs.device),
+        resumed_at=progress.iter_num if cfg.init_from == "resume" else None,
+        plotter=LossPlotter(cfg.out_dir) if procs.master else None,
+        wandb=None,
+        stop_signals=[],
     )
     del checkpoint  # free it before training: it holds a second copy of the model and optimizer
-    return replace(setup, wandb=open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None), progress
+    return replace(
+        setup, wandb=open_run_log(cfg, progress.iter_num, tokens_per_iter, data.meta) if procs.master else None
+    ), progress
 
 
 def prepare_process(cfg, procs, dtype, tokens_per_iter):
@@ -188,7 +249,8 @@ def prepare_process(cfg, procs, dtype, tokens_per_iter):
     if procs.master:
         print(f"device {procs.device}, dtype {dtype}, {procs.world_size} process(es)")
         print(
-            f"tokens per iteration: {tokens_per_iter:,} = {procs.grad_accum} accumulation steps x {procs.world_size} processes"
+            f"tokens per iteration: {tokens_per_iter:,} = {procs.grad_accum} accumulation steps x "
+            f"{procs.world_size} processes"
             f" x {cfg.batch_size} sequences x {cfg.block_size} tokens"
         )
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (FSDP does not broadcast them)
@@ -207,15 +269,27 @@ def build_model(cfg, data, procs, dtype, checkpoint):
         )
     if cfg.memory_check != "off":  # the step's memory against the device's, before any weights load
         scratch_shape = gpt_config(cfg, model_vocab_size(data.meta)) if cfg.init_from == "scratch" else None
-        shape = GPTConfig(**checkpoint["model_args"]) if checkpoint else scratch_shape or pretrained_config(cfg.init_from)
+        shape = (
+            GPTConfig(**checkpoint["model_args"]) if checkpoint else scratch_shape or pretrained_config(cfg.init_from)
+        )
         check_memory(shape, cfg, dtype, procs, pretrained=checkpoint is None and cfg.init_from != "scratch")
     if procs.master:
-        print({"scratch": "training a new model from scratch", "resume": f"resuming from {cfg.out_dir}"}.get(cfg.init_from, f"fine-tuning {cfg.init_from}"))
+        print(
+            {"scratch": "training a new model from scratch", "resume": f"resuming from {cfg.out_dir}"}.get(
+                cfg.init_from, f"fine-tuning {cfg.init_from}"
+            )
+        )
     if cfg.init_from == "scratch":
         model = GPT(gpt_config(cfg, model_vocab_size(data.meta)))
     elif cfg.init_from == "resume":
         # the architecture comes from the checkpoint; only dropout (and recomputation) may change on resume
-        model = model_from_checkpoint(checkpoint, merge=False, base_dtype=getattr(torch, dtype), dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
+        model = model_from_checkpoint(
+            checkpoint,
+            merge=False,
+            base_dtype=getattr(torch, dtype),
+            dropout=cfg.dropout,
+            activation_checkpointing=cfg.activation_checkpointing,
+        )
     else:
         model = pretrained_model(cfg, data, dtype)
     if cfg.block_size < model.config.block_size:
@@ -233,18 +307,31 @@ def build_model(cfg, data, procs, dtype, checkpoint):
 
 
 def pretrained_model(cfg, data, dtype):
-    """GPT-2 weights (a name or a Hugging Face folder; frozen under adapters with lora_rank), once they fit the data and settings."""
+    """GPT-2 weights (a name or a Hugging Face folder; frozen under adapters with lora_rank), once they fit
+    the data and settings."""
     changed = [f.name for f in architecture_switches() if getattr(cfg, f.name) != f.default]
     if changed:
-        raise SettingError(f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were trained without them")
+        raise SettingError(
+            f"{', '.join(changed)} cannot be used with pretrained GPT-2 weights ({cfg.init_from}), which were "
+            "trained without them"
+        )
     pretrained_meta = meta_from_hf_folder(cfg.init_from)
     if not same_vocabulary(pretrained_meta, data.meta):
         hint = (
-            " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python data/custom/prepare.py --tokenizer=gpt2"
-            if pretrained_meta["tokenizer"] == "gpt2" else " use the dataset it was trained on"
+            (
+                " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python "
+                "data/custom/prepare.py --tokenizer=gpt2"
+            )
+            if pretrained_meta["tokenizer"] == "gpt2"
+            else " use the dataset it was trained on"
         )
-        raise DataError(f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has {describe_vocabulary(data.meta)};{hint}")
-    model = gpt_from_pretrained(cfg.init_from, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
+        raise DataError(
+            f"{cfg.init_from} reads {describe_vocabulary(pretrained_meta)}, but dataset {cfg.dataset!r} has "
+            f"{describe_vocabulary(data.meta)};{hint}"
+        )
+    model = gpt_from_pretrained(
+        cfg.init_from, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing
+    )
     return add_adapters(model, lora_record(cfg, cfg.init_from), getattr(torch, dtype)) if cfg.lora_rank else model
 
 
@@ -258,8 +345,15 @@ def training_loop(setup, progress):
     t_last = time.time()
     while True:
         lr = set_learning_rate(setup.optimizers, cfg, progress.iter_num)
-        at_end, fresh = progress.iter_num == cfg.max_iters, progress.iter_num != setup.resumed_at  # fresh: not logged before resume
-        if cfg.hellaswag_interval and (progress.iter_num % cfg.hellaswag_interval == 0 or at_end) and (fresh or cfg.eval_only):
+        at_end, fresh = (
+            progress.iter_num == cfg.max_iters,
+            progress.iter_num != setup.resumed_at,
+        )  # fresh: not logged before resume
+        if (
+            cfg.hellaswag_interval
+            and (progress.iter_num % cfg.hellaswag_interval == 0 or at_end)
+            and (fresh or cfg.eval_only)
+        ):
             evaluate_choices(setup, progress)  # every process scores its share
             t_last = time.time()  # not training time
         eval_due = (progress.iter_num % cfg.eval_interval == 0 or at_end) and fresh
@@ -278,7 +372,9 @@ def training_loop(setup, progress):
 
         loss, batch = optimizer_step(setup, progress.batch)
         now = time.time()
-        progress = replace(progress, iter_num=progress.iter_num + 1, train_seconds=progress.train_seconds + now - t_last, batch=batch)
+        progress = replace(
+            progress, iter_num=progress.iter_num + 1, train_seconds=progress.train_seconds + now - t_last, batch=batch
+        )
         t_last = now
         if progress.iter_num % cfg.log_interval == 0 and procs.master:
             progress = log_step(setup, progress, loss, lr)
@@ -298,7 +394,16 @@ def evaluate_and_save(setup, progress, lr, rank_rng):
         # under FSDP every process evaluates, and its forward is a collective, so they agree before each batch
         return procs.any(setup.stop_signals) if cfg.fsdp else bool(setup.stop_signals)
 
-    results = estimate_loss(setup.model, setup.data, setup.ctx, setup.token_bytes, cfg, procs.device, stop_requested, announce=procs.master and not progress.evaluated)
+    results = estimate_loss(
+        setup.model,
+        setup.data,
+        setup.ctx,
+        setup.token_bytes,
+        cfg,
+        procs.device,
+        stop_requested,
+        announce=procs.master and not progress.evaluated,
+    )
     if results is None:
         return progress, False
     if cfg.fsdp:
@@ -311,7 +416,10 @@ def evaluate_and_save(setup, progress, lr, rank_rng):
     if procs.master:
         log_eval(setup, progress, losses, lr, time.time() - t0)
     if not math.isfinite(losses["val"]):
-        raise RunError(f"val loss is {losses['val']} at step {progress.iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+        raise RunError(
+            f"val loss is {losses['val']} at step {progress.iter_num}; the last good checkpoint in "
+            f"{cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)"
+        )
     if progress.iter_num > 0 and not cfg.eval_only:
         improved = losses["val"] < progress.best_val_loss
         progress = replace(progress, best_val_loss=min(progress.best_val_loss, losses["val"]))
@@ -320,11 +428,24 @@ def evaluate_and_save(setup, progress, lr, rank_rng):
 
 
 def log_eval(setup, progress, losses, lr, seconds):
-    print(f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val {losses['val_bpb']:.4f} bits per byte")
-    append_record(setup.cfg.out_dir, dict(
-        kind="eval", iter=progress.iter_num, train_loss=losses["train"], val_loss=losses["val"], val_bpb=losses["val_bpb"], lr=lr,
-        tokens=progress.iter_num * setup.tokens_per_iter, train_seconds=progress.train_seconds, eval_seconds=seconds,
-    ))
+    print(
+        f"step {progress.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val "
+        f"{losses['val_bpb']:.4f} bits per byte"
+    )
+    append_record(
+        setup.cfg.out_dir,
+        dict(
+            kind="eval",
+            iter=progress.iter_num,
+            train_loss=losses["train"],
+            val_loss=losses["val"],
+            val_bpb=losses["val_bpb"],
+            lr=lr,
+            tokens=progress.iter_num * setup.tokens_per_iter,
+            train_seconds=progress.train_seconds,
+            eval_seconds=seconds,
+        ),
+    )
     setup.plotter.request()
     if setup.wandb:
         setup.wandb.log({"iter": progress.iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
@@ -334,14 +455,34 @@ def evaluate_choices(setup, progress):
     """Multiple-choice accuracy on hellaswag_task (see nanogpt/multiple_choice.py), logged by rank 0."""
     t0 = time.time()
     # len(token_bytes): the tokenizer's vocabulary (a padded one's extra logits are not tokens)
-    scores = choice_accuracy(setup.raw_model, setup.choice_items, setup.ctx, setup.procs, setup.cfg.fsdp, setup.cfg.batch_size, len(setup.token_bytes))
+    scores = choice_accuracy(
+        setup.raw_model,
+        setup.choice_items,
+        setup.ctx,
+        setup.procs,
+        setup.cfg.fsdp,
+        setup.cfg.batch_size,
+        len(setup.token_bytes),
+    )
     if not setup.procs.master:
         return
-    print(f"step {progress.iter_num}: {setup.cfg.hellaswag_task} acc_norm {scores.acc_norm:.4f}, acc {scores.acc:.4f} ({scores.count:,} items)")
-    append_record(setup.cfg.out_dir, dict(
-        kind="hellaswag", iter=progress.iter_num, acc=scores.acc, acc_norm=scores.acc_norm, items=scores.count,
-        tokens=progress.iter_num * setup.tokens_per_iter, train_seconds=progress.train_seconds, eval_seconds=time.time() - t0,
-    ))
+    print(
+        f"step {progress.iter_num}: {setup.cfg.hellaswag_task} acc_norm {scores.acc_norm:.4f}, acc "
+        f"{scores.acc:.4f} ({scores.count:,} items)"
+    )
+    append_record(
+        setup.cfg.out_dir,
+        dict(
+            kind="hellaswag",
+            iter=progress.iter_num,
+            acc=scores.acc,
+            acc_norm=scores.acc_norm,
+            items=scores.count,
+            tokens=progress.iter_num * setup.tokens_per_iter,
+            train_seconds=progress.train_seconds,
+            eval_seconds=time.time() - t0,
+        ),
+    )
     if setup.wandb:
         setup.wandb.log({"iter": progress.iter_num, "hellaswag/acc": scores.acc, "hellaswag/acc_norm": scores.acc_norm})
 
@@ -357,10 +498,15 @@ def save(setup, progress, rank_rng, best=False):
     if setup.lora:
         model_state = adapter_state(model_state)
     checkpoint = {
-        "model": model_state, "optimizer": optimizer_states, "scaler": setup.scaler.state_dict(), "model_args": setup.model_args,
-        "iter_num": progress.iter_num, "best_val_loss": progress.best_val_loss,
+        "model": model_state,
+        "optimizer": optimizer_states,
+        "scaler": setup.scaler.state_dict(),
+        "model_args": setup.model_args,
+        "iter_num": progress.iter_num,
+        "best_val_loss": progress.best_val_loss,
         "train_seconds": progress.train_seconds,  # the time axis of a resumed run's metrics continues from here
-        "config": asdict(cfg), "tokenizer": setup.data.meta,
+        "config": asdict(cfg),
+        "tokenizer": setup.data.meta,
         # the other streams are where they were when that batch was drawn: since then only backward,
         # the optimizer step and evaluation ran, and none of them draws random numbers
         "rng": capture_rng_state(setup.batches.position),
@@ -394,8 +540,16 @@ def optimizer_step(setup, batch):
         return contextlib.nullcontext()
 
     return training_step(
-        setup.train_model, setup.optimizers, setup.scaler, setup.ctx, procs.grad_accum, cfg.grad_clip, batch,
-        setup.batches, gradient_sync, cfg.fused_loss,
+        setup.train_model,
+        setup.optimizers,
+        setup.scaler,
+        setup.ctx,
+        procs.grad_accum,
+        cfg.grad_clip,
+        batch,
+        setup.batches,
+        gradient_sync,
+        cfg.fused_loss,
     )
 
 
@@ -406,16 +560,28 @@ def log_step(setup, progress, loss, lr):
     seconds_per_iter = (progress.train_seconds - last_seconds) / (progress.iter_num - last_iter)
     loss_value = loss.item() * setup.procs.grad_accum  # .item() waits for the GPU, so only at log time
     if not math.isfinite(loss_value):
-        raise RunError(f"training loss is {loss_value} at step {progress.iter_num}; the last good checkpoint in {cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)")
+        raise RunError(
+            f"training loss is {loss_value} at step {progress.iter_num}; the last good checkpoint in "
+            f"{cfg.out_dir} is kept (try a lower learning_rate, or dtype=bfloat16 instead of float16)"
+        )
     # smooth the step time for the ETA; the first steps include warm-up and compilation
     ms = seconds_per_iter * 1000
     smoothed = ms if progress.ms_per_iter is None else 0.9 * progress.ms_per_iter + 0.1 * ms
     tokens_per_sec = setup.tokens_per_iter / seconds_per_iter
     eta = format_duration((cfg.max_iters - progress.iter_num) * smoothed / 1000)
-    line = f"iter {progress.iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, {tokens_per_sec:,.0f} tok/s, ETA {eta}"
+    line = (
+        f"iter {progress.iter_num}/{cfg.max_iters}: loss {loss_value:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, "
+        f"{tokens_per_sec:,.0f} tok/s, ETA {eta}"
+    )
     record = dict(
-        kind="train", iter=progress.iter_num, loss=loss_value, lr=lr, ms_per_iter=ms, tokens_per_sec=tokens_per_sec,
-        tokens=progress.iter_num * setup.tokens_per_iter, train_seconds=progress.train_seconds,
+        kind="train",
+        iter=progress.iter_num,
+        loss=loss_value,
+        lr=lr,
+        ms_per_iter=ms,
+        tokens_per_sec=tokens_per_sec,
+        tokens=progress.iter_num * setup.tokens_per_iter,
+        train_seconds=progress.train_seconds,
     )
     if setup.device_peak is not None:
         record["mfu"] = setup.flops_per_iter / seconds_per_iter / setup.device_peak
@@ -423,7 +589,9 @@ def log_step(setup, progress, loss, lr):
     print(line)
     append_record(cfg.out_dir, record)
     if setup.wandb:
-        setup.wandb.log({"iter": progress.iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec})
+        setup.wandb.log(
+            {"iter": progress.iter_num, "train/loss_batch": loss_value, "lr": lr, "tokens_per_sec": tokens_per_sec}
+        )
     return replace(progress, ms_per_iter=smoothed, last_log=(progress.iter_num, progress.train_seconds))
 
 

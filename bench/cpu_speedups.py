@@ -25,8 +25,18 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC_MODEL = ["--dataset=shakespeare_char", "--device=cpu", "--dtype=float32", "--n_layer=6", "--n_head=6",
-              "--n_embd=384", "--block_size=256", "--batch_size=64", "--warmup_iters=2", "--iters=3"]
+SPEC_MODEL = [
+    "--dataset=shakespeare_char",
+    "--device=cpu",
+    "--dtype=float32",
+    "--n_layer=6",
+    "--n_head=6",
+    "--n_embd=384",
+    "--block_size=256",
+    "--batch_size=64",
+    "--warmup_iters=2",
+    "--iters=3",
+]
 SWITCHED_OFF = {
     "both on": "",
     "torch dropout": "import nanogpt.model; nanogpt.model.eager_cpu = lambda x: False; ",
@@ -37,7 +47,10 @@ SWITCHED_OFF = {
 def run(script, args, variant, env):
     """Run a root script with the given speed-up switched off (or none); return its stdout."""
     argv = [script, *args]
-    code = f"{SWITCHED_OFF[variant]}import runpy, sys; sys.argv = {argv!r}; runpy.run_path({script!r}, run_name='__main__')"
+    code = (
+        f"{SWITCHED_OFF[variant]}import runpy, sys; sys.argv = {argv!r}; runpy.run_path({script!r}, "
+        "run_name='__main__')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.exit(result.stderr.strip())
@@ -59,23 +72,45 @@ def main():
                     out = run("bench.py", [*SPEC_MODEL, f"--dropout={dropout}"], variant, env)
                     times[variant].append(float(re.search(r"time per iteration: ([\d.]+) ms", out).group(1)))
                     mfus[variant].append(float(re.search(r"MFU: ([\d.]+)%", out).group(1)))
-                    print(f"dropout {dropout}, {variant:13s}: {times[variant][-1]:,.0f} ms/iter, MFU {mfus[variant][-1]:.1f}%", flush=True)
+                    print(
+                        f"dropout {dropout}, {variant:13s}: {times[variant][-1]:,.0f} ms/iter, MFU "
+                        f"{mfus[variant][-1]:.1f}%",
+                        flush=True,
+                    )
             fastest = statistics.mean(times["both on"])
             for variant in variants:
                 ms = statistics.mean(times[variant])
-                print(f"mean, dropout {dropout}, {variant:13s}: {ms:,.0f} ms/iter, MFU {statistics.mean(mfus[variant]):.1f}%, "
-                      f"{ms / fastest:.2f}x the time with both on")
+                print(
+                    f"mean, dropout {dropout}, {variant:13s}: {ms:,.0f} ms/iter, MFU "
+                    f"{statistics.mean(mfus[variant]):.1f}%, "
+                    f"{ms / fastest:.2f}x the time with both on"
+                )
 
     curves = {"both on": [], "torch dropout": []}
     for seed in range(1, args.seeds + 1):
         for variant in curves:
             with tempfile.TemporaryDirectory() as out_dir:
-                run("train.py", ["config/train_shakespeare_char_cpu.py", f"--out_dir={out_dir}", "--dropout=0.2",
-                                 f"--seed={seed}", f"--max_iters={args.iters}", f"--lr_decay_iters={args.iters}",
-                                 f"--eval_interval={args.iters // 4}"], variant, os.environ)
+                run(
+                    "train.py",
+                    [
+                        "config/train_shakespeare_char_cpu.py",
+                        f"--out_dir={out_dir}",
+                        "--dropout=0.2",
+                        f"--seed={seed}",
+                        f"--max_iters={args.iters}",
+                        f"--lr_decay_iters={args.iters}",
+                        f"--eval_interval={args.iters // 4}",
+                    ],
+                    variant,
+                    os.environ,
+                )
                 records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
             curves[variant].append([(r["iter"], r["val_loss"]) for r in records if r["kind"] == "eval"])
-            print(f"seed {seed}, {variant:13s}: val loss " + ", ".join(f"{loss:.4f} @ {step}" for step, loss in curves[variant][-1]), flush=True)
+            print(
+                f"seed {seed}, {variant:13s}: val loss "
+                + ", ".join(f"{loss:.4f} @ {step}" for step, loss in curves[variant][-1]),
+                flush=True,
+            )
     for variant, runs in curves.items():
         finals = [curve[-1][1] for curve in runs]
         spread = f" (seeds {min(finals):.4f} to {max(finals):.4f})" if len(finals) > 1 else ""

@@ -25,15 +25,52 @@ from nanogpt.system import cpu_name  # noqa: E402
 
 DATA = ["--dataset=shakespeare_char", "--data_dir=data", "--device=cpu", "--dtype=float32"]
 CONFIGS = [
-    ("CPU config: 4 x 128, batch 12 x 64", ["--n_layer=4", "--n_head=4", "--n_embd=128", "--block_size=64", "--batch_size=12", "--warmup_iters=10", "--iters=50"]),
-    ("spec char model: 6 x 384, batch 64 x 256, dropout 0", ["--n_layer=6", "--n_head=6", "--n_embd=384", "--block_size=256", "--batch_size=64", "--warmup_iters=2", "--iters=5"]),
-    ("spec char model, dropout 0.2 (as it trains)", ["--n_layer=6", "--n_head=6", "--n_embd=384", "--block_size=256", "--batch_size=64", "--warmup_iters=2", "--iters=5", "--dropout=0.2"]),
+    (
+        "CPU config: 4 x 128, batch 12 x 64",
+        [
+            "--n_layer=4",
+            "--n_head=4",
+            "--n_embd=128",
+            "--block_size=64",
+            "--batch_size=12",
+            "--warmup_iters=10",
+            "--iters=50",
+        ],
+    ),
+    (
+        "spec char model: 6 x 384, batch 64 x 256, dropout 0",
+        [
+            "--n_layer=6",
+            "--n_head=6",
+            "--n_embd=384",
+            "--block_size=256",
+            "--batch_size=64",
+            "--warmup_iters=2",
+            "--iters=5",
+        ],
+    ),
+    (
+        "spec char model, dropout 0.2 (as it trains)",
+        [
+            "--n_layer=6",
+            "--n_head=6",
+            "--n_embd=384",
+            "--block_size=256",
+            "--batch_size=64",
+            "--warmup_iters=2",
+            "--iters=5",
+            "--dropout=0.2",
+        ],
+    ),
 ]
 
 
 def run_bench(args, cache_dir):
     result = subprocess.run(
-        [sys.executable, "bench.py", *DATA, *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "bench.py", *DATA, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         env={**os.environ, "XDG_CACHE_HOME": cache_dir},
     )
     if result.returncode != 0:
@@ -58,7 +95,11 @@ def main():
             else:
                 agreement = f"max difference {max(abs(a - b) for a, b in zip(eager_losses, compiled_losses)):.1e}"
             for compiled, (ms, tokens, mfu, _, _) in runs.items():
-                print(f"| {name} | {'on' if compiled else 'off'} | {ms:,.1f} | {tokens:,} | {mfu:.1f}% | {agreement if compiled else ''} |", flush=True)
+                print(
+                    f"| {name} | {'on' if compiled else 'off'} | {ms:,.1f} | {tokens:,} | {mfu:.1f}% | "
+                    f"{agreement if compiled else ''} |",
+                    flush=True,
+                )
         print(f"MFU against this run's measured float32 matmul peak: {runs[False][4]} GFLOPS")
 
 

@@ -47,9 +47,20 @@ BATCH_SIZE = 12
 
 def readme_command(max_iters):
     return [
-        "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
-        "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={max_iters}",
-        f"--lr_decay_iters={max_iters}", "--dropout=0.0",
+        "train.py",
+        "config/train_shakespeare_char.py",
+        "--device=cpu",
+        "--compile=False",
+        "--eval_iters=20",
+        "--log_interval=1",
+        "--block_size=64",
+        "--batch_size=12",
+        "--n_layer=4",
+        "--n_head=4",
+        "--n_embd=128",
+        f"--max_iters={max_iters}",
+        f"--lr_decay_iters={max_iters}",
+        "--dropout=0.0",
     ]
 
 
@@ -77,7 +88,11 @@ def prepare(nanogpt):
         subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=REPO, check=True)
     theirs = nanogpt / "data" / "shakespeare_char"
     if not (theirs / "meta.pkl").is_file():
-        text = ours / "input.txt" if (ours / "input.txt").is_file() else shared_data_dir() / "tinyshakespeare" / "input.txt"
+        text = (
+            ours / "input.txt"
+            if (ours / "input.txt").is_file()
+            else shared_data_dir() / "tinyshakespeare" / "input.txt"
+        )
         shutil.copy2(text, theirs / "input.txt")
         subprocess.run([sys.executable, "prepare.py"], cwd=theirs, check=True)
 
@@ -104,7 +119,10 @@ def step_functions(nanogpt):
     ours = GPT(GPTConfig(**SHAPE))
     optimizers = make_optimizers(ours, 0.1, 1e-3, (0.9, 0.99), "cpu", "adamw")
     ctx, scaler = autocast_context("cpu", "float32"), torch.amp.GradScaler("cpu", enabled=False)
-    return {"nanoGPT": their_step, "ours": lambda: training_step(ours, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch)}
+    return {
+        "nanoGPT": their_step,
+        "ours": lambda: training_step(ours, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch),
+    }
 
 
 def compare_steps(nanogpt, rounds, steps=50):
@@ -122,16 +140,26 @@ def compare_steps(nanogpt, rounds, steps=50):
                 functions[name]()
             ms[name].append((time.perf_counter() - t0) / steps * 1000)
     print(f"\nthe two training steps in one process, {rounds} alternating rounds of {steps} steps\n")
-    print("| | ms a step, each round | median | matrix multiplies (aten::mm), share of operator time |\n|---|---|---|---|")
+    print(
+        "| | ms a step, each round | median | matrix multiplies (aten::mm), share of operator time |\n|---|---|---|---|"
+    )
     for name, function in functions.items():
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(10):
                 function()
         events = prof.key_averages()
-        share = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm") / sum(e.self_cpu_time_total for e in events)
-        print(f"| {name} | {', '.join(f'{x:.1f}' for x in ms[name])} | {statistics.median(ms[name]):.2f} | {share * 100:.0f}% |")
+        share = sum(e.self_cpu_time_total for e in events if e.key == "aten::mm") / sum(
+            e.self_cpu_time_total for e in events
+        )
+        print(
+            f"| {name} | {', '.join(f'{x:.1f}' for x in ms[name])} | {statistics.median(ms[name]):.2f} | "
+            f"{share * 100:.0f}% |"
+        )
     ratios = [theirs / ours for theirs, ours in zip(ms["nanoGPT"], ms["ours"])]
-    print(f"\nours is {statistics.median(ratios):.3f}x as fast a step (median of the rounds' ratios, {min(ratios):.3f} to {max(ratios):.3f})")
+    print(
+        f"\nours is {statistics.median(ratios):.3f}x as fast a step (median of the rounds' ratios, "
+        f"{min(ratios):.3f} to {max(ratios):.3f})"
+    )
 
 
 def main():
@@ -149,16 +177,27 @@ def main():
         for pair in range(args.pairs):
             runs["nanoGPT"].append(timed_run([*command, f"--out_dir={tmp}/theirs"], nanogpt))
             runs["ours"].append(timed_run([*command, f"--out_dir={tmp}/ours", "--overwrite=True"], REPO))
-            print(f"pair {pair + 1}: nanoGPT {runs['nanoGPT'][-1][0]:.1f} s, ours {runs['ours'][-1][0]:.1f} s", flush=True)
+            print(
+                f"pair {pair + 1}: nanoGPT {runs['nanoGPT'][-1][0]:.1f} s, ours {runs['ours'][-1][0]:.1f} s", flush=True
+            )
     print(f"\nnanoGPT's README CPU command, --max_iters={args.max_iters}, {args.pairs} alternating pairs\n")
-    print("| | wall seconds, each run | median | ms a step, each run | median | last val loss |\n|---|---|---|---|---|---|")
+    print(
+        "| | wall seconds, each run | median | ms a step, each run | median | last val loss "
+        "|\n|---|---|---|---|---|---|"
+    )
     wall, step = {}, {}
     for name, results in runs.items():
         wall[name] = statistics.median(r[0] for r in results)
         step[name] = statistics.median(r[1] for r in results)
-        print(f"| {name} | {', '.join(f'{r[0]:.1f}' for r in results)} | {wall[name]:.1f} | {', '.join(f'{r[1]:.1f}' for r in results)}"
-              f" | {step[name]:.1f} | {results[-1][2]:.4f} |")
-    print(f"\nours is {wall['nanoGPT'] / wall['ours']:.2f}x as fast as a whole and {step['nanoGPT'] / step['ours']:.2f}x a step (ratios of medians)")
+        print(
+            f"| {name} | {', '.join(f'{r[0]:.1f}' for r in results)} | {wall[name]:.1f} | "
+            f"{', '.join(f'{r[1]:.1f}' for r in results)}"
+            f" | {step[name]:.1f} | {results[-1][2]:.4f} |"
+        )
+    print(
+        f"\nours is {wall['nanoGPT'] / wall['ours']:.2f}x as fast as a whole and "
+        f"{step['nanoGPT'] / step['ours']:.2f}x a step (ratios of medians)"
+    )
     if args.step_rounds:
         compare_steps(nanogpt, args.step_rounds)
 

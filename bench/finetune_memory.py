@@ -2,7 +2,8 @@
 Adafactor, side by side in one run; then the memory plan of gpt2-xl on a 24 GB GPU (estimated only).
 
     python bench/finetune_memory.py                 # gpt2-medium's shape, random weights, on this machine
-    python bench/finetune_memory.py --device=cuda --n_layer=48 --n_head=25 --n_embd=1600 --dtype=bfloat16 --block_size=1024 --batch_size=1
+    python bench/finetune_memory.py --device=cuda --n_layer=48 --n_head=25 --n_embd=1600 --dtype=bfloat16 \
+        --block_size=1024 --batch_size=1
 
 Each variant is one `bench.py` run in a fresh process (random tokens, 1 warm-up and 2 timed steps):
 its planned peak (train.py's memory plan), the measured peak (CPU: resident set above the process
@@ -32,9 +33,21 @@ VARIANTS = [
 
 def measure(args, extra):
     command = [
-        sys.executable, "bench.py", "--real_data=False", "--warmup_iters=1", "--iters=2", "--compile=False", f"--device={args.device}",
-        f"--dtype={args.dtype}", f"--n_layer={args.n_layer}", f"--n_head={args.n_head}", f"--n_embd={args.n_embd}",
-        f"--block_size={args.block_size}", f"--batch_size={args.batch_size}", "--bias=True", *extra,
+        sys.executable,
+        "bench.py",
+        "--real_data=False",
+        "--warmup_iters=1",
+        "--iters=2",
+        "--compile=False",
+        f"--device={args.device}",
+        f"--dtype={args.dtype}",
+        f"--n_layer={args.n_layer}",
+        f"--n_head={args.n_head}",
+        f"--n_embd={args.n_embd}",
+        f"--block_size={args.block_size}",
+        f"--batch_size={args.batch_size}",
+        "--bias=True",
+        *extra,
     ]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
     planned = re.search(r"peak\s+([\d.,]+) (GiB|MiB)", out)
@@ -56,12 +69,19 @@ def gpt2_xl_plans():
     for config_file, label, change in (
         ("config/finetune_shakespeare.py", "full fine-tune, AdamW (finetune_shakespeare.py)", {}),
         ("config/finetune_shakespeare.py", "+ activation checkpointing", dict(activation_checkpointing=True)),
-        ("config/finetune_shakespeare.py", "Adafactor + checkpointing", dict(optimizer="adafactor", activation_checkpointing=True)),
+        (
+            "config/finetune_shakespeare.py",
+            "Adafactor + checkpointing",
+            dict(optimizer="adafactor", activation_checkpointing=True),
+        ),
         ("config/finetune_shakespeare_lora.py", "LoRA (finetune_shakespeare_lora.py)", {}),
     ):
         cfg = replace(load_config(TrainSettings, [config_file]), **change)
         plan = plan_memory(shape, cfg, "bfloat16", "cuda", free=24 * 2**30)
-        rows.append(f"| {label} | {gib(plan.weights)} | {gib(plan.gradients)} | {gib(plan.optimizer)} | {gib(plan.activations)} | {gib(plan.peak)} |")
+        rows.append(
+            f"| {label} | {gib(plan.weights)} | {gib(plan.gradients)} | {gib(plan.optimizer)} | "
+            f"{gib(plan.activations)} | {gib(plan.peak)} |"
+        )
     return rows
 
 
@@ -80,7 +100,10 @@ def main():
         planned, measured, ms = measure(args, extra)
         rows.append(f"| {label} | {planned:.2f} | {measured:.2f} | {ms:,.0f} |")
         print(rows[-1], flush=True)
-    print(f"\n{args.n_layer} x {args.n_head} x {args.n_embd}, {args.batch_size} x {args.block_size} tokens a step, {args.dtype} on {args.device}, random weights")
+    print(
+        f"\n{args.n_layer} x {args.n_head} x {args.n_embd}, {args.batch_size} x {args.block_size} tokens a "
+        f"step, {args.dtype} on {args.device}, random weights"
+    )
     print("| step | planned peak (GiB) | measured peak (GiB) | ms a step |\n|---|---|---|---|")
     print("\n".join(rows))
     print("\ngpt2-xl, 1 x 1024 tokens a micro-batch, bfloat16 on a GPU: train.py's plan (estimated, not measured)")

@@ -26,8 +26,14 @@ from nanogpt.training.optimizers import make_optimizers  # noqa: E402
 from nanogpt.training.step import training_step  # noqa: E402
 
 # the operators that do the model's FLOPs; everything else is overhead to shrink
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+MATMUL_OPS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+)
 # on a GPU, the kernels that do them: cuBLAS / CUTLASS GEMMs and the attention kernels
 MATMUL_KERNELS = ("gemm", "gemv", "cutlass", "xmma", "flash", "fmha", "attention", "cudnn")
 
@@ -54,15 +60,24 @@ def main():
     else:
         keep_freed_memory()  # as train.py does on the CPU
     torch.manual_seed(1337)
-    config = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-                       vocab_size=args.vocab_size, dropout=args.dropout, bias=False)
+    config = GPTConfig(
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        block_size=args.block_size,
+        vocab_size=args.vocab_size,
+        dropout=args.dropout,
+        bias=False,
+    )
     model = GPT(config).to(args.device)
     optimizers = make_optimizers(model, 0.1, 1e-3, (0.9, 0.99), args.device.split(":")[0], args.optimizer)
     step_model = compile_model(model, args.compile, args.device)
     ctx = autocast_context(args.device, "bfloat16" if cuda else "float32")
     scaler = torch.amp.GradScaler(args.device.split(":")[0], enabled=False)
-    batch = (torch.randint(args.vocab_size, (args.batch_size, args.block_size), device=args.device),
-             torch.randint(args.vocab_size, (args.batch_size, args.block_size), device=args.device))
+    batch = (
+        torch.randint(args.vocab_size, (args.batch_size, args.block_size), device=args.device),
+        torch.randint(args.vocab_size, (args.batch_size, args.block_size), device=args.device),
+    )
 
     def step():
         training_step(step_model, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch)
@@ -89,7 +104,10 @@ def main():
         total = sum(e.self_cpu_time_total for e in events)
         matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
         where = "of operator time"
-    print(f"{seconds / args.steps * 1000:.0f} ms/step under the profiler; matrix multiplies and attention {matmul / total * 100:.1f}% {where}")
+    print(
+        f"{seconds / args.steps * 1000:.0f} ms/step under the profiler; matrix multiplies and attention "
+        f"{matmul / total * 100:.1f}% {where}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,18 @@ CONFIGS = {"classic": "config/train_shakespeare_char_cpu.py", "modern": "config/
 def train(config, iters, device, eval_interval, out_dir, extra=()):
     """Run train.py into out_dir; return the median tokens/s of its logged steps."""
     args = [
-        sys.executable, "train.py", config, f"--out_dir={out_dir}", f"--device={device}", f"--max_iters={iters}",
-        f"--lr_decay_iters={iters}", f"--eval_interval={eval_interval}", "--eval_iters=100", "--log_interval=1",
-        "--overwrite=True", *extra,
+        sys.executable,
+        "train.py",
+        config,
+        f"--out_dir={out_dir}",
+        f"--device={device}",
+        f"--max_iters={iters}",
+        f"--lr_decay_iters={iters}",
+        f"--eval_interval={eval_interval}",
+        "--eval_iters=100",
+        "--log_interval=1",
+        "--overwrite=True",
+        *extra,
     ]
     subprocess.run(args, cwd=REPO, check=True, capture_output=True)
     return statistics.median([r["tokens_per_sec"] for r in read_records(out_dir) if r["kind"] == "train"][5:])
@@ -54,10 +63,26 @@ def main():
         rows = compare(folders, REPO / "bench" / "recipe.png")
         classic, modern = rows
         if modern["seconds_to_target"] is not None:
-            print(f"modern reached the classic best in {modern['seconds_to_target'] / classic['seconds_to_target']:.2f} of the classic time")
+            print(
+                "modern reached the classic best in "
+                f"{modern['seconds_to_target'] / classic['seconds_to_target']:.2f} of the classic time"
+            )
         for name in CONFIGS:
-            speeds = {flag: train(CONFIGS[name], args.compile_iters, args.device, 10**6, Path(tmp) / "speed", [f"--compile={flag}", "--eval_iters=1"]) for flag in (False, True)}
-            print(f"{name} step: {speeds[False]:,.0f} tokens/s eager, {speeds[True]:,.0f} compiled ({speeds[True] / speeds[False]:.2f}x)")
+            speeds = {
+                flag: train(
+                    CONFIGS[name],
+                    args.compile_iters,
+                    args.device,
+                    10**6,
+                    Path(tmp) / "speed",
+                    [f"--compile={flag}", "--eval_iters=1"],
+                )
+                for flag in (False, True)
+            }
+            print(
+                f"{name} step: {speeds[False]:,.0f} tokens/s eager, {speeds[True]:,.0f} compiled "
+                f"({speeds[True] / speeds[False]:.2f}x)"
+            )
 
 
 if __name__ == "__main__":

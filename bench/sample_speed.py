@@ -56,7 +56,13 @@ def measure(engine, batch, new_tokens, device, vocab_size, sampling):
     sync(device)
     seconds = time.perf_counter() - t0
     memory = peak_memory_mb(device)
-    return dict(first_ms=first * 1000, tokens_per_sec=batch * new_tokens / seconds, memory_mb=memory, capture_ms=capture * 1000, tokens=out[0])
+    return dict(
+        first_ms=first * 1000,
+        tokens_per_sec=batch * new_tokens / seconds,
+        memory_mb=memory,
+        capture_ms=capture * 1000,
+        tokens=out[0],
+    )
 
 
 class OpCounter(TorchDispatchMode):
@@ -112,12 +118,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
-    parser.add_argument("--models", default=None, help="comma-separated: char, gpt2 (default: char on the CPU, both on CUDA)")
-    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on the CPU, 1,64 on CUDA)")
-    parser.add_argument("--modes", default=None, help="comma-separated: uncached, cached, graph, compile-graph, reduce-overhead (default: the first three the device has)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated: char, gpt2 (default: char on the CPU, both on CUDA)"
+    )
+    parser.add_argument(
+        "--batches", default=None, help="comma-separated batch sizes (default: 1 on the CPU, 1,64 on CUDA)"
+    )
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help=(
+            "comma-separated: uncached, cached, graph, compile-graph, reduce-overhead (default: the first three "
+            "the device has)"
+        ),
+    )
     parser.add_argument("--new_tokens", type=int, default=500)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy; sample.py samples at 0.8")
-    parser.add_argument("--top_k", type=int, default=None, help="with a temperature: keep the top_k tokens (sample.py: 200)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0 (default) is greedy; sample.py samples at 0.8"
+    )
+    parser.add_argument(
+        "--top_k", type=int, default=None, help="with a temperature: keep the top_k tokens (sample.py: 200)"
+    )
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
@@ -126,7 +147,10 @@ def main():
     modes = (args.modes or ("uncached,cached,graph" if cuda else "uncached,cached")).split(",")
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
     drawn = "greedy" if args.temperature == 0 else f"sampled at temperature {args.temperature}, top_k {args.top_k}"
-    print(f"device {args.device}, {dtype}, {args.new_tokens} new tokens per row ({drawn}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(
+        f"device {args.device}, {dtype}, {args.new_tokens} new tokens per row ({drawn}), "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         print(torch.cuda.get_device_name())
@@ -142,7 +166,9 @@ def main():
                 if name == "gpt2" and mode == "uncached" and batch > 1:
                     continue  # minutes of recomputation, and nothing to learn from it
                 try:
-                    result = measure(make_engine(model, mode), batch, args.new_tokens, args.device, vocab_size, sampling)
+                    result = measure(
+                        make_engine(model, mode), batch, args.new_tokens, args.device, vocab_size, sampling
+                    )
                 except Exception as e:  # a compiler mode that fails here is reported, not fatal
                     print(f"{name} batch {batch} {mode}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                     continue
@@ -153,17 +179,26 @@ def main():
                 print(f"warning: {name} batch {batch}: the modes' tokens differ")
             elif dtype != "float32" and len(tokens) > 1:
                 reference = tokens.get("uncached", next(iter(tokens.values())))
-                agree = {m: next((i for i, (a, b) in enumerate(zip(t, reference)) if a != b), len(t)) for m, t in tokens.items()}
+                agree = {
+                    m: next((i for i, (a, b) in enumerate(zip(t, reference)) if a != b), len(t))
+                    for m, t in tokens.items()
+                }
                 print(f"{name} batch {batch}: tokens equal to the first mode's up to token {agree}")
             # counted after the timed runs, whose peak-memory figures it would otherwise raise
             print(f"{name} batch {batch}, one decode step: {ops_per_decode_step(model, batch, sampling, vocab_size)}")
 
     print()
-    print(f"| model | batch | mode | first token (ms) | tokens/s | peak {'GPU' if cuda else 'RSS'} memory (MB) | graph capture (ms) |")
+    print(
+        f"| model | batch | mode | first token (ms) | tokens/s | peak {'GPU' if cuda else 'RSS'} memory (MB) "
+        "| graph capture (ms) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         capture = f"{r['capture_ms']:.0f}" if "graph" in r["mode"] else "-"
-        print(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['first_ms']:.1f} | {r['tokens_per_sec']:,.0f} | {r['memory_mb']:.0f} | {capture} |")
+        print(
+            f"| {r['model']} | {r['batch']} | {r['mode']} | {r['first_ms']:.1f} | {r['tokens_per_sec']:,.0f} "
+            f"| {r['memory_mb']:.0f} | {capture} |"
+        )
 
 
 if __name__ == "__main__":

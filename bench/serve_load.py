@@ -22,14 +22,30 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-PROMPTS = ["ROMEO:", "JULIET:", "First Citizen:\n", "KING RICHARD III:\n", "To be, or not", "O", "What say you", "MENENIUS:\n"]
+PROMPTS = [
+    "ROMEO:",
+    "JULIET:",
+    "First Citizen:\n",
+    "KING RICHARD III:\n",
+    "To be, or not",
+    "O",
+    "What say you",
+    "MENENIUS:\n",
+]
 
 
 def start_server(args):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "serve.py", f"--out_dir={args.out_dir}", f"--device={args.device}", f"--port={port}", f"--max_rows={args.clients}"]
+    command = [
+        sys.executable,
+        "serve.py",
+        f"--out_dir={args.out_dir}",
+        f"--device={args.device}",
+        f"--port={port}",
+        f"--max_rows={args.clients}",
+    ]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -91,8 +107,14 @@ def summary(label, results, elapsed):
         return values[min(len(values) - 1, int(q * len(values)))]
 
     return dict(
-        label=label, requests=len(results), rps=len(results) / elapsed, tps=tokens / elapsed,
-        ttft50=statistics.median(firsts), ttft99=p(firsts, 0.99), lat50=statistics.median(latencies), lat99=p(latencies, 0.99),
+        label=label,
+        requests=len(results),
+        rps=len(results) / elapsed,
+        tps=tokens / elapsed,
+        ttft50=statistics.median(firsts),
+        ttft99=p(firsts, 0.99),
+        lat50=statistics.median(latencies),
+        lat99=p(latencies, 0.99),
     )
 
 
@@ -116,7 +138,10 @@ def main():
     print("| clients | requests | requests/s | tokens/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['requests']} | {r['rps']:.2f} | {r['tps']:,.0f} | {r['ttft50']:.3f} / {r['ttft99']:.3f} | {r['lat50']:.2f} / {r['lat99']:.2f} |")
+        print(
+            f"| {r['label']} | {r['requests']} | {r['rps']:.2f} | {r['tps']:,.0f} | {r['ttft50']:.3f} / "
+            f"{r['ttft99']:.3f} | {r['lat50']:.2f} / {r['lat99']:.2f} |"
+        )
     print(f"concurrent / one at a time, tokens/s: {rows[1]['tps'] / rows[0]['tps']:.1f}x")
 
 

@@ -30,10 +30,24 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = ["config/train_shakespeare_char_cpu.py", "--max_iters=300", "--eval_interval=300"]
 # the same run in nanoGPT's terms: its char config with every setting of ours that differs from it
 NANOGPT_TINY_RUN = [
-    "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=200", "--eval_interval=300",
-    "--log_interval=10", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
-    "--max_iters=300", "--lr_decay_iters=2000", "--dropout=0.0", "--learning_rate=2e-3", "--min_lr=2e-4",
-    "--beta2=0.99", "--warmup_iters=100",
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=200",
+    "--eval_interval=300",
+    "--log_interval=10",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=300",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+    "--learning_rate=2e-3",
+    "--min_lr=2e-4",
+    "--beta2=0.99",
+    "--warmup_iters=100",
 ]
 
 
@@ -56,8 +70,18 @@ def time_to_first_token(out_dir):
     prompt = "ROMEO:"
     t0 = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "sample.py", f"--out_dir={out_dir}", f"--start={prompt}", "--max_new_tokens=50", "--num_samples=1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        [
+            sys.executable,
+            "sample.py",
+            f"--out_dir={out_dir}",
+            f"--start={prompt}",
+            "--max_new_tokens=50",
+            "--num_samples=1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     shown = b""
     while len(shown) <= len(prompt):
@@ -78,7 +102,9 @@ def summary(values):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--nanogpt", default="", help="a nanoGPT checkout with data/shakespeare_char prepared by its own prepare.py")
+    parser.add_argument(
+        "--nanogpt", default="", help="a nanoGPT checkout with data/shakespeare_char prepared by its own prepare.py"
+    )
     args = parser.parse_args()
     if not (REPO / "data" / "shakespeare_char" / "train.bin").is_file():
         raise SystemExit("run python data/shakespeare_char/prepare.py first")
@@ -95,16 +121,30 @@ def main():
             ours.append(tiny_run(tmp))
             times["ttft"].append(time_to_first_token(tmp))
             if args.nanogpt:
-                theirs.append(wall_seconds(["train.py", *NANOGPT_TINY_RUN, f"--out_dir={tmp}/nanogpt"], cwd=args.nanogpt))
-            print(f"run {i + 1}/{args.runs}: tiny run {ours[-1][0]:.2f} s" + (f", nanoGPT's {theirs[-1]:.2f} s" if theirs else ""), flush=True)
+                theirs.append(
+                    wall_seconds(["train.py", *NANOGPT_TINY_RUN, f"--out_dir={tmp}/nanogpt"], cwd=args.nanogpt)
+                )
+            print(
+                f"run {i + 1}/{args.runs}: tiny run {ours[-1][0]:.2f} s"
+                + (f", nanoGPT's {theirs[-1]:.2f} s" if theirs else ""),
+                flush=True,
+            )
 
     torch_median = statistics.median(times["import torch"])
     walls = [wall for wall, _, _, _ in ours]
     fixed = [wall - torch_median - steps - evals for wall, steps, evals, _ in ours]
     rows = [
         ("python -c 'import torch'", *summary(times["import torch"]), ""),
-        ("python train.py --help", *summary(times["train.py --help"]), f"{statistics.median(times['train.py --help']) / torch_median:.2f}x import torch"),
-        ("python sample.py --help", *summary(times["sample.py --help"]), f"{statistics.median(times['sample.py --help']) / torch_median:.2f}x import torch"),
+        (
+            "python train.py --help",
+            *summary(times["train.py --help"]),
+            f"{statistics.median(times['train.py --help']) / torch_median:.2f}x import torch",
+        ),
+        (
+            "python sample.py --help",
+            *summary(times["sample.py --help"]),
+            f"{statistics.median(times['sample.py --help']) / torch_median:.2f}x import torch",
+        ),
         ("tiny run, whole process", *summary(walls), f"{ours[0][3]} evaluations"),
         ("  its 300 steps", *summary([steps for _, steps, _, _ in ours]), ""),
         ("  its evaluations", *summary([evals for _, _, evals, _ in ours]), ""),
@@ -112,7 +152,13 @@ def main():
         ("sample.py time to first token", *summary(times["ttft"]), ""),
     ]
     if theirs:
-        rows.append(("nanoGPT's tiny run, whole process", *summary(theirs), f"ours is {statistics.median(theirs) / statistics.median(walls):.2f}x faster (medians)"))
+        rows.append(
+            (
+                "nanoGPT's tiny run, whole process",
+                *summary(theirs),
+                f"ours is {statistics.median(theirs) / statistics.median(walls):.2f}x faster (medians)",
+            )
+        )
     print(f"\n{args.runs} runs each, {sys.platform}, {os.cpu_count()} CPUs")
     print("| what | best s | median s | note |\n|---|---|---|---|")
     for name, best, median, note in rows:

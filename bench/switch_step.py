@@ -40,9 +40,20 @@ def main():
     if not isinstance(getattr(GPTConfig(), args.switch, None), bool):
         raise SystemExit(f"error: --switch={args.switch} is not a boolean GPTConfig field")
     keep_freed_memory()  # as train.py does on the CPU
-    shape = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size, vocab_size=65, bias=False, dropout=0.0)
+    shape = dict(
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_embd=args.n_embd,
+        block_size=args.block_size,
+        vocab_size=65,
+        bias=False,
+        dropout=0.0,
+    )
     ctx, scaler = autocast_context("cpu", "float32"), torch.amp.GradScaler("cpu", enabled=False)
-    batch = (torch.randint(65, (args.batch_size, args.block_size)), torch.randint(65, (args.batch_size, args.block_size)))
+    batch = (
+        torch.randint(65, (args.batch_size, args.block_size)),
+        torch.randint(65, (args.batch_size, args.block_size)),
+    )
     runs = {}
     for on in (False, True):
         torch.manual_seed(0)
@@ -63,7 +74,10 @@ def main():
     print("| | ms/step, each round | median |\n|---|---|---|")
     for on in (False, True):
         print(f"| {args.switch}={on} | {', '.join(f'{x:.1f}' for x in ms[on])} | {statistics.median(ms[on]):.2f} |")
-    print(f"\noff / on, median of the rounds' ratios: {statistics.median(ratios):.3f} (range {min(ratios):.3f} to {max(ratios):.3f})")
+    print(
+        f"\noff / on, median of the rounds' ratios: {statistics.median(ratios):.3f} (range {min(ratios):.3f} "
+        f"to {max(ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":

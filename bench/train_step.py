@@ -33,9 +33,17 @@ BATCH_SIZE = 12
 def train_py_ms_per_iter(iters, device):
     with tempfile.TemporaryDirectory() as out_dir:
         args = [
-            sys.executable, "train.py", "config/train_shakespeare_char_cpu.py", f"--out_dir={out_dir}",
-            f"--device={device}", f"--max_iters={iters}", f"--lr_decay_iters={iters}", "--log_interval=1",
-            f"--eval_interval={iters * 10}", "--eval_iters=1", "--compile=False",
+            sys.executable,
+            "train.py",
+            "config/train_shakespeare_char_cpu.py",
+            f"--out_dir={out_dir}",
+            f"--device={device}",
+            f"--max_iters={iters}",
+            f"--lr_decay_iters={iters}",
+            "--log_interval=1",
+            f"--eval_interval={iters * 10}",
+            "--eval_iters=1",
+            "--compile=False",
         ]
         subprocess.run(args, cwd=REPO, check=True, capture_output=True)
         records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -72,7 +80,9 @@ def main():
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--plain_loop_only", action="store_true", help="(used internally) time the plain loop and print it")
+    parser.add_argument(
+        "--plain_loop_only", action="store_true", help="(used internally) time the plain loop and print it"
+    )
     args = parser.parse_args()
     if not (REPO / "data/shakespeare_char/train.bin").is_file():
         sys.exit("error: run python data/shakespeare_char/prepare.py first")

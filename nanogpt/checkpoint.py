@@ -20,7 +20,15 @@ from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
 BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
-MODEL_KEYS = ("model", "model_args", "iter_num", "best_val_loss", "config", "tokenizer", "lora")  # best.pt: no optimizer
+MODEL_KEYS = (
+    "model",
+    "model_args",
+    "iter_num",
+    "best_val_loss",
+    "config",
+    "tokenizer",
+    "lora",
+)  # best.pt: no optimizer
 
 
 def save_checkpoint(out_dir, checkpoint, name=CHECKPOINT_NAME):
@@ -66,12 +74,14 @@ def capture_rng_state(batch_generator_state):
 def restore_rng_state(state, batch_generator):
     random.setstate(state["python"])
     np_state = state["numpy"]
-    np.random.set_state({
-        "bit_generator": np_state["bit_generator"],
-        "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
-        "has_gauss": np_state["has_gauss"],
-        "gauss": np_state["gauss"],
-    })
+    np.random.set_state(
+        {
+            "bit_generator": np_state["bit_generator"],
+            "state": {"key": np_state["key"].numpy().astype(np.uint32), "pos": np_state["pos"]},
+            "has_gauss": np_state["has_gauss"],
+            "gauss": np_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     batch_generator.set_state(state["batches"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -87,30 +97,43 @@ def strip_compile_prefix(state_dict):
 def load_checkpoint(out_dir, which="latest", device="cpu"):
     """which: 'latest' (ckpt.pt) or 'best' (best.pt; ckpt.pt for runs saved before best.pt existed)."""
     if which not in ("latest", "best"):
-        raise SettingError(f"unknown checkpoint {which!r}; use best (the lowest val loss) or latest (where training stopped)")
+        raise SettingError(
+            f"unknown checkpoint {which!r}; use best (the lowest val loss) or latest (where training stopped)"
+        )
     path = Path(out_dir) / CHECKPOINT_NAME
     if which == "best" and (Path(out_dir) / BEST_NAME).is_file():
         path = Path(out_dir) / BEST_NAME
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py config/train_shakespeare_char.py, or pass --out_dir=FOLDER")
+        raise CheckpointError(
+            f"no checkpoint in {out_dir} ({path} does not exist); train one first, e.g. python train.py "
+            "config/train_shakespeare_char.py, or pass --out_dir=FOLDER"
+        )
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False, which would run whatever the file holds: never
         raise CheckpointError(
-            f"{path} could not be loaded safely: it is not a nanogpt checkpoint (it holds objects other than tensors and"
+            f"{path} could not be loaded safely: it is not a nanogpt checkpoint (it holds objects other than "
+            "tensors and"
             f" plain values, which could run code when loaded, or it is damaged); nanogpt does not load such files"
         ) from None
     except Exception as e:
-        raise CheckpointError(f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line(e)})") from None
+        raise CheckpointError(
+            f"{path} could not be loaded safely: it is corrupt, truncated or not a nanogpt checkpoint ({first_line(e)})"
+        ) from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise CheckpointError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
     if not isinstance(checkpoint.get("tokenizer"), dict) or checkpoint["tokenizer"].get("tokenizer") not in KINDS:
-        raise CheckpointError(f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program")
+        raise CheckpointError(
+            f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program"
+        )
     checkpoint["model"] = strip_compile_prefix(checkpoint["model"])
     checkpoint["path"] = str(path)  # where it was read from, for messages; not saved
     if which == "best" and path.name == CHECKPOINT_NAME:
-        print(f"note: {out_dir} holds no {BEST_NAME} (a run of an older version); reading {CHECKPOINT_NAME}", file=sys.stderr)
+        print(
+            f"note: {out_dir} holds no {BEST_NAME} (a run of an older version); reading {CHECKPOINT_NAME}",
+            file=sys.stderr,
+        )
     return checkpoint
 
 
@@ -128,7 +151,10 @@ def model_from_checkpoint(checkpoint, merge=True, base_dtype=torch.float32, **ov
         model = GPT(GPTConfig(**dict(checkpoint["model_args"], **overrides)))
         model.load_state_dict(checkpoint["model"])
     except (TypeError, RuntimeError) as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit its model settings ({first_line(e)}); it is damaged or from another program") from None
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit its model settings ({first_line(e)}); it is damaged or from "
+            "another program"
+        ) from None
     return model
 
 
@@ -138,7 +164,9 @@ def check_model_source(init_from):
     if init_from == "resume":
         return
     if not is_pretrained_source(init_from):
-        raise not_a_model(init_from, "'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder")
+        raise not_a_model(
+            init_from, "'resume' (the checkpoint in out_dir), a GPT-2 name or a Hugging Face model folder"
+        )
     pretrained_block_size(init_from)  # checks the name or folder
 
 
@@ -147,5 +175,7 @@ def load_model_and_tokenizer(init_from, out_dir, which="best"):
     (init_from='resume'; which: 'best' or 'latest'), or GPT-2 weights (a name or a Hugging Face folder)."""
     if init_from == "resume":
         checkpoint = load_checkpoint(out_dir, which)
-        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(checkpoint["tokenizer"], checkpoint["path"])
+        return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(
+            checkpoint["tokenizer"], checkpoint["path"]
+        )
     return gpt_from_pretrained(init_from), tokenizer_from_meta(meta_from_hf_folder(init_from))

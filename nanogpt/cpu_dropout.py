@@ -73,7 +73,9 @@ def _heads_first(x):
 
 def _scores(q, k, rows, keys, causal_bias):
     """Softmax weights of the query rows over their first `keys` keys, the later ones masked out."""
-    return torch.baddbmm(causal_bias, q[:, rows], k[:, :keys].transpose(1, 2), alpha=1.0 / math.sqrt(q.size(-1))).softmax(dim=-1)
+    return torch.baddbmm(
+        causal_bias, q[:, rows], k[:, :keys].transpose(1, 2), alpha=1.0 / math.sqrt(q.size(-1))
+    ).softmax(dim=-1)
 
 
 class _AttentionWithDropout(torch.autograd.Function):

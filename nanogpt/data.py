@@ -22,7 +22,16 @@ import torch
 from nanogpt.config import setting
 from nanogpt.errors import DataError, SettingError
 from nanogpt.files import REPO_ROOT, check_writable_folder, hold_folder, read_utf8, shared_data_dir, write_atomically
-from nanogpt.tokenizer import BPE_FILE, GPT2_VOCAB_SIZE, BPETokenizer, CharTokenizer, GPT2Tokenizer, check_meta, train_bpe
+from nanogpt.tokenizer import (
+    BPE_FILE,
+    GPT2_VOCAB_SIZE,
+    BPETokenizer,
+    CharTokenizer,
+    GPT2Tokenizer,
+    check_meta,
+    train_bpe,
+)
+
 
 def find_source_text(given, local_path, shared_relative, url):
     """Text to prepare a dataset from: the --input path if given, else the local copy, else the
@@ -92,7 +101,9 @@ def prepare_tiny_shakespeare(cfg, tokenizer_kind, dataset_dir):
     tokenising, writing."""
     out_dir = cfg.out_dir or dataset_dir
     check_writable_folder(out_dir, "out_dir")
-    text = find_source_text(cfg.input, Path(dataset_dir) / "input.txt", "tinyshakespeare/input.txt", TINY_SHAKESPEARE_URL)
+    text = find_source_text(
+        cfg.input, Path(dataset_dir) / "input.txt", "tinyshakespeare/input.txt", TINY_SHAKESPEARE_URL
+    )
     prepare_text(text, tokenizer_kind, out_dir)
 
 
@@ -123,11 +134,17 @@ def prepare_bpe(documents, vocab_size, out_dir):
     <|endoftext|> (as GPT-2's data), split the ids 90/10 into train and val, and write the dataset and
     its tokenizer.json to out_dir."""
     t0 = time.time()
-    print(f"{len(documents):,} document(s), {sum(map(len, documents)):,} characters; training a BPE of {vocab_size:,} tokens")
+    print(
+        f"{len(documents):,} document(s), {sum(map(len, documents)):,} characters; training a BPE of "
+        f"{vocab_size:,} tokens"
+    )
     tokenizer_json = train_bpe(documents, vocab_size)
     tokenizer = BPETokenizer(tokenizer_json)
     if tokenizer.vocab_size < vocab_size:
-        print(f"note: this text has too few distinct pieces for {vocab_size:,} tokens; the vocabulary has {tokenizer.vocab_size:,}")
+        print(
+            f"note: this text has too few distinct pieces for {vocab_size:,} tokens; the vocabulary has "
+            f"{tokenizer.vocab_size:,}"
+        )
     ids = []
     for document in documents:
         ids += tokenizer.encode(document, ordinary=True) + [tokenizer.eot_token]
@@ -228,7 +245,10 @@ class Dataset:
         self.files = {split: split_files(self.dir, split) for split in ("train", "val")}
         for split, paths in self.files.items():
             if not paths:
-                raise DataError(f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run {prepare_command(name)}")
+                raise DataError(
+                    f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run "
+                    f"{prepare_command(name)}"
+                )
         self.meta = load_meta(self.dir)
         self.dtype = np.dtype(self.meta["dtype"])
         for path in self.files["train"] + self.files["val"]:
@@ -246,8 +266,10 @@ class Dataset:
         top = int(ids.max()) if len(ids) else 0
         if top >= self.meta["vocab_size"]:
             raise DataError(
-                f"{where} holds token id {top:,}, not below the vocabulary size of {self.meta['vocab_size']:,} in its meta.json:"
-                f" it was written with another tokenizer, or is damaged; prepare it again ({prepare_command(self.dir.name)})"
+                f"{where} holds token id {top:,}, not below the vocabulary size of "
+                f"{self.meta['vocab_size']:,} in its meta.json:"
+                " it was written with another tokenizer, or is damaged; prepare it again "
+                f"({prepare_command(self.dir.name)})"
             )
 
     def tokens(self, split):
@@ -261,7 +283,10 @@ class Dataset:
         for split in ("train", "val"):
             n = len(self.tokens(split))
             if n <= block_size:
-                raise DataError(f"the {split} split of {self.dir} has {n} token{'s' if n != 1 else ''}, not more than block_size {block_size}; use a smaller --block_size or more text")
+                raise DataError(
+                    f"the {split} split of {self.dir} has {n} token{'s' if n != 1 else ''}, not more than "
+                    f"block_size {block_size}; use a smaller --block_size or more text"
+                )
 
     def get_batch(self, split, batch_size, block_size, device, generator, rank=0, world_size=1):
         """batch_size random windows: x is block_size tokens, y the same shifted one to the right.
@@ -277,7 +302,9 @@ class Dataset:
                 starts = offsets.tolist()
         # one copy of block_size + 1 tokens per row; x and y are views into it
         rows = np.stack([data[i : i + block_size + 1] for i in starts])
-        self.check_ids(rows, f"the {split} split of {self.dir}")  # on a GPU an id past the table is an opaque device assert
+        self.check_ids(
+            rows, f"the {split} split of {self.dir}"
+        )  # on a GPU an id past the table is an opaque device assert
         rows = torch.from_numpy(rows.astype(np.int64))
         if device.startswith("cuda"):
             # pinned memory lets the copy run asynchronously while the GPU is busy
@@ -293,7 +320,13 @@ class TrainBatches:
     checkpoint keeps it, so that a resumed run draws that batch again (an exact resume)."""
 
     def __init__(self, data, batch_size, block_size, device, seed, rank=0, world_size=1):
-        self.data, self.shape, self.device, self.rank, self.world_size = data, (batch_size, block_size), device, rank, world_size
+        self.data, self.shape, self.device, self.rank, self.world_size = (
+            data,
+            (batch_size, block_size),
+            device,
+            rank,
+            world_size,
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.position = self.generator.get_state()
 

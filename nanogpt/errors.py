@@ -59,7 +59,9 @@ def is_out_of_memory(error):
     if isinstance(error, MemoryError) or torch is not None and isinstance(error, torch.OutOfMemoryError):
         return True
     # a tensor whose byte count overflows 64 bits is one no memory could hold
-    return isinstance(error, RuntimeError) and any(text in str(error) for text in ("out of memory", "can't allocate memory", "Storage size calculation overflowed"))
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("out of memory", "can't allocate memory", "Storage size calculation overflowed")
+    )
 
 
 @contextlib.contextmanager
@@ -71,7 +73,9 @@ def out_of_memory_as_error(message=None):
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        raise OutOfMemory(message or f"out of memory ({first_line(e)}); use smaller settings (sizes, batch, number of samples)") from None
+        raise OutOfMemory(
+            message or f"out of memory ({first_line(e)}); use smaller settings (sizes, batch, number of samples)"
+        ) from None
 
 
 def run_main(main):

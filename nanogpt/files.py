@@ -29,7 +29,9 @@ def read_utf8(path, what):
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{what} {path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8") from None
+        raise DataError(
+            f"{what} {path} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
+        ) from None
     except OSError as e:
         raise DataError(f"cannot read {what} {path} ({e.strerror or first_line(e)})") from None
 
@@ -65,15 +67,27 @@ def write_atomically(writers, needed_bytes):
                 tmp.unlink()
         if not isinstance(e, (OSError, RuntimeError)):  # torch.save's own writer reports a full disk as a RuntimeError
             raise
-        names = " and ".join([", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name])
-        kept = f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact" if all(p.is_file() for p in paths) else "nothing was replaced"
+        names = " and ".join(
+            [", ".join(path.name for path in paths[:-1]), paths[-1].name] if len(paths) > 1 else [paths[0].name]
+        )
+        kept = (
+            f"the previous {names} {'is' if len(paths) == 1 else 'are'} intact"
+            if all(p.is_file() for p in paths)
+            else "nothing was replaced"
+        )
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         if isinstance(e, RuntimeError) and ("enforce fail" in reason or "write failed" in reason):
             # torch.save's writer drops the OS's reason: a write that stopped short is a full disk or a size limit
             reason = "the write stopped short: no space left on the device, or a file-size limit"
         megabytes = needed_bytes / 2**20
-        size = f"{megabytes:,.{0 if megabytes >= 10 else 1}f} MB" if megabytes >= 1 else f"{max(needed_bytes / 1024, 1):.0f} KB"
-        raise WriteError(f"could not write {names} to {folder} ({reason}); it needs about {size} free; {kept}") from None
+        size = (
+            f"{megabytes:,.{0 if megabytes >= 10 else 1}f} MB"
+            if megabytes >= 1
+            else f"{max(needed_bytes / 1024, 1):.0f} KB"
+        )
+        raise WriteError(
+            f"could not write {names} to {folder} ({reason}); it needs about {size} free; {kept}"
+        ) from None
     for path in paths:
         os.replace(temporary[path], path)
     fsync_dir(folder)
@@ -92,12 +106,18 @@ def check_writable_folder(folder, setting):
         path.mkdir(parents=True, exist_ok=True)
         writable = os.access(path, os.W_OK)
     except OSError as e:
-        raise WriteError(f"cannot create the folder {folder} (--{setting}: {e.strerror}); choose a folder you can write to with --{setting}") from None
+        raise WriteError(
+            f"cannot create the folder {folder} (--{setting}: {e.strerror}); choose a folder you can write to "
+            f"with --{setting}"
+        ) from None
     finally:
         if first_missing is not None and first_missing.is_dir():
             shutil.rmtree(first_missing)
     if not writable:
-        raise WriteError(f"cannot write to the folder {folder} (--{setting}: permission denied); choose a folder you can write to with --{setting}")
+        raise WriteError(
+            f"cannot write to the folder {folder} (--{setting}: permission denied); choose a folder you can "
+            f"write to with --{setting}"
+        )
 
 
 def hold_folder(folder, setting):
@@ -116,7 +136,9 @@ def hold_folder(folder, setting):
         Path(folder).mkdir(parents=True, exist_ok=True)
         lock = open(Path(folder) / LOCK_NAME, "a+", encoding="utf-8")
     except OSError as e:
-        raise WriteError(f"cannot write to {setting} {folder} ({e.strerror}); choose a folder you can write to with --{setting}") from None
+        raise WriteError(
+            f"cannot write to {setting} {folder} ({e.strerror}); choose a folder you can write to with --{setting}"
+        ) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -127,9 +149,13 @@ def hold_folder(folder, setting):
         except (ValueError, KeyError, TypeError):
             who = "another process"
         lock.close()
-        raise WriteError(f"{folder} is being written by {who}; wait for it to end, or choose another --{setting}") from None
+        raise WriteError(
+            f"{folder} is being written by {who}; wait for it to end, or choose another --{setting}"
+        ) from None
     lock.seek(0)
     lock.truncate()
-    lock.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), command=shlex.join([sys.executable, *sys.argv]))))
+    lock.write(
+        json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), command=shlex.join([sys.executable, *sys.argv])))
+    )
     lock.flush()
     _held[key] = lock

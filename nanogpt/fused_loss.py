@@ -22,7 +22,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         for start in range(0, x.size(0), slice_rows):
-            xs, ts, kept = x[start : start + slice_rows], targets[start : start + slice_rows], counted[start : start + slice_rows]
+            xs, ts, kept = (
+                x[start : start + slice_rows],
+                targets[start : start + slice_rows],
+                counted[start : start + slice_rows],
+            )
             head = xs @ weight.t()  # under autocast: the autocast dtype, as the plain path's head
             logits = head.float()
             if softcap > 0:

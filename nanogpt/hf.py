@@ -32,7 +32,10 @@ def is_pretrained_source(init_from):
 def not_a_model(init_from, usage):
     """The error for an init_from that names no model; a path to a folder that is not there says so."""
     if "/" in init_from or os.sep in init_from or init_from.startswith("."):
-        return SettingError(f"init_from {init_from}: no such folder; give a Hugging Face model folder that exists (saved with save_pretrained or export.py), or a GPT-2 name")
+        return SettingError(
+            f"init_from {init_from}: no such folder; give a Hugging Face model folder that exists (saved with "
+            "save_pretrained or export.py), or a GPT-2 name"
+        )
     return SettingError(f"unknown init_from {init_from!r}; use {usage}")
 
 
@@ -41,7 +44,10 @@ def pretrained_block_size(name_or_dir):
     also checks that the folder holds a GPT-2."""
     if not Path(name_or_dir).is_dir():
         if name_or_dir not in GPT2_SIZES:
-            raise SettingError(f"init_from {name_or_dir!r} is not a GPT-2 model: use one of {', '.join(GPT2_SIZES)} or a folder saved with save_pretrained")
+            raise SettingError(
+                f"init_from {name_or_dir!r} is not a GPT-2 model: use one of {', '.join(GPT2_SIZES)} or a "
+                "folder saved with save_pretrained"
+            )
         return 1024
     config_path = Path(name_or_dir) / "config.json"
     if not config_path.is_file():
@@ -50,12 +56,20 @@ def pretrained_block_size(name_or_dir):
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config_path} is not valid JSON ({e}); save the model again with save_pretrained") from None
+        raise CheckpointError(
+            f"{config_path} is not valid JSON ({e}); save the model again with save_pretrained"
+        ) from None
     if not isinstance(config, dict) or config.get("model_type") != "gpt2":
-        raise CheckpointError(f"{name_or_dir} holds a {config.get('model_type') if isinstance(config, dict) else config!r} model, not GPT-2")
+        raise CheckpointError(
+            f"{name_or_dir} holds a {config.get('model_type') if isinstance(config, dict) else config!r} "
+            "model, not GPT-2"
+        )
     positions = config.get("n_positions", 1024)
     if not isinstance(positions, int) or positions < 1:
-        raise CheckpointError(f"{config_path} gives n_positions {positions!r}, not a positive whole number; save the model again with save_pretrained")
+        raise CheckpointError(
+            f"{config_path} gives n_positions {positions!r}, not a positive whole number; save the model "
+            "again with save_pretrained"
+        )
     return positions
 
 
@@ -64,7 +78,9 @@ def load_hf_gpt2(name_or_dir):
     try:
         from transformers import GPT2LMHeadModel
     except ImportError:
-        raise UnavailableError("loading GPT-2 weights needs transformers: pip install -e '.[hf]' (or pip install transformers)") from None
+        raise UnavailableError(
+            "loading GPT-2 weights needs transformers: pip install -e '.[hf]' (or pip install transformers)"
+        ) from None
     pretrained_block_size(name_or_dir)
     local = Path(name_or_dir).is_dir()
     print(f"loading GPT-2 weights from {name_or_dir}", file=sys.stderr)  # stderr: sample.py's stdout is the text
@@ -75,8 +91,14 @@ def load_hf_gpt2(name_or_dir):
         raise CheckpointError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line(e)}") from None
     hf = hf_model.config
     model_args = dict(
-        n_layer=hf.n_layer, n_head=hf.n_head, n_embd=hf.n_embd, block_size=hf.n_positions,
-        vocab_size=hf.vocab_size, bias=True, dropout=0.0, exact_gelu=exact_gelu(hf.activation_function, name_or_dir),
+        n_layer=hf.n_layer,
+        n_head=hf.n_head,
+        n_embd=hf.n_embd,
+        block_size=hf.n_positions,
+        vocab_size=hf.vocab_size,
+        bias=True,
+        dropout=0.0,
+        exact_gelu=exact_gelu(hf.activation_function, name_or_dir),
     )
     state = {}
     for key, value in hf_model.state_dict().items():
@@ -90,7 +112,9 @@ def exact_gelu(activation_function, name_or_dir):
     """GPTConfig.exact_gelu for a transformers GPT-2's activation_function: "gelu" is the exact (erf)
     GELU; "gelu_new" (OpenAI's) and "gelu_pytorch_tanh" are the tanh approximation."""
     if activation_function not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
-        raise CheckpointError(f"{name_or_dir} uses activation {activation_function!r}; only GELU (exact or tanh) is supported")
+        raise CheckpointError(
+            f"{name_or_dir} uses activation {activation_function!r}; only GELU (exact or tanh) is supported"
+        )
     return activation_function == "gelu"
 
 
@@ -102,8 +126,16 @@ def pretrained_config(name_or_dir):
     if not Path(name_or_dir).is_dir():
         return GPTConfig(block_size=positions, vocab_size=50257, bias=True, **GPT2_SIZES[name_or_dir])
     hf = json.loads((Path(name_or_dir) / "config.json").read_text(encoding="utf-8"))
-    shape = {key: hf.get(key, GPTConfig.__dataclass_fields__[key].default) for key in ("n_layer", "n_head", "n_embd", "vocab_size")}
-    return GPTConfig(block_size=positions, bias=True, exact_gelu=exact_gelu(hf.get("activation_function", "gelu_new"), name_or_dir), **shape)
+    shape = {
+        key: hf.get(key, GPTConfig.__dataclass_fields__[key].default)
+        for key in ("n_layer", "n_head", "n_embd", "vocab_size")
+    }
+    return GPTConfig(
+        block_size=positions,
+        bias=True,
+        exact_gelu=exact_gelu(hf.get("activation_function", "gelu_new"), name_or_dir),
+        **shape,
+    )
 
 
 def gpt_from_pretrained(name_or_dir, **overrides):
@@ -126,9 +158,14 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
 
     cfg = model.config
     # e.g. zero_init_proj only changes the start, and untied embeddings GPT-2's format can hold
-    inexpressible = [f.name for f in architecture_switches() if not f.metadata["gpt2_format"] and getattr(cfg, f.name) != f.default]
+    inexpressible = [
+        f.name for f in architecture_switches() if not f.metadata["gpt2_format"] and getattr(cfg, f.name) != f.default
+    ]
     if inexpressible:
-        raise SettingError(f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic GPT-2 models export")
+        raise SettingError(
+            f"this model uses {', '.join(inexpressible)}, which the GPT-2 format cannot express; only classic "
+            "GPT-2 models export"
+        )
     state = dict(model.state_dict())
     vocab_size = cfg.vocab_size
     if vocab_size > tokenizer_meta["vocab_size"]:
@@ -138,9 +175,19 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
             state[key] = state[key][:vocab_size]
     eot = end_of_text_id(tokenizer_meta)
     hf_config = GPT2Config(
-        vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, activation_function="gelu" if cfg.exact_gelu else "gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=eot, eos_token_id=eot,
+        vocab_size=vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        activation_function="gelu" if cfg.exact_gelu else "gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=eot,
+        eos_token_id=eot,
     )
     state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in state.items()}
     if not cfg.bias:
@@ -153,7 +200,9 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
     missing, unexpected = hf_model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
-        raise CheckpointError(f"this model does not map onto GPT-2 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"this model does not map onto GPT-2 (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     os.makedirs(out_dir, exist_ok=True)
     hf_model.save_pretrained(out_dir, safe_serialization=True)
     write_hf_tokenizer(tokenizer_meta, out_dir)

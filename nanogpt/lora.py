@@ -33,9 +33,14 @@ def check_lora_settings(cfg):
             f"lora_rank trains adapters on pretrained weights, and init_from is {cfg.init_from!r}: use --init_from=gpt2"
             f" (or another GPT-2 name, or a Hugging Face folder), or --init_from=resume to continue a LoRA run"
         )
-    clashes = [name for name, on in (("fsdp", cfg.fsdp), ("fp8", cfg.fp8), ("optimizer='muon'", cfg.optimizer == "muon")) if on]
+    clashes = [
+        name for name, on in (("fsdp", cfg.fsdp), ("fp8", cfg.fp8), ("optimizer='muon'", cfg.optimizer == "muon")) if on
+    ]
     if clashes:
-        raise SettingError(f"lora_rank cannot be combined with {', '.join(clashes)}; LoRA trains with --optimizer=adamw or adafactor, under DDP or in one process")
+        raise SettingError(
+            f"lora_rank cannot be combined with {', '.join(clashes)}; LoRA trains with --optimizer=adamw or "
+            "adafactor, under DDP or in one process"
+        )
     check_peft()
 
 
@@ -51,7 +56,10 @@ def check_lora_resume(cfg, checkpoint):
         wanted = lora_record(cfg, saved["base"])
         changed = [f"--lora_{key}={saved[key]}" for key in ("rank", "alpha", "targets") if wanted[key] != saved[key]]
         if changed:
-            raise SettingError(f"the checkpoint in {cfg.out_dir} is a LoRA run of {saved['base']}; resume it with its settings: {' '.join(changed)}")
+            raise SettingError(
+                f"the checkpoint in {cfg.out_dir} is a LoRA run of {saved['base']}; resume it with its "
+                f"settings: {' '.join(changed)}"
+            )
 
 
 def lora_record(cfg, base):
@@ -70,7 +78,10 @@ def run_lora(cfg, checkpoint):
 
 def adapters_note(model):
     """', of which N (LoRA adapters) train' where only some of the model's parameters train."""
-    trained, total = sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+    trained, total = (
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        sum(p.numel() for p in model.parameters()),
+    )
     return f", of which {trained / 1e6:.2f}M (LoRA adapters) train" if trained < total else ""
 
 
@@ -78,8 +89,12 @@ def peft_config(lora, **extra):
     from peft import LoraConfig
 
     return LoraConfig(
-        r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=list(LORA_LAYERS[lora["targets"]]),
-        bias="none", **extra,
+        r=lora["rank"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=list(LORA_LAYERS[lora["targets"]]),
+        bias="none",
+        **extra,
     )
 
 
@@ -126,7 +141,10 @@ def model_with_adapters(checkpoint, merge=True, base_dtype=torch.float32, **over
     add_adapters(model, lora, base_dtype)
     missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
     if unexpected or any(".lora_" in k for k in missing):
-        raise CheckpointError(f"the adapters in {checkpoint['path']} do not fit the layers of its base {lora['base']}; it is damaged or its base has changed")
+        raise CheckpointError(
+            f"the adapters in {checkpoint['path']} do not fit the layers of its base {lora['base']}; it is "
+            "damaged or its base has changed"
+        )
     return merge_adapters(model) if merge else model
 
 
@@ -140,7 +158,9 @@ def export_adapters(checkpoint, folder):
     lora = checkpoint["lora"]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    peft_config(lora, fan_in_fan_out=True, task_type="CAUSAL_LM", base_model_name_or_path=lora["base"]).save_pretrained(folder)
+    peft_config(lora, fan_in_fan_out=True, task_type="CAUSAL_LM", base_model_name_or_path=lora["base"]).save_pretrained(
+        folder
+    )
     # PEFT's file names a tensor by its place in PeftModel (base_model.model. ...) without the adapter's name
     state = {f"base_model.model.{k.replace('.default.', '.')}": v.contiguous() for k, v in checkpoint["model"].items()}
     save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})

@@ -27,7 +27,9 @@ from nanogpt.fused_loss import linear_cross_entropy
 def switch(default, help, gpt2_format, within=None):
     """An architecture switch. train.py and bench.py take each as a setting of the same name, default,
     help and limits; gpt2_format says whether a model with it changed still exports as a GPT-2 (hf.py)."""
-    return field(default=default, metadata={"help": help, "within": within, "choices": None, "gpt2_format": gpt2_format})
+    return field(
+        default=default, metadata={"help": help, "within": within, "choices": None, "gpt2_format": gpt2_format}
+    )
 
 
 @dataclass
@@ -44,12 +46,25 @@ class GPTConfig:
     # modern-recipe switches, declared here only: a model with none of them set is a GPT-2
     rotary: bool = switch(False, "rotary position embeddings instead of a learned position table", gpt2_format=False)
     rmsnorm: bool = switch(False, "RMSNorm (scale only, no mean) instead of LayerNorm", gpt2_format=False)
-    qk_norm: bool = switch(False, "RMS-normalise queries and keys in attention: keeps attention logits tame", gpt2_format=False)
+    qk_norm: bool = switch(
+        False, "RMS-normalise queries and keys in attention: keeps attention logits tame", gpt2_format=False
+    )
     relu2: bool = switch(False, "ReLU^2 MLP activation instead of GELU", gpt2_format=False)
-    exact_gelu: bool = switch(False, "the exact (erf) GELU, as nanoGPT, instead of GPT-2's tanh approximation: cheaper on a CPU", gpt2_format=True)
+    exact_gelu: bool = switch(
+        False,
+        "the exact (erf) GELU, as nanoGPT, instead of GPT-2's tanh approximation: cheaper on a CPU",
+        gpt2_format=True,
+    )
     tie_embeddings: bool = switch(True, "share the token embedding with the output head, as GPT-2", gpt2_format=True)
-    logit_softcap: float = switch(0.0, "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))", gpt2_format=False, within="[0, inf)")
-    zero_init_proj: bool = switch(False, "start the residual projections at zero: each block starts as identity", gpt2_format=True)
+    logit_softcap: float = switch(
+        0.0,
+        "if > 0, cap logits smoothly at this value (cap * tanh(logits / cap))",
+        gpt2_format=False,
+        within="[0, inf)",
+    )
+    zero_init_proj: bool = switch(
+        False, "start the residual projections at zero: each block starts as identity", gpt2_format=True
+    )
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -147,7 +162,12 @@ class CausalSelfAttention(nn.Module):
             # SDPA picks a flash / memory-efficient kernel where the device has one. A single new token
             # may see every cached one, so it needs no causal mask.
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None and T > 1
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask is None and T > 1,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-join the heads
         return dropout(self.c_proj(y), self.dropout, self.training)
@@ -159,7 +179,11 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         # GPT-2's tanh GELU, so its weights give its exact outputs; the exact GELU, cheaper on a CPU, for
         # models trained here; or ReLU^2, sparser and cheaper still
-        self.act = (lambda h: F.relu(h).square()) if config.relu2 else nn.GELU(approximate="none" if config.exact_gelu else "tanh")
+        self.act = (
+            (lambda h: F.relu(h).square())
+            if config.relu2
+            else nn.GELU(approximate="none" if config.exact_gelu else "tanh")
+        )
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 

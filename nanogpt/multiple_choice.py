@@ -70,7 +70,10 @@ def task_file(task):
                     chunks = iter(lambda: response.read(1 << 20), b"")
                     data = b"".join(bar.update(len(chunk)) or chunk for chunk in chunks)
         except OSError as e:
-            raise DataError(f"could not download HellaSwag ({e}); put hellaswag_val.jsonl at {HELLASWAG_PATH} or pass --task=PATH.jsonl") from None
+            raise DataError(
+                f"could not download HellaSwag ({e}); put hellaswag_val.jsonl at {HELLASWAG_PATH} or pass "
+                "--task=PATH.jsonl"
+            ) from None
         write_atomically({HELLASWAG_PATH: lambda f: f.write(data)}, len(data))
     return HELLASWAG_PATH
 
@@ -93,7 +96,10 @@ def parse_line(text, where):
     if isinstance(label, str) and label.isdigit():
         label = int(label)  # some copies of HellaSwag store it as text
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
-        raise DataError(f"{where} has label {label!r}: it must be the index of one of its {len(choices)} choices (0 to {len(choices) - 1})")
+        raise DataError(
+            f"{where} has label {label!r}: it must be the index of one of its {len(choices)} choices (0 to "
+            f"{len(choices) - 1})"
+        )
     if hellaswag:
         choices = [" " + c for c in choices]
     return context, choices, label
@@ -114,7 +120,9 @@ def read_items(path, tokenizer, block_size):
             raise DataError(f"{where} cannot be read by this model's tokenizer: {e}") from None
         longest = max(len(c) for c in ids[1:])
         if longest > block_size:
-            raise DataError(f"{where} has a choice of {longest} tokens, longer than the model's context of {block_size}")
+            raise DataError(
+                f"{where} has a choice of {longest} tokens, longer than the model's context of {block_size}"
+            )
         items.append(Item(ids[0], ids[1:], label))
     if not items:
         raise DataError(f"{path} holds no items: write one JSON object a line")
@@ -156,7 +164,9 @@ def loglikelihoods(model, items, batch_size, device, vocab_size, ctx=None, progr
             logits, _ = model(x, targets=y)  # targets: the logits of every position
         logprobs = F.log_softmax(logits[..., :vocab_size].float(), dim=-1)
         picked = logprobs.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y >= 0)
-        for (i, c, _, n), total in zip(batch, picked.double().sum(dim=1).tolist()):  # float64: a sum of many tokens keeps its digits
+        for (i, c, _, n), total in zip(
+            batch, picked.double().sum(dim=1).tolist()
+        ):  # float64: a sum of many tokens keeps its digits
             results[i][c] = (total, n)
         bar.update(len(batch))
     bar.close()

@@ -25,9 +25,13 @@ def resolve_device(name):
         return "cpu"
     kind = name.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --device=cpu or --device=auto")
+        raise UnavailableError(
+            f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --device=cpu or --device=auto"
+        )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise UnavailableError(f"device {name!r} asked for, but MPS is not available here; use --device=cpu or --device=auto")
+        raise UnavailableError(
+            f"device {name!r} asked for, but MPS is not available here; use --device=cpu or --device=auto"
+        )
     if kind not in ("cpu", "cuda", "mps"):
         raise SettingError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return name
@@ -130,7 +134,9 @@ def attention_kernel(name):
     try:
         yield
     finally:
-        for enable, value in zip((backends.enable_flash_sdp, backends.enable_cudnn_sdp, backends.enable_mem_efficient_sdp), before):
+        for enable, value in zip(
+            (backends.enable_flash_sdp, backends.enable_cudnn_sdp, backends.enable_mem_efficient_sdp), before
+        ):
             enable(value)
 
 
@@ -158,9 +164,14 @@ def check_fp8(device, dtype):
     """fp8=True's needs, refused in one sentence each before anything loads."""
     if not device.startswith("cuda") or torch.cuda.get_device_capability(device) < (8, 9):
         where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"device {device!r}"
-        raise UnavailableError(f"fp8=True needs an NVIDIA GPU with float8 matmuls (compute capability 8.9 or later: Ada, Hopper), not {where}; leave fp8 off")
+        raise UnavailableError(
+            "fp8=True needs an NVIDIA GPU with float8 matmuls (compute capability 8.9 or later: Ada, "
+            f"Hopper), not {where}; leave fp8 off"
+        )
     if dtype != "bfloat16":
-        raise SettingError(f"fp8=True runs the rest of the model in bfloat16; use --dtype=bfloat16 (or auto), not {dtype}")
+        raise SettingError(
+            f"fp8=True runs the rest of the model in bfloat16; use --dtype=bfloat16 (or auto), not {dtype}"
+        )
     if importlib.util.find_spec("torchao") is None:
         raise UnavailableError("fp8=True needs torchao 0.17 or later: pip install torchao (or pip install -e '.[fp8]')")
 

@@ -34,7 +34,10 @@ class CharTokenizer:
         unknown = sorted(set(text) - self.stoi.keys())
         if unknown:
             shown = ", ".join(repr(ch) for ch in unknown[:10])
-            raise DataError(f"the text has characters outside the model's vocabulary: {shown}; use only characters from the training text")
+            raise DataError(
+                f"the text has characters outside the model's vocabulary: {shown}; use only characters from "
+                "the training text"
+            )
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids):
@@ -53,7 +56,10 @@ class GPT2Tokenizer:
             with offline_tiktoken_cache():
                 self.enc = tiktoken.get_encoding("gpt2")  # loaded once per process, then kept by tiktoken
         except Exception as e:
-            raise DataError(f"could not load the GPT-2 tokenizer ({e}); it needs internet once, or TIKTOKEN_CACHE_DIR set to a cache") from None
+            raise DataError(
+                f"could not load the GPT-2 tokenizer ({e}); it needs internet once, or TIKTOKEN_CACHE_DIR set "
+                "to a cache"
+            ) from None
         self.eot_token = self.enc.eot_token
         self.vocab_size = self.enc.n_vocab
 
@@ -115,7 +121,9 @@ class BPETokenizer:
     def token_byte_lengths(self):
         """Each id's length in bytes: byte-level tokens spell one character per byte; <|endoftext|>, 0."""
         special = {token.content for token in self.tok.get_added_tokens_decoder().values()}
-        return [0 if token in special else len(token) for token in (self.tok.id_to_token(i) for i in range(self.vocab_size))]
+        return [
+            0 if token in special else len(token) for token in (self.tok.id_to_token(i) for i in range(self.vocab_size))
+        ]
 
 
 def train_bpe(documents, vocab_size):
@@ -127,7 +135,10 @@ def train_bpe(documents, vocab_size):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split, on bytes
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
     )
     tokenizer.train_from_iterator(documents, trainer, length=len(documents))
     return tokenizer.to_str()
@@ -140,7 +151,11 @@ def tokenizer_from_meta(meta, checkpoint_path=None):
     if meta["tokenizer"] == "bpe":
         if checkpoint_path is None:
             return BPETokenizer(meta["tokenizer_json"])
-        return BPETokenizer(meta.get("tokenizer_json", ""), f"the tokenizer saved in {checkpoint_path}", "the checkpoint is damaged: use another one or train again")
+        return BPETokenizer(
+            meta.get("tokenizer_json", ""),
+            f"the tokenizer saved in {checkpoint_path}",
+            "the checkpoint is damaged: use another one or train again",
+        )
     return GPT2Tokenizer()
 
 
@@ -148,9 +163,14 @@ def check_meta(meta, path):
     """Refuse a meta.json that names no tokenizer this code knows, in one sentence; a bpe dataset's
     tokenizer.json is read into it, so checkpoints carry it."""
     if not isinstance(meta, dict) or meta.get("tokenizer") not in KINDS or not isinstance(meta.get("vocab_size"), int):
-        raise DataError(f"{path} must give 'tokenizer' ({', '.join(KINDS)}) and an integer 'vocab_size'; prepare the dataset again")
+        raise DataError(
+            f"{path} must give 'tokenizer' ({', '.join(KINDS)}) and an integer 'vocab_size'; prepare the dataset again"
+        )
     if meta["tokenizer"] == "char" and len(meta.get("chars", [])) != meta["vocab_size"]:
-        raise DataError(f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; prepare the dataset again")
+        raise DataError(
+            f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; "
+            "prepare the dataset again"
+        )
     if meta["tokenizer"] == "bpe" and "tokenizer_json" not in meta:
         bpe_file = Path(path).parent / BPE_FILE
         if not bpe_file.is_file():
@@ -181,7 +201,9 @@ def same_vocabulary(a, b):
 
 
 def describe_vocabulary(meta):
-    kind = {"char": "characters", "gpt2": "GPT-2 BPE tokens", "bpe": "BPE tokens trained on its text"}[meta["tokenizer"]]
+    kind = {"char": "characters", "gpt2": "GPT-2 BPE tokens", "bpe": "BPE tokens trained on its text"}[
+        meta["tokenizer"]
+    ]
     return f"a vocabulary of {meta['vocab_size']} {kind}"
 
 
@@ -197,7 +219,11 @@ def meta_from_hf_folder(name_or_dir):
         return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
     if (folder / BPE_FILE).is_file() and not (folder / "vocab.json").is_file():
         tokenizer_json = (folder / BPE_FILE).read_text(encoding="utf-8")
-        return {"tokenizer": "bpe", "vocab_size": BPETokenizer(tokenizer_json, str(folder / BPE_FILE)).vocab_size, "tokenizer_json": tokenizer_json}
+        return {
+            "tokenizer": "bpe",
+            "vocab_size": BPETokenizer(tokenizer_json, str(folder / BPE_FILE)).vocab_size,
+            "tokenizer_json": tokenizer_json,
+        }
     return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
 
 
@@ -207,14 +233,19 @@ def write_hf_tokenizer(meta, out_dir):
     char_vocab.json, character -> id, which --init_from=FOLDER reads); GPT-2's files; a BPE's own."""
     if meta["tokenizer"] == "char":
         vocab = {ch: i for i, ch in enumerate(meta["chars"])}
-        Path(out_dir, CHAR_VOCAB_NAME).write_text(json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        Path(out_dir, CHAR_VOCAB_NAME).write_text(
+            json.dumps(vocab, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        )
         write_char_tokenizer(vocab, out_dir)
     elif meta["tokenizer"] == "bpe":
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
         PreTrainedTokenizerFast(
-            tokenizer_object=Tokenizer.from_str(meta["tokenizer_json"]), bos_token=EOT, eos_token=EOT, unk_token=EOT,
+            tokenizer_object=Tokenizer.from_str(meta["tokenizer_json"]),
+            bos_token=EOT,
+            eos_token=EOT,
+            unk_token=EOT,
         ).save_pretrained(out_dir)
     else:
         write_gpt2_tokenizer_files(out_dir)

@@ -14,7 +14,9 @@ def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=No
     try:
         import datasets
     except ImportError:
-        raise UnavailableError("this script needs Hugging Face datasets: pip install -e '.[data]' (or pip install datasets)") from None
+        raise UnavailableError(
+            "this script needs Hugging Face datasets: pip install -e '.[data]' (or pip install datasets)"
+        ) from None
     if input:
         source = Path(input)
         files = sorted(p for p in source.rglob("*") if p.suffix in BUILDERS) if source.is_dir() else [source]
@@ -22,12 +24,19 @@ def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=No
             raise DataError(f"{input} holds no .txt, .jsonl or .parquet files")
         builders = {BUILDERS.get(p.suffix) for p in files}
         if len(builders) != 1 or None in builders:
-            raise DataError(f"{input} mixes file types {sorted(p.suffix for p in files)}; use one of .txt, .jsonl, .parquet")
+            raise DataError(
+                f"{input} mixes file types {sorted(p.suffix for p in files)}; use one of .txt, .jsonl, .parquet"
+            )
         # .txt files: one document per line, as in most web-text dumps
         try:
             dataset = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
-        except datasets.exceptions.DatasetGenerationError as e:  # a file its builder cannot parse: not UTF-8, not JSON lines
-            raise DataError(f"cannot read the documents in {input} ({first_line(e.__cause__ or e)}); give UTF-8 .txt, JSON lines or parquet files") from None
+        except (
+            datasets.exceptions.DatasetGenerationError
+        ) as e:  # a file its builder cannot parse: not UTF-8, not JSON lines
+            raise DataError(
+                f"cannot read the documents in {input} ({first_line(e.__cause__ or e)}); give UTF-8 .txt, "
+                "JSON lines or parquet files"
+            ) from None
     else:
         dataset = datasets.load_dataset(hf_dataset, name=name, revision=revision, split="train", num_proc=num_proc)
     if "text" not in dataset.column_names:

@@ -22,7 +22,10 @@ def local_processes():
     And a user's stdout to a pipe or file is block-buffered unless the scripts flush their log lines
     themselves; tests that wait for a log line check that they do."""
     with pytest.MonkeyPatch.context() as env:
-        for name, value in (("PET_LOCAL_ADDR", "127.0.0.1"), ("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo")):
+        for name, value in (
+            ("PET_LOCAL_ADDR", "127.0.0.1"),
+            ("GLOO_SOCKET_IFNAME", "lo0" if sys.platform == "darwin" else "lo"),
+        ):
             if name not in os.environ:  # torchrun's --local-addr; gloo's interface: a user's own value stays
                 env.setenv(name, value)
         env.delenv("PYTHONUNBUFFERED", raising=False)
@@ -51,7 +54,10 @@ def pytest_sessionfinish(session, exitstatus):
     unexpected = [r for r in skipped if not any(word in str(r.longrepr) for word in ALLOWED_SKIPS)]
     if unexpected:
         for report in unexpected:
-            reporter.write_line(f"skipped, and not allowed to be: {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+            reporter.write_line(
+                f"skipped, and not allowed to be: {report.nodeid}: "
+                f"{report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}"
+            )
         session.exitstatus = 1
 
 
@@ -61,7 +67,9 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("| script | cases | ran | refused in one line naming a setting | anything else |")
         terminalreporter.write_line("|---|---|---|---|---|")
         for script, n in SCRIPT_OUTCOMES.items():
-            terminalreporter.write_line(f"| {script} | {sum(n.values())} | {n['ran']} | {n['refused']} | {n['other']} |")
+            terminalreporter.write_line(
+                f"| {script} | {sum(n.values())} | {n['ran']} | {n['refused']} | {n['other']} |"
+            )
     if FUZZ_COUNTS:
         terminalreporter.write_line(
             f"settings fuzzing: {sum(FUZZ_COUNTS.values())} cases over {len(FUZZ_COUNTS)} scripts"
@@ -106,8 +114,11 @@ def trained_run(data_dir, tmp_path_factory):
     """out_dir of a tiny model trained on shakespeare_char, with the run's stdout."""
     out_dir = tmp_path_factory.mktemp("run")
     result = run_script(
-        "train.py", "config/train_shakespeare_char.py", *TINY_TRAIN,
-        f"--data_dir={data_dir}", f"--out_dir={out_dir}",
+        "train.py",
+        "config/train_shakespeare_char.py",
+        *TINY_TRAIN,
+        f"--data_dir={data_dir}",
+        f"--out_dir={out_dir}",
     )
     assert result.returncode == 0, result.stderr
     return out_dir, result.stdout

@@ -23,18 +23,39 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 # a model small enough to train in well under a minute on two CPU cores
 TINY_MODEL = [
-    "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=16",
-    "--dropout=0.0", "--gradient_accumulation_steps=1", "--device=cpu", "--compile=False",
+    "--n_layer=2",
+    "--n_head=2",
+    "--n_embd=64",
+    "--block_size=32",
+    "--batch_size=16",
+    "--dropout=0.0",
+    "--gradient_accumulation_steps=1",
+    "--device=cpu",
+    "--compile=False",
 ]
 TINY_TRAIN = TINY_MODEL + [
-    "--max_iters=300", "--lr_decay_iters=300", "--warmup_iters=20", "--learning_rate=3e-3", "--min_lr=3e-4",
-    "--eval_interval=150", "--eval_iters=20", "--log_interval=10", "--always_save_checkpoint=False",
+    "--max_iters=300",
+    "--lr_decay_iters=300",
+    "--warmup_iters=20",
+    "--learning_rate=3e-3",
+    "--min_lr=3e-4",
+    "--eval_interval=150",
+    "--eval_iters=20",
+    "--log_interval=10",
+    "--always_save_checkpoint=False",
 ]
 
 # a short run under torchrun: evaluations at 0, 10 and 20, a checkpoint at each
 DDP_RUN = TINY_MODEL + [
-    "--dataset=shakespeare_char", "--batch_size=8", "--max_iters=20", "--lr_decay_iters=20", "--warmup_iters=5",
-    "--eval_interval=10", "--eval_iters=5", "--log_interval=5", "--always_save_checkpoint=True",
+    "--dataset=shakespeare_char",
+    "--batch_size=8",
+    "--max_iters=20",
+    "--lr_decay_iters=20",
+    "--warmup_iters=5",
+    "--eval_interval=10",
+    "--eval_iters=5",
+    "--log_interval=5",
+    "--always_save_checkpoint=True",
     "--learning_rate=3e-3",  # the backend follows the device: gloo on the CPU
 ]
 
@@ -47,7 +68,9 @@ SCRIPT_OUTCOMES = {}
 
 def run_script(*args, cwd=REPO, env=None):
     """Run one of the repo's scripts in a fresh Python, as a user would."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT
+    )
 
 
 def child_pids(pid):
@@ -68,7 +91,9 @@ def run_torchrun(*args, timeout=SCRIPT_TIMEOUT, preexec_fn=None):
     workers are killed too (torchrun starts each in a session of its own), so a hung run leaves nothing behind.
     preexec_fn runs in torchrun's process before it starts (e.g. to set a limit the workers inherit)."""
     command = [*TORCHRUN, *map(str, args)]
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn) as process:
+    with subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -89,12 +114,21 @@ def run_two_launchers(*args, timeout=SCRIPT_TIMEOUT):
     processes = []
     for node in (0, 1):
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", *map(str, args),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node_rank={node}",
+            "--nproc_per_node=1",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{port}",
+            *map(str, args),
         ]
         # output to files: a pipe read only after the other launcher ends could fill and stall both
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        processes.append((subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True), out, err))
+        processes.append(
+            (subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err, text=True, start_new_session=True), out, err)
+        )
     deadline = time.time() + timeout
     results = []
     try:
@@ -153,7 +187,10 @@ def start_server(out_dir, tmp_path_factory, *extra):
     log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "serve.py", f"--out_dir={out_dir}", "--device=cpu", f"--port={port}", *extra],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -215,6 +252,8 @@ def skip_when_offline(result):
     """A script's result, or a skip when it failed for want of public data it had to download."""
     import pytest
 
-    if result.returncode != 0 and ("could not download" in result.stderr or "could not load the GPT-2 tokenizer" in result.stderr):
+    if result.returncode != 0 and (
+        "could not download" in result.stderr or "could not load the GPT-2 tokenizer" in result.stderr
+    ):
         pytest.skip(f"{OFFLINE}: {result.stderr.strip()}")
     return result

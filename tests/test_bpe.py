@@ -20,8 +20,16 @@ pytestmark = pytest.mark.slow  # every test here starts processes
 
 VOCAB = 1024
 BPE_RUN = TINY_MODEL + [
-    "--dataset=custom", "--max_iters=40", "--lr_decay_iters=40", "--warmup_iters=5", "--eval_interval=20",
-    "--eval_iters=5", "--log_interval=10", "--learning_rate=3e-3", "--block_size=64", "--batch_size=8",
+    "--dataset=custom",
+    "--max_iters=40",
+    "--lr_decay_iters=40",
+    "--warmup_iters=5",
+    "--eval_interval=20",
+    "--eval_iters=5",
+    "--log_interval=10",
+    "--learning_rate=3e-3",
+    "--block_size=64",
+    "--batch_size=8",
 ]
 
 
@@ -33,7 +41,13 @@ def wikitext():
 @pytest.fixture(scope="module")
 def bpe_data(wikitext, tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe_data")
-    result = run_script("data/custom/prepare.py", f"--input={wikitext}", "--tokenizer=bpe", f"--vocab_size={VOCAB}", f"--out_dir={root / 'custom'}")
+    result = run_script(
+        "data/custom/prepare.py",
+        f"--input={wikitext}",
+        "--tokenizer=bpe",
+        f"--vocab_size={VOCAB}",
+        f"--out_dir={root / 'custom'}",
+    )
     assert result.returncode == 0, result.stderr
     return root
 
@@ -66,13 +80,17 @@ def test_model_trains_resumes_and_samples_without_its_data(bpe_run, bpe_data, tm
     evals = [r for r in read_records(bpe_run) if r["kind"] == "eval"]
     assert evals[0]["val_loss"] > evals[-1]["val_loss"] + 0.5  # measured: 6.94 -> 5.71
     assert load_checkpoint(bpe_run)["model_args"]["vocab_size"] == VOCAB  # already a multiple of 64
-    resumed = run_script("train.py", *BPE_RUN, "--max_iters=50", "--init_from=resume", f"--data_dir={bpe_data}", f"--out_dir={bpe_run}")
+    resumed = run_script(
+        "train.py", *BPE_RUN, "--max_iters=50", "--init_from=resume", f"--data_dir={bpe_data}", f"--out_dir={bpe_run}"
+    )
     assert resumed.returncode == 0, resumed.stderr
     moved = tmp_path / "data"
     shutil.copytree(bpe_data, moved)
     shutil.rmtree(bpe_data / "custom")
     try:
-        result = run_script("sample.py", f"--out_dir={bpe_run}", "--start=The", "--num_samples=1", "--max_new_tokens=20", "--seed=3")
+        result = run_script(
+            "sample.py", f"--out_dir={bpe_run}", "--start=The", "--num_samples=1", "--max_new_tokens=20", "--seed=3"
+        )
     finally:
         shutil.copytree(moved / "custom", bpe_data / "custom")
     assert result.returncode == 0, result.stderr
@@ -91,13 +109,17 @@ def test_export_loads_with_autotokenizer_and_gives_the_same_ids(bpe_run, bpe_dat
     model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
     assert model.config.vocab_size == VOCAB and model.config.eos_token_id == ours.eot_token
     # and train.py / sample.py read the exported folder with the same tokenizer
-    sampled = run_script("sample.py", f"--init_from={tmp_path / 'hf'}", "--start=The", "--num_samples=1", "--max_new_tokens=5")
+    sampled = run_script(
+        "sample.py", f"--init_from={tmp_path / 'hf'}", "--start=The", "--num_samples=1", "--max_new_tokens=5"
+    )
     assert sampled.returncode == 0, sampled.stderr
 
 
 def test_char_and_bpe_models_compare_in_bits_per_byte(bpe_run, wikitext, tmp_path):
     char_data = tmp_path / "data"
-    assert run_script("data/custom/prepare.py", f"--input={wikitext}", f"--out_dir={char_data / 'custom'}").returncode == 0
+    assert (
+        run_script("data/custom/prepare.py", f"--input={wikitext}", f"--out_dir={char_data / 'custom'}").returncode == 0
+    )
     char_run = tmp_path / "char_run"
     result = run_script("train.py", *BPE_RUN, f"--data_dir={char_data}", f"--out_dir={char_run}")
     assert result.returncode == 0, result.stderr
@@ -116,7 +138,13 @@ def test_char_and_bpe_models_compare_in_bits_per_byte(bpe_run, wikitext, tmp_pat
 
 
 def test_bad_vocab_sizes_and_damaged_tokenizers(bpe_data, bpe_run, wikitext, tmp_path):
-    result = run_script("data/custom/prepare.py", f"--input={wikitext}", "--tokenizer=bpe", "--vocab_size=200", f"--out_dir={tmp_path / 'x'}")
+    result = run_script(
+        "data/custom/prepare.py",
+        f"--input={wikitext}",
+        "--tokenizer=bpe",
+        "--vocab_size=200",
+        f"--out_dir={tmp_path / 'x'}",
+    )
     assert_user_error(result, "vocab_size must be at least 257")
     broken = tmp_path / "broken"
     shutil.copytree(bpe_data, broken)

@@ -13,8 +13,13 @@ from nanogpt.training.train_log import read_records
 pytestmark = pytest.mark.slow  # every test here starts processes
 
 SHORT_RUN = TINY_MODEL + [
-    "--dataset=shakespeare_char", "--max_iters=60", "--lr_decay_iters=60", "--warmup_iters=5", "--eval_interval=20",
-    "--eval_iters=5", "--log_interval=5",
+    "--dataset=shakespeare_char",
+    "--max_iters=60",
+    "--lr_decay_iters=60",
+    "--warmup_iters=5",
+    "--eval_interval=20",
+    "--eval_iters=5",
+    "--log_interval=5",
 ]
 
 
@@ -22,7 +27,9 @@ SHORT_RUN = TINY_MODEL + [
 def two_runs(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     for name, lr in (("slow", "1e-3"), ("fast", "3e-3")):
-        result = run_script("train.py", *SHORT_RUN, f"--learning_rate={lr}", f"--data_dir={data_dir}", f"--out_dir={root / name}")
+        result = run_script(
+            "train.py", *SHORT_RUN, f"--learning_rate={lr}", f"--data_dir={data_dir}", f"--out_dir={root / name}"
+        )
         assert result.returncode == 0, result.stderr
     return root
 
@@ -64,7 +71,7 @@ def test_compare_draws_both_runs_and_tables_their_figures(two_runs, tmp_path):
         assert cells[1] == f"learning_rate={'0.001' if name == 'slow' else '0.003'}"  # the only setting that differs
         assert cells[2] == f"{best['val_loss']:.4f}" and cells[3] == str(best["iter"])
         assert cells[4] == f"{best['tokens']:,}" and cells[5] == f"{best['train_seconds']:.1f}"
-        assert cells[6] == f"{statistics.median(speeds[len(speeds) // 10:]):,.0f}"
+        assert cells[6] == f"{statistics.median(speeds[len(speeds) // 10 :]):,.0f}"
     # every run reaches the worst run's best: that run at its best, the other no later than its own best
     worst = max(bests, key=bests.get)
     worst_best = min((r for r in read_records(two_runs / worst) if r["kind"] == "eval"), key=lambda r: r["val_loss"])
@@ -84,7 +91,10 @@ def test_a_reader_that_goes_away_ends_compare_quietly(two_runs, tmp_path):
     """python compare.py a b | head -0: stdout is closed before the table is printed."""
     process = subprocess.Popen(
         [sys.executable, "compare.py", str(two_runs / "slow"), str(two_runs / "fast"), f"--to={tmp_path / 'x.png'}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     process.stdout.close()
     stderr = process.stderr.read()

@@ -142,7 +142,11 @@ def test_settings_that_cannot_work_are_refused_by_name(override, fragment):
 def test_a_training_config_serves_a_script_that_ignores_train_keys(tmp_path):
     import bench
 
-    cfg = load_config(bench.BenchSettings, [write(tmp_path, "out_dir = 'x'\nlearning_rate = 1e-3\nn_layer = 3\nrotary = True\n")], ignore_train_keys=True)
+    cfg = load_config(
+        bench.BenchSettings,
+        [write(tmp_path, "out_dir = 'x'\nlearning_rate = 1e-3\nn_layer = 3\nrotary = True\n")],
+        ignore_train_keys=True,
+    )
     assert cfg.n_layer == 3 and cfg.rotary is True and not hasattr(cfg, "out_dir")
     with pytest.raises(SettingError, match="unknown config key 'n_layrs'"):  # a key of neither is still refused
         load_config(bench.BenchSettings, [write(tmp_path, "out_dir = 'x'\nn_layrs = 3\n")], ignore_train_keys=True)

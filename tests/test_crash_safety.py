@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from helpers import (
-    REPO, SCRIPT_TIMEOUT, TINY_MODEL, TINY_TRAIN, TORCHRUN, assert_user_error, child_pids, public_data, run_script, run_torchrun,
+    REPO,
+    SCRIPT_TIMEOUT,
+    TINY_MODEL,
+    TINY_TRAIN,
+    TORCHRUN,
+    assert_user_error,
+    child_pids,
+    public_data,
+    run_script,
+    run_torchrun,
 )
 from nanogpt.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint
 
@@ -23,8 +32,13 @@ pytestmark = pytest.mark.slow  # every test here starts processes
 
 N = 40  # steps before the stop; the full run is 2N
 EXACT = TINY_TRAIN + [
-    f"--max_iters={2 * N}", f"--lr_decay_iters={2 * N}", "--warmup_iters=10", f"--eval_interval={N}",
-    "--log_interval=1", "--always_save_checkpoint=True", "--dataset=shakespeare_char",
+    f"--max_iters={2 * N}",
+    f"--lr_decay_iters={2 * N}",
+    "--warmup_iters=10",
+    f"--eval_interval={N}",
+    "--log_interval=1",
+    "--always_save_checkpoint=True",
+    "--dataset=shakespeare_char",
 ]
 
 
@@ -74,7 +88,9 @@ def start_training(data_dir):
         # stderr goes to a file: a pipe nobody reads while we wait on stdout could fill up and stall training
         stderr = open(out_dir.parent / f"{out_dir.name}.stderr", "w+")
         args = [*launcher, "train.py", *EXACT, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+        )
         proc.stderr_file = stderr
         started.append(proc)
         return proc
@@ -145,7 +161,9 @@ def test_a_stop_during_a_long_first_evaluation_ends_it_at_once(start_training, t
 def test_a_stop_during_a_later_evaluation_saves_the_steps_since(data_dir, start_training, tmp_path):
     out = tmp_path / "later_eval"
     assert train(data_dir, out, "--max_iters=20", "--eval_interval=20").returncode == 0
-    proc = start_training([sys.executable], out, "--init_from=resume", "--max_iters=40", "--eval_interval=20", "--eval_iters=100000")
+    proc = start_training(
+        [sys.executable], out, "--init_from=resume", "--max_iters=40", "--eval_interval=20", "--eval_iters=100000"
+    )
     wait_for_line(proc, "note: each evaluation will take about")  # the eval at step 40, after 20 steps
     stdout = stop_within_seconds(proc)
     assert "stopped at iter 40 (SIGTERM); resume with:" in stdout
@@ -156,8 +174,14 @@ def test_ddp_resume_with_dropout_is_exact(data_dir, tmp_path):
     """Each process draws dropout masks of its own; the checkpoint holds every process's random streams,
     so a resumed 2-process run repeats an unbroken one bit for bit."""
     args = [
-        "train.py", *EXACT, "--dropout=0.1", "--gradient_accumulation_steps=2", f"--data_dir={data_dir}",
-        "--max_iters=20", "--lr_decay_iters=20", "--eval_interval=10",
+        "train.py",
+        *EXACT,
+        "--dropout=0.1",
+        "--gradient_accumulation_steps=2",
+        f"--data_dir={data_dir}",
+        "--max_iters=20",
+        "--lr_decay_iters=20",
+        "--eval_interval=10",
     ]
     straight = run_torchrun(*args, f"--out_dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr
@@ -185,7 +209,15 @@ def test_a_stop_after_the_best_eval_leaves_best_pt_untouched(data_dir, start_tra
     assert kept["iter_num"] == 10 and latest["iter_num"] >= 13
     assert "optimizer" not in kept and len(best) < (out / CHECKPOINT_NAME).stat().st_size / 2  # no optimizer state
     assert not torch.equal(kept["model"]["lm_head.weight"], latest["model"]["lm_head.weight"])
-    args = ("sample.py", f"--out_dir={out}", "--device=cpu", "--num_samples=1", "--max_new_tokens=100", "--temperature=1.0", "--top_k=None")
+    args = (
+        "sample.py",
+        f"--out_dir={out}",
+        "--device=cpu",
+        "--num_samples=1",
+        "--max_new_tokens=100",
+        "--temperature=1.0",
+        "--top_k=None",
+    )
     best_text, latest_text = run_script(*args), run_script(*args, "--checkpoint=latest")
     assert best_text.returncode == 0, best_text.stderr
     assert best_text.stdout != latest_text.stdout  # the same random draws through other weights
@@ -231,15 +263,26 @@ def finished_run(trained_run, tmp_path):
 
 def resume(data_dir, out_dir, *extra):
     return run_script(
-        "train.py", *TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={out_dir}",
-        "--init_from=resume", *extra,
+        "train.py",
+        *TINY_TRAIN,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={out_dir}",
+        "--init_from=resume",
+        *extra,
     )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, finished_run):
     before = (finished_run / CHECKPOINT_NAME).read_bytes()
     result = resume(
-        data_dir, finished_run, "--learning_rate=1e9", "--decay_lr=False", "--max_iters=400", "--log_interval=1", "--grad_clip=0",
+        data_dir,
+        finished_run,
+        "--learning_rate=1e9",
+        "--decay_lr=False",
+        "--max_iters=400",
+        "--log_interval=1",
+        "--grad_clip=0",
     )
     assert_user_error(result, "training loss is", "at step 30", "last good checkpoint")
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
@@ -249,9 +292,26 @@ def test_failed_checkpoint_write_is_reported_and_the_old_one_kept(data_dir, fini
     before = (finished_run / CHECKPOINT_NAME).read_bytes()
     # a folder where the run's temporary file goes makes the write fail, even for root; the name holds the
     # writer's pid, so the folder is made by the process that then becomes train.py (exec keeps the pid)
-    args = [*TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume", "--max_iters=305", "--always_save_checkpoint=True"]
-    launcher = "import os, sys; os.mkdir(f'{sys.argv[1]}/ckpt.pt.{os.getpid()}.tmp'); os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
-    result = subprocess.run([sys.executable, "-c", launcher, str(finished_run), "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    args = [
+        *TINY_TRAIN,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={finished_run}",
+        "--init_from=resume",
+        "--max_iters=305",
+        "--always_save_checkpoint=True",
+    ]
+    launcher = (
+        "import os, sys; os.mkdir(f'{sys.argv[1]}/ckpt.pt.{os.getpid()}.tmp'); os.execv(sys.executable, "
+        "[sys.executable, *sys.argv[2:]])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", launcher, str(finished_run), "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+    )
     assert_user_error(result, "could not write ckpt.pt", "is intact")
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
 
@@ -264,11 +324,30 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_old_checkpoint_intact(data
     def limit_file_size():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    args = [*TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume", "--max_iters=305", "--always_save_checkpoint=True"]
+    args = [
+        *TINY_TRAIN,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={finished_run}",
+        "--init_from=resume",
+        "--max_iters=305",
+        "--always_save_checkpoint=True",
+    ]
     result = subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=limit_file_size,
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        preexec_fn=limit_file_size,
     )
-    assert_user_error(result, f"could not write ckpt.pt to {finished_run}", "MB free", "is intact", "no space left on the device, or a file-size limit")
+    assert_user_error(
+        result,
+        f"could not write ckpt.pt to {finished_run}",
+        "MB free",
+        "is intact",
+        "no space left on the device, or a file-size limit",
+    )
     assert "enforce fail" not in result.stderr  # torch's words for it say nothing to a user
     assert (finished_run / CHECKPOINT_NAME).read_bytes() == before
     assert not list(finished_run.glob("*.tmp"))  # no temporary file of any process
@@ -277,11 +356,22 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_old_checkpoint_intact(data
 def test_a_full_disk_under_metrics_jsonl_is_one_sentence(data_dir, tmp_path):
     """metrics.jsonl fills up while the run logs every step, and on resume its rewrite cannot be written."""
     out = tmp_path / "run"
-    args = [*TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={out}", "--log_interval=1", "--eval_iters=2"]
+    args = [
+        *TINY_MODEL,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={out}",
+        "--log_interval=1",
+        "--eval_iters=2",
+    ]
 
     def run(limit, *extra):
         return subprocess.run(
-            [sys.executable, "train.py", *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+            [sys.executable, "train.py", *args, *extra],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
         )
 
@@ -343,7 +433,12 @@ def test_resume_on_a_dataset_with_another_vocabulary(data_dir, finished_run, tmp
     other = data_dir / "other_vocab"
     assert run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={other}").returncode == 0
     result = run_script(
-        "train.py", *TINY_TRAIN, "--dataset=other_vocab", f"--data_dir={data_dir}", f"--out_dir={finished_run}", "--init_from=resume",
+        "train.py",
+        *TINY_TRAIN,
+        "--dataset=other_vocab",
+        f"--data_dir={data_dir}",
+        f"--out_dir={finished_run}",
+        "--init_from=resume",
     )
     assert_user_error(result, "trained on a vocabulary of 65 characters", "has a vocabulary of 9 characters")
 
@@ -355,8 +450,13 @@ def test_resume_without_a_checkpoint(data_dir, tmp_path):
 def test_dataset_too_small_for_block_size(data_dir, tmp_path):
     text = tmp_path / "tiny.txt"
     text.write_text("to be or not to be " * 10)
-    assert run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={data_dir / 'tiny'}").returncode == 0
-    result = run_script("train.py", *TINY_MODEL, "--dataset=tiny", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
+    assert (
+        run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={data_dir / 'tiny'}").returncode
+        == 0
+    )
+    result = run_script(
+        "train.py", *TINY_MODEL, "--dataset=tiny", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}"
+    )
     assert_user_error(result, "the val split", "not more than block_size 32")
 
 
@@ -364,17 +464,30 @@ def test_ddp_processes_stop_together_on_sigterm(data_dir, start_training, tmp_pa
     """torchrun passes SIGTERM to its workers; they agree on a step, rank 0 saves, and the run resumes."""
     out = tmp_path / "ddp"
     ddp_args = ["--backend=gloo", "--gradient_accumulation_steps=2"]
-    proc = start_training(TORCHRUN, out, *ddp_args, "--max_iters=100000", "--lr_decay_iters=100000", "--eval_interval=100000")
+    proc = start_training(
+        TORCHRUN, out, *ddp_args, "--max_iters=100000", "--lr_decay_iters=100000", "--eval_interval=100000"
+    )
     wait_for_line(proc, "iter 5/")
     os.killpg(proc.pid, signal.SIGTERM)  # as a cluster scheduler does: the whole process group
     stdout, stderr = finish(proc)
     assert "(SIGTERM); resume with:" in stdout, stdout + stderr
     # the command that continues it is the torchrun command that was run, not python train.py
-    assert stdout.splitlines()[-1].strip().startswith("python -m torch.distributed.run --standalone --nproc_per_node=2 train.py ")
+    assert (
+        stdout.splitlines()[-1]
+        .strip()
+        .startswith("python -m torch.distributed.run --standalone --nproc_per_node=2 train.py ")
+    )
     stopped_at = load_checkpoint(out)["iter_num"]
     assert stopped_at >= 5
     resumed = run_torchrun(
-        "train.py", *EXACT, *ddp_args, f"--data_dir={data_dir}", f"--out_dir={out}", f"--max_iters={stopped_at + 3}", "--eval_interval=1000", "--init_from=resume",
+        "train.py",
+        *EXACT,
+        *ddp_args,
+        f"--data_dir={data_dir}",
+        f"--out_dir={out}",
+        f"--max_iters={stopped_at + 3}",
+        "--eval_interval=1000",
+        "--init_from=resume",
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"iter {stopped_at + 1}/" in resumed.stdout
@@ -385,7 +498,13 @@ def test_a_failure_on_one_process_ends_every_process_promptly(data_dir, tmp_path
     """Rank 0 alone sees the failure (it logs the loss and writes the checkpoint); the other process, waiting
     in a collective, ends too, with one line, and no process shows a traceback or an abort."""
     out = tmp_path / "failing"
-    args = [*EXACT, "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={out}", "--eval_interval=10"]
+    args = [
+        *EXACT,
+        "--gradient_accumulation_steps=2",
+        f"--data_dir={data_dir}",
+        f"--out_dir={out}",
+        "--eval_interval=10",
+    ]
     if failure == "nan":
         args += ["--learning_rate=1e9", "--decay_lr=False", "--grad_clip=0"]
         expected = "error: training loss is nan"
@@ -407,15 +526,25 @@ def test_a_failure_on_one_process_ends_every_process_promptly(data_dir, tmp_path
 def test_a_batch_that_does_not_fit_in_memory(data_dir, tmp_path):
     # the first activation alone would be 50,000 x 256 x 1024 floats = 52 GB
     args = (
-        "train.py", "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}", "--device=cpu",
-        "--n_layer=1", "--n_head=8", "--n_embd=1024", "--block_size=256", "--batch_size=50000", "--eval_iters=1",
+        "train.py",
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path / 'o'}",
+        "--device=cpu",
+        "--n_layer=1",
+        "--n_head=8",
+        "--n_embd=1024",
+        "--block_size=256",
+        "--batch_size=50000",
+        "--eval_iters=1",
         "--gradient_accumulation_steps=1",
     )
-    assert_user_error(run_script(*args), "a training step needs about", "lower --batch_size")  # the memory plan sees it coming
+    assert_user_error(
+        run_script(*args), "a training step needs about", "lower --batch_size"
+    )  # the memory plan sees it coming
     # and where the plan is skipped (or wrong), running out of memory is one line too
     result = run_script(*args, "--memory_check=off")
     assert_user_error(result, "out of memory with batch_size=50000, block_size=256", "--gradient_accumulation_steps")
-
 
 
 def test_init_from_auto_starts_then_resumes(data_dir, tmp_path):
@@ -447,8 +576,13 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_killed(data_d
     torchrun restarts the group, which resumes from the last ckpt.pt, and the run finishes with the losses
     and, bit for bit, the weights of a run never killed with the same checkpoint schedule."""
     schedule = [
-        "--gradient_accumulation_steps=2", "--max_iters=300", "--lr_decay_iters=300", "--eval_interval=50", "--eval_iters=2",
-        "--log_interval=5", "--init_from=auto",
+        "--gradient_accumulation_steps=2",
+        "--max_iters=300",
+        "--lr_decay_iters=300",
+        "--eval_interval=50",
+        "--eval_iters=2",
+        "--log_interval=5",
+        "--init_from=auto",
     ]
     out = tmp_path / "killed"
     proc = start_training([*TORCHRUN, "--max-restarts=3"], out, *schedule)
@@ -459,7 +593,9 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_killed(data_d
     proc.stderr_file.seek(0)
     assert proc.returncode == 0, proc.stderr_file.read()
     assert f"resuming from {out}" in stdout and "done: best val loss" in stdout
-    straight = run_torchrun("train.py", *EXACT, *schedule, f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'straight'}")
+    straight = run_torchrun(
+        "train.py", *EXACT, *schedule, f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'straight'}"
+    )
     assert straight.returncode == 0, straight.stderr
     assert step_losses(out) == step_losses(tmp_path / "straight")
     assert_same_weights(out, tmp_path / "straight")
@@ -473,7 +609,15 @@ def test_processes_that_cannot_connect_give_up_in_time(data_dir, tmp_path):
         port = s.getsockname()[1]
     env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     t0 = time.time()
-    result = run_script("train.py", *EXACT, "--connect_timeout=3", "--gradient_accumulation_steps=2", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}", env=env)
+    result = run_script(
+        "train.py",
+        *EXACT,
+        "--connect_timeout=3",
+        "--gradient_accumulation_steps=2",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path / 'o'}",
+        env=env,
+    )
     assert time.time() - t0 < 30
     assert_user_error(result, "did not all connect within 3 s")
 
@@ -483,7 +627,12 @@ def test_one_run_writes_into_an_out_dir_at_a_time(data_dir, start_training, tmp_
     first = start_training([sys.executable], out, "--max_iters=100000", "--lr_decay_iters=100000")
     wait_for_line(first, "iter 1/")  # it holds out_dir from before its first write
     second = train(data_dir, out, "--overwrite=True")
-    assert_user_error(second, f"{out} is being written by process {first.pid} on {socket.gethostname()}", "train.py", "choose another --out_dir")
+    assert_user_error(
+        second,
+        f"{out} is being written by process {first.pid} on {socket.gethostname()}",
+        "train.py",
+        "choose another --out_dir",
+    )
     os.killpg(first.pid, signal.SIGTERM)
     finish(first)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -495,8 +644,13 @@ def test_one_run_writes_into_an_out_dir_at_a_time(data_dir, start_training, tmp_
 
 def test_one_prepare_writes_into_a_folder_at_a_time(tmp_path):
     text = public_data("tinyshakespeare/input.txt")
-    hold = "import sys, time; from nanogpt.files import hold_folder; hold_folder(sys.argv[1], 'out_dir'); print('held', flush=True); time.sleep(300)"
-    with subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True) as holder:
+    hold = (
+        "import sys, time; from nanogpt.files import hold_folder; hold_folder(sys.argv[1], 'out_dir'); "
+        "print('held', flush=True); time.sleep(300)"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    ) as holder:
         try:
             assert holder.stdout.readline().strip() == "held"
             refused = run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}")
@@ -504,14 +658,22 @@ def test_one_prepare_writes_into_a_folder_at_a_time(tmp_path):
             assert not (tmp_path / "train.bin").exists() and not list(tmp_path.glob("*.tmp"))
         finally:
             holder.kill()
-    taken_over = run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}")  # the dead holder's lock
+    taken_over = run_script(
+        "data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}"
+    )  # the dead holder's lock
     assert taken_over.returncode == 0, taken_over.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
 
 
 def test_resume_runs_and_records_the_checkpoints_shape(data_dir, tmp_path):
     out = tmp_path / "run"
-    where = (f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={out}", "--device=cpu", "--compile=False")
+    where = (
+        f"--data_dir={data_dir}",
+        "--dataset=shakespeare_char",
+        f"--out_dir={out}",
+        "--device=cpu",
+        "--compile=False",
+    )
     short = ("--eval_interval=2", "--eval_iters=2", "--log_interval=1", "--warmup_iters=1", "--batch_size=4")
     first = run_script("train.py", *TINY_MODEL, *short, *where, "--max_iters=2", "--lr_decay_iters=4")
     assert first.returncode == 0, first.stderr
@@ -536,7 +698,11 @@ def test_resume_runs_and_records_the_checkpoints_shape(data_dir, tmp_path):
 def test_ctrl_c_while_torch_loads_is_one_line(script, tmp_path):
     # SIGINT as a terminal delivers it: a test run started in the background (`&`) ignores it, and so would its children
     process = subprocess.Popen(
-        [sys.executable, script, f"--out_dir={tmp_path / 'out'}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, script, f"--out_dir={tmp_path / 'out'}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 60

@@ -32,7 +32,9 @@ def test_every_reference_document_exists_and_has_runnable_blocks():
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
 def test_runnable_blocks(doc, tmp_path):
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    )
     copy = tmp_path / "repo"
     for name in files.stdout.splitlines():
         if (REPO / name).is_file():
@@ -43,5 +45,9 @@ def test_runnable_blocks(doc, tmp_path):
         env["NANOGPT_SHARED_DATA"] = str(shared_data_dir())
     for language, code in runnable_blocks(doc):
         command = ["bash", "-e", "-c", code] if language == "bash" else [sys.executable, "-c", code]
-        result = skip_when_offline(subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600))
-        assert result.returncode == 0, f"{doc.name} block failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"
+        result = skip_when_offline(
+            subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+        )
+        assert result.returncode == 0, (
+            f"{doc.name} block failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"
+        )

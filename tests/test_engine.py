@@ -26,7 +26,9 @@ def prompts(*lengths, vocab=50):
 
 
 @pytest.mark.parametrize("sampling", SETTINGS)
-@pytest.mark.parametrize("switches", [{}, dict(rotary=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0)])
+@pytest.mark.parametrize(
+    "switches", [{}, dict(rotary=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0)]
+)
 def test_cached_fixed_span_and_uncached_give_the_same_tokens(sampling, switches):
     """70 new tokens: several times past block_size (16), so contexts are cut and re-encoded repeatedly,
     and the 23-token prompt is cut before the first step."""
@@ -42,7 +44,9 @@ def test_each_row_equals_its_prompt_alone():
     """Prompts of 1, 7 and 40 characters in one batch, each at its own position and cache length: first the
     logits of a decode step (1e-5), then the tokens of a short greedy and a seeded generation."""
     torch.manual_seed(0)
-    model = inference_model(GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=65)), "cpu", "float32")
+    model = inference_model(
+        GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=65)), "cpu", "float32"
+    )
     batch = prompts(1, 7, 40, vocab=65)
     cache = KVCache(model.config, 3, "cpu")
     for row, prompt in enumerate(batch):
@@ -94,8 +98,12 @@ def draw(logits, n, temperature=1.0, top_k=None, top_p=None):
     V = logits.numel()
     full = lambda value: torch.full((n,), value)  # noqa: E731
     return sample_tokens(
-        logits.expand(n, V), full(float(temperature)), full(top_k or V), full(1.0 if top_p is None else top_p),
-        stream_key(torch.arange(n)), torch.zeros(n, dtype=torch.long),
+        logits.expand(n, V),
+        full(float(temperature)),
+        full(top_k or V),
+        full(1.0 if top_p is None else top_p),
+        stream_key(torch.arange(n)),
+        torch.zeros(n, dtype=torch.long),
     )
 
 
@@ -105,7 +113,9 @@ def test_sampler_draws_from_the_softmax():
     counts = torch.bincount(draw(probs.log(), n), minlength=6) / n
     torch.testing.assert_close(counts, probs, atol=0.01, rtol=0)  # 3-4 standard deviations at n = 40k
     hotter = torch.softmax(probs.log() / 2.0, dim=-1)
-    torch.testing.assert_close(torch.bincount(draw(probs.log(), n, temperature=2.0), minlength=6) / n, hotter, atol=0.01, rtol=0)
+    torch.testing.assert_close(
+        torch.bincount(draw(probs.log(), n, temperature=2.0), minlength=6) / n, hotter, atol=0.01, rtol=0
+    )
 
 
 def test_top_k_and_top_p_keep_the_right_tokens():
@@ -120,7 +130,9 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 def test_a_row_draws_the_same_tokens_whatever_else_is_in_the_batch():
     model = small_model()
     alone = Engine(model).generate([[3]], 30, Sampling(1.0, seed=11))[0]
-    with_others = Engine(model).generate([[5, 6], [3], [7]], 30, [Sampling(0.7, seed=1), Sampling(1.0, seed=11), Sampling(1.0, seed=2)])
+    with_others = Engine(model).generate(
+        [[5, 6], [3], [7]], 30, [Sampling(0.7, seed=1), Sampling(1.0, seed=11), Sampling(1.0, seed=2)]
+    )
     assert with_others[1] == alone
 
 
@@ -132,7 +144,9 @@ def test_stopped_rows_end_and_the_rest_go_on():
     sampling = Sampling(1.0, seed=1)
     full = Engine(model).generate(batch, 40, sampling)
     stop_rows = {0: 5, 2: 9, 3: 11}  # row -> where it stops
-    stopped = Engine(model).generate(batch, 40, sampling, stop=lambda row, ids: stop_rows.get(row) if len(ids) >= 12 else None)
+    stopped = Engine(model).generate(
+        batch, 40, sampling, stop=lambda row, ids: stop_rows.get(row) if len(ids) >= 12 else None
+    )
     assert stopped == [full[0][:5], full[1], full[2][:9], full[3][:11]]
 
 
@@ -166,7 +180,9 @@ def test_rows_that_join_and_leave_mid_flight_get_their_own_tokens(device):
     joins = {0: [0], 4: [1, 2], 9: [3]}  # step -> rows that join before it
     for step in range(60):
         if step in joins:
-            rows.add([batch[i] for i in joins[step]], [sampling[i] for i in joins[step]], max(lengths), index=joins[step])
+            rows.add(
+                [batch[i] for i in joins[step]], [sampling[i] for i in joins[step]], max(lengths), index=joins[step]
+            )
         if not len(rows):
             break
         engine.step(rows)

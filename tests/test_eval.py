@@ -43,7 +43,10 @@ def test_char_model_bits_per_byte_is_its_loss_over_ln2(trained_run, text_file):
     from nanogpt.tokenizer import tokenizer_from_meta
 
     checkpoint = load_checkpoint(out_dir, "best")
-    model, tokenizer = model_from_checkpoint(checkpoint, dropout=0.0).eval(), tokenizer_from_meta(checkpoint["tokenizer"])
+    model, tokenizer = (
+        model_from_checkpoint(checkpoint, dropout=0.0).eval(),
+        tokenizer_from_meta(checkpoint["tokenizer"]),
+    )
     ids = tokenizer.encode(text)
     nats, scored_up_to, begin = 0.0, 1, 0
     with torch.no_grad():
@@ -73,13 +76,17 @@ def test_hf_gpt2_matches_transformers_and_scores_every_byte(hf_gpt2_dir, text_fi
     transformers = pytest.importorskip("transformers")
     path, text = text_file
     context, stride = 128, 48
-    result = run_script("eval.py", f"--init_from={hf_gpt2_dir}", f"--input={path}", f"--stride={stride}", "--device=cpu")
+    result = run_script(
+        "eval.py", f"--init_from={hf_gpt2_dir}", f"--input={path}", f"--stride={stride}", "--device=cpu"
+    )
     assert result.returncode == 0, result.stderr
     tokens, text_bytes, loss, bpb = figures(result.stdout)
     tokenizer = GPT2Tokenizer()
     ids = [tokenizer.eot_token] + tokenizer.encode(text, ordinary=True)
     assert tokens == len(ids) - 1
-    assert text_bytes == len(text.encode("utf-8"))  # from <|endoftext|>: every byte of the text, the same as a char model's
+    assert text_bytes == len(
+        text.encode("utf-8")
+    )  # from <|endoftext|>: every byte of the text, the same as a char model's
 
     # the same windows computed directly with transformers: each new token scored once, with the rest as context
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dir).eval()
@@ -98,9 +105,16 @@ def test_hf_gpt2_matches_transformers_and_scores_every_byte(hf_gpt2_dir, text_fi
 
 def test_eval_bad_input(trained_run, tmp_path):
     out_dir, _ = trained_run
-    assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", "--input=/no/such.txt"), "--input=/no/such.txt is not a file")
-    assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", "--stride=1000"), "stride 1000 is longer than the model's context of 32")
+    assert_user_error(
+        run_script("eval.py", f"--out_dir={out_dir}", "--input=/no/such.txt"), "--input=/no/such.txt is not a file"
+    )
+    assert_user_error(
+        run_script("eval.py", f"--out_dir={out_dir}", "--stride=1000"),
+        "stride 1000 is longer than the model's context of 32",
+    )
     foreign = tmp_path / "foreign.txt"
     foreign.write_text("caf\u00e9 \U0001f642")
-    assert_user_error(run_script("eval.py", f"--out_dir={out_dir}", f"--input={foreign}"), "outside the model's vocabulary")
+    assert_user_error(
+        run_script("eval.py", f"--out_dir={out_dir}", f"--input={foreign}"), "outside the model's vocabulary"
+    )
     assert_user_error(run_script("eval.py", "--init_from=gpt2"), "--input=FILE is needed")

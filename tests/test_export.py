@@ -63,8 +63,15 @@ def test_exported_folder_samples_like_the_checkpoint(exported):
 def test_exported_folder_trains_again(exported, data_dir, tmp_path):
     _, target = exported
     result = run_script(
-        "train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--init_from={target}",
-        f"--out_dir={tmp_path / 'again'}", "--max_iters=4", "--eval_interval=4", "--eval_iters=2",
+        "train.py",
+        *TINY_MODEL,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--init_from={target}",
+        f"--out_dir={tmp_path / 'again'}",
+        "--max_iters=4",
+        "--eval_interval=4",
+        "--eval_iters=2",
     )
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "again")["model_args"]["bias"] is True  # GPT-2 format has biases
@@ -78,7 +85,10 @@ def test_bpe_model_export_drops_vocab_padding_and_writes_the_tokenizer(tmp_path)
     torch.manual_seed(0)
     args = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
     model = GPT(GPTConfig(**args))
-    save_checkpoint(tmp_path / "run", {"model": model.state_dict(), "model_args": args, "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257}})
+    save_checkpoint(
+        tmp_path / "run",
+        {"model": model.state_dict(), "model_args": args, "tokenizer": {"tokenizer": "gpt2", "vocab_size": 50257}},
+    )
     result = run_script("export.py", f"--out_dir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
     assert result.returncode == 0, result.stderr
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
@@ -96,7 +106,11 @@ def test_bpe_model_export_drops_vocab_padding_and_writes_the_tokenizer(tmp_path)
 def test_export_refuses_a_non_empty_target(exported, tmp_path):
     out_dir, target = exported
     before = (target / "model.safetensors").read_bytes()
-    assert_user_error(run_script("export.py", f"--out_dir={out_dir}", f"--to={target}"), "already exists and is not empty", "--force=True")
+    assert_user_error(
+        run_script("export.py", f"--out_dir={out_dir}", f"--to={target}"),
+        "already exists and is not empty",
+        "--force=True",
+    )
     assert (target / "model.safetensors").read_bytes() == before
     copy = tmp_path / "copy"
     shutil.copytree(target, copy)
@@ -106,9 +120,14 @@ def test_export_refuses_a_non_empty_target(exported, tmp_path):
 def test_export_bad_inputs(tmp_path):
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "no checkpoint in")
     assert_user_error(run_script("export.py", f"--out_dir={tmp_path}"), "--to=FOLDER")
-    assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", "--to=/dev/null/sub"), "cannot create the folder /dev/null/sub (--to: Not a directory)")
+    assert_user_error(
+        run_script("export.py", f"--out_dir={tmp_path}", "--to=/dev/null/sub"),
+        "cannot create the folder /dev/null/sub (--to: Not a directory)",
+    )
     (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
-    assert_user_error(run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "could not be loaded safely")
+    assert_user_error(
+        run_script("export.py", f"--out_dir={tmp_path}", f"--to={tmp_path / 'hf'}"), "could not be loaded safely"
+    )
     assert not (tmp_path / "hf").exists()
 
 
@@ -140,4 +159,7 @@ def test_exact_gelu_exports_as_gelu_and_imports_back(data_dir, tmp_path):
         theirs_gap = (hf_model(tokens).logits - expected).abs().max()
         torch.testing.assert_close(back(tokens, targets=tokens)[0], expected, atol=1e-5, rtol=0)
         tanh_gap = (tanh(tokens, targets=tokens)[0] - expected).abs().max()
-    assert theirs_gap < 1e-5 and theirs_gap * 10 < tanh_gap, (theirs_gap, tanh_gap)  # transformers' GELU is the exact one
+    assert theirs_gap < 1e-5 and theirs_gap * 10 < tanh_gap, (
+        theirs_gap,
+        tanh_gap,
+    )  # transformers' GELU is the exact one

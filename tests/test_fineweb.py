@@ -41,8 +41,18 @@ def parquet(tmp_path_factory):
 
 def prepare(parquet, out_dir, *extra, preexec_fn=None):
     env = dict(os.environ, HF_DATASETS_CACHE=str(out_dir.parent / "hf_cache"))  # the arrow copy of the rows, shared
-    command = [sys.executable, "data/fineweb/prepare.py", f"--input={parquet}", f"--out_dir={out_dir}", "--num_proc=2", *SHARDS, *extra]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=preexec_fn)
+    command = [
+        sys.executable,
+        "data/fineweb/prepare.py",
+        f"--input={parquet}",
+        f"--out_dir={out_dir}",
+        "--num_proc=2",
+        *SHARDS,
+        *extra,
+    ]
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=preexec_fn
+    )
 
 
 def files(out_dir):
@@ -79,8 +89,15 @@ def test_shards_hold_whole_documents_in_order(parquet, tmp_path):
     assert stream[first_end - 10 : first_end + 10].tolist() == joined[first_end - 10 : first_end + 10].tolist()
     assert np.asarray(stream).tolist() == joined.tolist()
     trained = run_script(
-        "train.py", *TINY_MODEL, "--dataset=fineweb", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'run'}",
-        "--max_iters=3", "--eval_iters=2", "--eval_interval=3", "--block_size=64",
+        "train.py",
+        *TINY_MODEL,
+        "--dataset=fineweb",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--out_dir={tmp_path / 'run'}",
+        "--max_iters=3",
+        "--eval_iters=2",
+        "--eval_interval=3",
+        "--block_size=64",
     )
     assert trained.returncode == 0, trained.stderr
 

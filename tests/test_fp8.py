@@ -69,7 +69,11 @@ def test_float8_layers_replace_the_blocks_linears_and_train_like_bfloat16():
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["swapped_count"] == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj in each block
-    assert found["swapped"] == sorted(f"transformer.h.{i}.{layer}" for i in range(2) for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert found["swapped"] == sorted(
+        f"transformer.h.{i}.{layer}"
+        for i in range(2)
+        for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    )
     assert found["same_state_dict"]  # checkpoints are the same either way
     assert found["head_tied"]  # the head stays tied to the embedding, and not float8
     bf16, fp8 = found["bf16"], found["fp8"]

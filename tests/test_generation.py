@@ -35,7 +35,11 @@ def test_prompt_from_stdin(trained_run):
     out_dir, _ = trained_run
     result = subprocess.run(
         [sys.executable, "sample.py", f"--out_dir={out_dir}", "--start=-", "--num_samples=1", "--max_new_tokens=20"],
-        cwd=REPO, input="JULIET:\n", capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+        cwd=REPO,
+        input="JULIET:\n",
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("JULIET:\n")
@@ -101,7 +105,9 @@ def test_stop_text_ends_each_sample_before_it(trained_run, tmp_path):
     assert stopped == [text.split("e")[0] for text in full]
     assert any(len(s) < len(f) for s, f in zip(stopped, full))
     # streamed, it prints the same text, holding back what might be the start of the stop text
-    streamed = sample(out_dir, f"--start={PROMPTS[1]}", "--num_samples=1", "--temperature=0", "--max_new_tokens=30", "--stop=e")
+    streamed = sample(
+        out_dir, f"--start={PROMPTS[1]}", "--num_samples=1", "--temperature=0", "--max_new_tokens=30", "--stop=e"
+    )
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == PROMPTS[1] + stopped[1] + "\n---------------\n"
 
@@ -120,4 +126,7 @@ def test_prompts_file_errors(trained_run, tmp_path):
     assert_user_error(sample(out_dir, f"--prompts={tmp_path / 'missing.txt'}"), "not found")
     good = tmp_path / "good.txt"
     good.write_text("ROMEO:\n")
-    assert_user_error(sample(out_dir, f"--prompts={good}", f"--output={tmp_path / 'no' / 'such' / 'dir.jsonl'}"), "cannot write --output")
+    assert_user_error(
+        sample(out_dir, f"--prompts={good}", f"--output={tmp_path / 'no' / 'such' / 'dir.jsonl'}"),
+        "cannot write --output",
+    )

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from helpers import (
-    DDP_RUN, REPO, TINY_MODEL, assert_same_training, assert_user_error, eval_losses, public_data, run_script, run_torchrun,
-    run_two_launchers, skip_when_offline,
+    DDP_RUN,
+    REPO,
+    TINY_MODEL,
+    assert_same_training,
+    assert_user_error,
+    eval_losses,
+    public_data,
+    run_script,
+    run_torchrun,
+    run_two_launchers,
+    skip_when_offline,
 )
 from nanogpt.checkpoint import load_checkpoint
 from nanogpt.hf import gpt_from_pretrained
@@ -50,9 +59,20 @@ FINETUNE_VAL_LOSS_BOUND = 9.5
 def test_finetune_from_a_local_hf_gpt2_lowers_val_loss(hf_gpt2_dir, bpe_data_dir, tmp_path):
     out = tmp_path / "ft"
     result = run_script(
-        "train.py", "config/finetune_shakespeare.py", f"--init_from={hf_gpt2_dir}", f"--data_dir={bpe_data_dir}",
-        f"--out_dir={out}", "--block_size=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=15",
-        "--eval_interval=15", "--eval_iters=10", "--learning_rate=3e-3", "--device=cpu", "--compile=False",
+        "train.py",
+        "config/finetune_shakespeare.py",
+        f"--init_from={hf_gpt2_dir}",
+        f"--data_dir={bpe_data_dir}",
+        f"--out_dir={out}",
+        "--block_size=64",
+        "--batch_size=4",
+        "--gradient_accumulation_steps=2",
+        "--max_iters=15",
+        "--eval_interval=15",
+        "--eval_iters=10",
+        "--learning_rate=3e-3",
+        "--device=cpu",
+        "--compile=False",
     )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -70,23 +90,44 @@ def test_finetune_from_a_local_hf_gpt2_lowers_val_loss(hf_gpt2_dir, bpe_data_dir
 
 @pytest.mark.slow
 def test_sample_from_a_hf_folder(hf_gpt2_dir):
-    result = skip_when_offline(run_script("sample.py", f"--init_from={hf_gpt2_dir}", "--num_samples=1", "--max_new_tokens=10", "--start=Hello"))
+    result = skip_when_offline(
+        run_script("sample.py", f"--init_from={hf_gpt2_dir}", "--num_samples=1", "--max_new_tokens=10", "--start=Hello")
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Hello")
 
 
 @pytest.mark.slow
 def test_pretrained_bad_inputs(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
-    base = ("train.py", "config/finetune_shakespeare.py", f"--data_dir={bpe_data_dir}", f"--out_dir={tmp_path / 'o'}", "--device=cpu")
+    base = (
+        "train.py",
+        "config/finetune_shakespeare.py",
+        f"--data_dir={bpe_data_dir}",
+        f"--out_dir={tmp_path / 'o'}",
+        "--device=cpu",
+    )
     assert_user_error(run_script(*base, "--init_from=gpt2-huge"), "init_from 'gpt2-huge' is not a GPT-2 model")
-    assert_user_error(run_script(*base, f"--init_from={hf_gpt2_dir}", "--block_size=256"), "block_size 256 is larger than the 128 positions")
+    assert_user_error(
+        run_script(*base, f"--init_from={hf_gpt2_dir}", "--block_size=256"),
+        "block_size 256 is larger than the 128 positions",
+    )
     not_gpt2 = tmp_path / "bert"
     not_gpt2.mkdir()
     (not_gpt2 / "config.json").write_text('{"model_type": "bert"}')
     assert_user_error(run_script(*base, f"--init_from={not_gpt2}"), "holds a 'bert' model, not GPT-2")
     assert_user_error(run_script(*base, f"--init_from={tmp_path}"), "holds no config.json")
-    char_data = ("train.py", "config/finetune_shakespeare.py", "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
-    assert_user_error(run_script(*char_data, f"--init_from={hf_gpt2_dir}", "--block_size=64"), "reads a vocabulary of 50257 GPT-2 BPE tokens, but dataset 'shakespeare_char' has a vocabulary of 65 characters")
+    char_data = (
+        "train.py",
+        "config/finetune_shakespeare.py",
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path / 'o'}",
+    )
+    assert_user_error(
+        run_script(*char_data, f"--init_from={hf_gpt2_dir}", "--block_size=64"),
+        "reads a vocabulary of 50257 GPT-2 BPE tokens, but dataset 'shakespeare_char' has a vocabulary of 65 "
+        "characters",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -97,7 +138,12 @@ def test_pretrained_bad_inputs(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
         ("char", "hello world, hello custom data\n" * 40, "uint16"),
         ("gpt2", "Some ordinary English text about nothing much.\n" * 40, "uint16"),
         # more than 65,536 distinct characters: ids no longer fit in 16 bits
-        ("char", "".join(chr(c) for c in range(0x4E00, 0x4E00 + 20000)) + "".join(chr(c) for c in range(0x20000, 0x20000 + 50000)), "uint32"),
+        (
+            "char",
+            "".join(chr(c) for c in range(0x4E00, 0x4E00 + 20000))
+            + "".join(chr(c) for c in range(0x20000, 0x20000 + 50000)),
+            "uint32",
+        ),
     ],
 )
 def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
@@ -108,7 +154,9 @@ def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
     source.mkdir()
     (source / "a.txt").write_text(text, encoding="utf-8")
     out = tmp_path / "data" / "custom"
-    result = skip_when_offline(run_script("data/custom/prepare.py", f"--input={source}", f"--tokenizer={tokenizer}", f"--out_dir={out}"))
+    result = skip_when_offline(
+        run_script("data/custom/prepare.py", f"--input={source}", f"--tokenizer={tokenizer}", f"--out_dir={out}")
+    )
     assert result.returncode == 0, result.stderr
     meta = load_meta(out)
     assert meta["dtype"] == dtype
@@ -117,8 +165,14 @@ def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
     if dtype == "uint32":
         assert ids.max() >= 2**16
     trained = run_script(
-        "train.py", *TINY_MODEL, "--dataset=custom", f"--data_dir={tmp_path / 'data'}", f"--out_dir={tmp_path / 'run'}",
-        "--max_iters=3", "--eval_iters=2", "--eval_interval=3",
+        "train.py",
+        *TINY_MODEL,
+        "--dataset=custom",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--out_dir={tmp_path / 'run'}",
+        "--max_iters=3",
+        "--eval_iters=2",
+        "--eval_interval=3",
     )
     assert trained.returncode == 0, trained.stderr
 
@@ -127,8 +181,11 @@ def test_custom_data_roundtrip(tmp_path, tokenizer, text, dtype):
 def test_webtext_prepare_end_to_end(tmp_path):
     out = tmp_path / "owt"
     result = run_script(
-        "data/openwebtext/prepare.py", f"--input={public_data('webtext_sample/wikitext2_valid.txt').parent}", "--num_proc=2",
-        "--val_fraction=0.05", f"--out_dir={out}",
+        "data/openwebtext/prepare.py",
+        f"--input={public_data('webtext_sample/wikitext2_valid.txt').parent}",
+        "--num_proc=2",
+        "--val_fraction=0.05",
+        f"--out_dir={out}",
     )
     assert result.returncode == 0, result.stderr
     assert "tokens/s with num_proc=2" in result.stdout
@@ -168,7 +225,9 @@ def test_ddp_matches_a_single_process_and_two_launchers_match_one(data_dir, tmp_
 
 @pytest.mark.slow
 def test_ddp_with_more_processes_than_the_batch_allows(data_dir, tmp_path):
-    result = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=3", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
+    result = run_torchrun(
+        "train.py", *DDP_RUN, "--gradient_accumulation_steps=3", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}"
+    )
     assert result.returncode != 0
     assert "error: gradient_accumulation_steps (3) must be a multiple of the number of processes (2)" in result.stderr
 
@@ -176,34 +235,87 @@ def test_ddp_with_more_processes_than_the_batch_allows(data_dir, tmp_path):
 @pytest.mark.slow
 def test_bench_prints_speed(data_dir):
     result = run_script(
-        "bench.py", "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=4", "--device=cpu",
-        "--dataset=shakespeare_char", f"--data_dir={data_dir}", "--iters=3", "--warmup_iters=1",
+        "bench.py",
+        "--n_layer=2",
+        "--n_head=2",
+        "--n_embd=64",
+        "--block_size=32",
+        "--batch_size=4",
+        "--device=cpu",
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        "--iters=3",
+        "--warmup_iters=1",
     )
     assert result.returncode == 0, result.stderr
     assert "time per iteration:" in result.stdout and "tokens/s" in result.stdout
     assert "of this CPU's measured float32 matmul peak" in result.stdout
-    synthetic = run_script("bench.py", "--n_layer=1", "--n_head=1", "--n_embd=32", "--block_size=16", "--batch_size=2", "--real_data=False", "--device=cpu", "--iters=2", "--warmup_iters=1")
+    synthetic = run_script(
+        "bench.py",
+        "--n_layer=1",
+        "--n_head=1",
+        "--n_embd=32",
+        "--block_size=16",
+        "--batch_size=2",
+        "--real_data=False",
+        "--device=cpu",
+        "--iters=2",
+        "--warmup_iters=1",
+    )
     assert synthetic.returncode == 0, synthetic.stderr
     # train.py's step, accumulation and Muon included: tokens/s count every micro-batch
     muon = run_script(
-        "bench.py", "--n_layer=1", "--n_head=1", "--n_embd=32", "--block_size=16", "--batch_size=2", "--real_data=False",
-        "--device=cpu", "--iters=2", "--warmup_iters=1", "--gradient_accumulation_steps=3", "--optimizer=muon",
+        "bench.py",
+        "--n_layer=1",
+        "--n_head=1",
+        "--n_embd=32",
+        "--block_size=16",
+        "--batch_size=2",
+        "--real_data=False",
+        "--device=cpu",
+        "--iters=2",
+        "--warmup_iters=1",
+        "--gradient_accumulation_steps=3",
+        "--optimizer=muon",
     )
     assert muon.returncode == 0, muon.stderr
     assert "3 x 2 x 16 tokens a step, optimizer muon" in muon.stdout and "timed: 2 steps, last loss" in muon.stdout
     # a training config's step: its model switches and optimizer count, its other keys are left out
     modern = run_script(
-        "bench.py", "config/train_gpt2_modern.py", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2",
-        "--real_data=False", "--gradient_accumulation_steps=1", "--device=cpu", "--iters=1", "--warmup_iters=0", "--fused_loss=True",
+        "bench.py",
+        "config/train_gpt2_modern.py",
+        "--n_layer=1",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=16",
+        "--batch_size=2",
+        "--real_data=False",
+        "--gradient_accumulation_steps=1",
+        "--device=cpu",
+        "--iters=1",
+        "--warmup_iters=0",
+        "--fused_loss=True",
     )
     assert modern.returncode == 0, modern.stderr
     assert "optimizer muon" in modern.stdout
-    assert "changed from GPT-2: rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=30.0, zero_init_proj=True, fused_loss=True" in modern.stdout
+    assert (
+        "changed from GPT-2: rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, "
+        "logit_softcap=30.0, zero_init_proj=True, fused_loss=True"
+    ) in modern.stdout
 
 
 @pytest.mark.slow
 def test_profile_lists_where_the_step_time_goes():
-    result = run_script("bench/profile_step.py", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2", "--steps=1", "--rows=1000")
+    result = run_script(
+        "bench/profile_step.py",
+        "--n_layer=1",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=16",
+        "--batch_size=2",
+        "--steps=1",
+        "--rows=1000",
+    )
     assert result.returncode == 0, result.stderr
     assert "aten::mm" in result.stdout
     share = float(result.stdout.split("matrix multiplies and attention ")[1].split("%")[0])
@@ -211,6 +323,7 @@ def test_profile_lists_where_the_step_time_goes():
     import runpy
 
     matmul_ops = runpy.run_path(str(REPO / "bench" / "profile_step.py"))["MATMUL_OPS"]
+
     def is_matmul(name):  # the table cuts long names to "...": a cut name stands for the op it begins
         return name in matmul_ops or name.endswith("...") and any(op.startswith(name[:-3]) for op in matmul_ops)
 
@@ -224,12 +337,27 @@ def test_fsdp_matches_ddp_and_its_checkpoint_loads_unsharded(data_dir, tmp_path)
     outs = {}
     for fsdp in (False, True):
         outs[fsdp] = tmp_path / f"fsdp_{fsdp}"
-        result = run_torchrun("train.py", *DDP_RUN, "--gradient_accumulation_steps=4", f"--fsdp={fsdp}", f"--data_dir={data_dir}", f"--out_dir={outs[fsdp]}")
+        result = run_torchrun(
+            "train.py",
+            *DDP_RUN,
+            "--gradient_accumulation_steps=4",
+            f"--fsdp={fsdp}",
+            f"--data_dir={data_dir}",
+            f"--out_dir={outs[fsdp]}",
+        )
         assert result.returncode == 0, result.stderr
 
     assert_same_training(outs[True], outs[False])  # the same keys too: a plain state dict, gathered from the shards
     # the FSDP checkpoint resumes in one process, without sharding
-    resumed = run_script("train.py", *DDP_RUN, "--gradient_accumulation_steps=8", "--max_iters=25", f"--data_dir={data_dir}", f"--out_dir={outs[True]}", "--init_from=resume")
+    resumed = run_script(
+        "train.py",
+        *DDP_RUN,
+        "--gradient_accumulation_steps=8",
+        "--max_iters=25",
+        f"--data_dir={data_dir}",
+        f"--out_dir={outs[True]}",
+        "--init_from=resume",
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(outs[True])["iter_num"] == 25
 

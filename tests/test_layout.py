@@ -27,7 +27,9 @@ def functions(path):
 def test_no_function_is_longer_than_a_screen():
     long = [
         f"{path.relative_to(REPO)}:{name} ({lines} lines)"
-        for path in CHECKED for name, lines in functions(path) if lines > LONGEST_FUNCTION
+        for path in CHECKED
+        for name, lines in functions(path)
+        if lines > LONGEST_FUNCTION
     ]
     assert not long, long
 
@@ -75,11 +77,15 @@ def test_the_engine_keeps_no_state_by_attribute_name():
     """No setattr, and no getattr of its own objects: the engine's state is declared types."""
     for path in (PACKAGE / "generation").glob("*.py"):
         for call in ast.walk(ast.parse(path.read_text())):
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in ("setattr", "getattr"):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name)
+                and call.func.id in ("setattr", "getattr")
+            ):
                 target = call.args[0]
-                assert call.func.id == "getattr" and not (isinstance(target, ast.Name) and target.id in ("self", "rows", "cache", "state")), (
-                    f"{path.name}:{call.lineno}"
-                )
+                assert call.func.id == "getattr" and not (
+                    isinstance(target, ast.Name) and target.id in ("self", "rows", "cache", "state")
+                ), f"{path.name}:{call.lineno}"
 
 
 @pytest.mark.slow
@@ -91,10 +97,27 @@ def test_a_plain_install_holds_every_subpackage(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     installed = {str(p.relative_to(target)) for p in (target / "nanogpt").rglob("*") if p.suffix in (".py", ".html")}
-    expected = {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*") if p.suffix in (".py", ".html") and "__pycache__" not in p.parts}
+    expected = {
+        str(p.relative_to(REPO))
+        for p in PACKAGE.rglob("*")
+        if p.suffix in (".py", ".html") and "__pycache__" not in p.parts
+    }
     assert expected <= installed, expected - installed

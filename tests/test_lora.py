@@ -19,9 +19,20 @@ pytestmark = pytest.mark.slow
 
 def lora_run(hf_gpt2_dir, bpe_data_dir, out_dir, *extra):
     return run_script(
-        "train.py", "config/finetune_shakespeare_lora.py", f"--init_from={hf_gpt2_dir}", f"--data_dir={bpe_data_dir}",
-        f"--out_dir={out_dir}", "--block_size=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=10",
-        "--device=cpu", "--compile=False", "--lora_rank=8", "--learning_rate=1e-2", *extra,
+        "train.py",
+        "config/finetune_shakespeare_lora.py",
+        f"--init_from={hf_gpt2_dir}",
+        f"--data_dir={bpe_data_dir}",
+        f"--out_dir={out_dir}",
+        "--block_size=64",
+        "--batch_size=4",
+        "--gradient_accumulation_steps=2",
+        "--eval_iters=10",
+        "--device=cpu",
+        "--compile=False",
+        "--lora_rank=8",
+        "--learning_rate=1e-2",
+        *extra,
     )
 
 
@@ -34,7 +45,9 @@ def lora_out(hf_gpt2_dir, bpe_data_dir, tmp_path_factory):
 
 
 def val_losses(out):
-    return [r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    return [
+        r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"
+    ]
 
 
 def test_lora_lowers_val_loss_and_changes_only_the_adapters(lora_out, hf_gpt2_dir):
@@ -51,15 +64,27 @@ def test_lora_lowers_val_loss_and_changes_only_the_adapters(lora_out, hf_gpt2_di
     for name, value in model.state_dict().items():
         if ".lora_" not in name:
             expected = base[name.replace(".base_layer", "")]
-            assert torch.equal(value, expected[: len(value)] if name == "transformer.wpe.weight" else expected), name  # wpe cropped to 64
+            assert torch.equal(value, expected[: len(value)] if name == "transformer.wpe.weight" else expected), (
+                name
+            )  # wpe cropped to 64
     assert all(value.abs().max() > 0 for name, value in checkpoint["model"].items() if "lora_B" in name)
 
 
 def test_lora_checkpoint_is_under_5_percent_of_a_full_fine_tune(lora_out, hf_gpt2_dir, bpe_data_dir, tmp_path):
     full = run_script(
-        "train.py", "config/finetune_shakespeare.py", f"--init_from={hf_gpt2_dir}", f"--data_dir={bpe_data_dir}",
-        f"--out_dir={tmp_path}", "--block_size=64", "--batch_size=4", "--gradient_accumulation_steps=1", "--max_iters=1",
-        "--eval_interval=1", "--eval_iters=1", "--device=cpu", "--compile=False",
+        "train.py",
+        "config/finetune_shakespeare.py",
+        f"--init_from={hf_gpt2_dir}",
+        f"--data_dir={bpe_data_dir}",
+        f"--out_dir={tmp_path}",
+        "--block_size=64",
+        "--batch_size=4",
+        "--gradient_accumulation_steps=1",
+        "--max_iters=1",
+        "--eval_interval=1",
+        "--eval_iters=1",
+        "--device=cpu",
+        "--compile=False",
     )
     assert full.returncode == 0, full.stderr
     lora_bytes, full_bytes = (lora_out[0] / "ckpt.pt").stat().st_size, (tmp_path / "ckpt.pt").stat().st_size
@@ -69,7 +94,9 @@ def test_lora_checkpoint_is_under_5_percent_of_a_full_fine_tune(lora_out, hf_gpt
 def test_lora_resumes_bit_for_bit(hf_gpt2_dir, bpe_data_dir, tmp_path):
     whole = lora_run(hf_gpt2_dir, bpe_data_dir, tmp_path / "whole", "--max_iters=10", "--eval_interval=5")
     first = lora_run(hf_gpt2_dir, bpe_data_dir, tmp_path / "split", "--max_iters=5", "--eval_interval=5")
-    second = lora_run(hf_gpt2_dir, bpe_data_dir, tmp_path / "split", "--max_iters=10", "--eval_interval=5", "--init_from=resume")
+    second = lora_run(
+        hf_gpt2_dir, bpe_data_dir, tmp_path / "split", "--max_iters=10", "--eval_interval=5", "--init_from=resume"
+    )
     for result in (whole, first, second):
         assert result.returncode == 0, result.stderr
     assert val_losses(tmp_path / "whole") == val_losses(tmp_path / "split")
@@ -77,7 +104,9 @@ def test_lora_resumes_bit_for_bit(hf_gpt2_dir, bpe_data_dir, tmp_path):
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
     # resuming with other adapters is refused before anything is written
-    again = lora_run(hf_gpt2_dir, bpe_data_dir, tmp_path / "split", "--max_iters=12", "--init_from=resume", "--lora_rank=4")
+    again = lora_run(
+        hf_gpt2_dir, bpe_data_dir, tmp_path / "split", "--max_iters=12", "--init_from=resume", "--lora_rank=4"
+    )
     assert_user_error(again, "is a LoRA run of", "--lora_rank=8")
 
 
@@ -92,7 +121,9 @@ def test_merged_model_gives_the_adapter_model_logits(lora_out):
 
 def test_scripts_read_a_lora_checkpoint(lora_out, tmp_path):
     out = lora_out[0]
-    sampled = run_script("sample.py", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=5", "--start=ROMEO:", "--device=cpu")
+    sampled = run_script(
+        "sample.py", f"--out_dir={out}", "--num_samples=1", "--max_new_tokens=5", "--start=ROMEO:", "--device=cpu"
+    )
     assert sampled.returncode == 0, sampled.stderr
     assert sampled.stdout.startswith("ROMEO:")
     evaluated = run_script("eval.py", f"--out_dir={out}", "--device=cpu")
@@ -122,9 +153,21 @@ def test_exports_load_in_transformers_and_peft_with_the_same_logits(lora_out, hf
 
 def test_lora_under_ddp_and_compile(hf_gpt2_dir, bpe_data_dir, tmp_path):
     result = run_torchrun(
-        "train.py", "config/finetune_shakespeare_lora.py", f"--init_from={hf_gpt2_dir}", f"--data_dir={bpe_data_dir}",
-        f"--out_dir={tmp_path}", "--block_size=64", "--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=4",
-        "--device=cpu", "--compile=True", "--lora_rank=8", "--learning_rate=1e-2", "--max_iters=6", "--eval_interval=6",
+        "train.py",
+        "config/finetune_shakespeare_lora.py",
+        f"--init_from={hf_gpt2_dir}",
+        f"--data_dir={bpe_data_dir}",
+        f"--out_dir={tmp_path}",
+        "--block_size=64",
+        "--batch_size=4",
+        "--gradient_accumulation_steps=2",
+        "--eval_iters=4",
+        "--device=cpu",
+        "--compile=True",
+        "--lora_rank=8",
+        "--learning_rate=1e-2",
+        "--max_iters=6",
+        "--eval_interval=6",
     )
     assert result.returncode == 0, result.stderr
     losses = val_losses(tmp_path)
@@ -134,15 +177,39 @@ def test_lora_under_ddp_and_compile(hf_gpt2_dir, bpe_data_dir, tmp_path):
 
 def test_lora_refusals(hf_gpt2_dir, bpe_data_dir, data_dir, tmp_path):
     out = f"--out_dir={tmp_path / 'o'}"
-    base = ("train.py", "config/finetune_shakespeare_lora.py", f"--data_dir={bpe_data_dir}", out, "--device=cpu", "--block_size=64")
+    base = (
+        "train.py",
+        "config/finetune_shakespeare_lora.py",
+        f"--data_dir={bpe_data_dir}",
+        out,
+        "--device=cpu",
+        "--block_size=64",
+    )
     assert_user_error(run_script(*base, "--init_from=scratch"), "lora_rank trains adapters on pretrained weights")
-    assert_user_error(run_script(*base, f"--init_from={hf_gpt2_dir}", "--optimizer=muon"), "lora_rank cannot be combined with optimizer='muon'")
-    assert_user_error(run_script(*base, f"--init_from={hf_gpt2_dir}", "--fsdp=True"), "lora_rank cannot be combined with fsdp")
+    assert_user_error(
+        run_script(*base, f"--init_from={hf_gpt2_dir}", "--optimizer=muon"),
+        "lora_rank cannot be combined with optimizer='muon'",
+    )
+    assert_user_error(
+        run_script(*base, f"--init_from={hf_gpt2_dir}", "--fsdp=True"), "lora_rank cannot be combined with fsdp"
+    )
     assert not (tmp_path / "o").exists()
     # a full model's checkpoint: not resumed as LoRA, and no adapters to export
     tiny = (
-        "train.py", "config/train_shakespeare_char.py", f"--data_dir={data_dir}", out, "--device=cpu", "--compile=False",
-        "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=16", "--batch_size=2", "--max_iters=1", "--eval_interval=1", "--eval_iters=1",
+        "train.py",
+        "config/train_shakespeare_char.py",
+        f"--data_dir={data_dir}",
+        out,
+        "--device=cpu",
+        "--compile=False",
+        "--n_layer=1",
+        "--n_embd=32",
+        "--n_head=2",
+        "--block_size=16",
+        "--batch_size=2",
+        "--max_iters=1",
+        "--eval_interval=1",
+        "--eval_iters=1",
     )
     full = run_script(*tiny)
     assert full.returncode == 0, full.stderr

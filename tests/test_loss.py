@@ -47,7 +47,17 @@ def test_slices_give_the_plain_loss_and_gradients(softcap):
 @pytest.mark.parametrize("tie_embeddings", [True, False])
 def test_the_model_trains_the_same_with_the_fused_loss(tie_embeddings):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97, logit_softcap=15.0, tie_embeddings=tie_embeddings))
+    model = GPT(
+        GPTConfig(
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            block_size=16,
+            vocab_size=97,
+            logit_softcap=15.0,
+            tie_embeddings=tie_embeddings,
+        )
+    )
     x, y = torch.randint(0, 97, (4, 16)), torch.randint(0, 97, (4, 16))
     results = []
     for fused in (False, True):
@@ -73,15 +83,26 @@ def test_the_training_step_takes_the_fused_path_only_when_asked():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     made_by = {}
     for fused in (False, True):
-        loss, _ = training_step(model, optimizers, scaler, contextlib.nullcontext(), 2, 1.0, batch, lambda: batch, fused_loss=fused)
+        loss, _ = training_step(
+            model, optimizers, scaler, contextlib.nullcontext(), 2, 1.0, batch, lambda: batch, fused_loss=fused
+        )
         made_by[fused] = loss.grad_fn.next_functions[0][0].name()  # loss / grad_accum: what came before the division
     assert "LinearCrossEntropy" in made_by[True] and "LinearCrossEntropy" not in made_by[False], made_by
 
 
 @pytest.mark.slow
 def test_train_py_with_fused_loss_logs_the_same_losses(data_dir, tmp_path):
-    common = [*TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", "--max_iters=20", "--lr_decay_iters=20",
-              "--eval_interval=20", "--eval_iters=2", "--log_interval=1", "--logit_softcap=30"]
+    common = [
+        *TINY_TRAIN,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        "--max_iters=20",
+        "--lr_decay_iters=20",
+        "--eval_interval=20",
+        "--eval_iters=2",
+        "--log_interval=1",
+        "--logit_softcap=30",
+    ]
     losses = {}
     for fused in (False, True):
         out = tmp_path / f"fused_{fused}"

@@ -31,7 +31,8 @@ from nanogpt.training.distributed import processes
 from nanogpt.training.optimizers import make_optimizers
 
 def kib(key):
-    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key + ":"))
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in lines if line.startswith(key + ":"))
 
 M_MMAP_THRESHOLD = -3
 train.keep_freed_memory = lambda: ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
@@ -56,7 +57,15 @@ with processes(cfg) as procs:
 SHAPES = [
     ["--n_layer=4", "--n_embd=1024", "--n_head=16", "--batch_size=2", "--block_size=64"],
     ["--n_layer=8", "--n_embd=768", "--n_head=12", "--batch_size=8", "--block_size=256"],
-    ["--n_layer=2", "--n_embd=1536", "--n_head=16", "--batch_size=4", "--block_size=128", "--gradient_accumulation_steps=2", "--optimizer=adafactor"],
+    [
+        "--n_layer=2",
+        "--n_embd=1536",
+        "--n_head=16",
+        "--batch_size=4",
+        "--block_size=128",
+        "--gradient_accumulation_steps=2",
+        "--optimizer=adafactor",
+    ],
 ]
 
 
@@ -70,17 +79,33 @@ def gib(text, label):
 @pytest.mark.parametrize("shape", SHAPES, ids=["optimizer-bound", "activation-bound", "accumulating-adafactor"])
 def test_plan_is_within_15_percent_of_the_measured_peak(shape, data_dir, tmp_path):
     settings = [
-        "config/train_shakespeare_char.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path}", "--device=cpu", "--compile=False",
-        "--dropout=0.0", "--gradient_accumulation_steps=1", *shape,
+        "config/train_shakespeare_char.py",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path}",
+        "--device=cpu",
+        "--compile=False",
+        "--dropout=0.0",
+        "--gradient_accumulation_steps=1",
+        *shape,
     ]
-    result = subprocess.run([sys.executable, "-c", MEASURE, *settings], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, *settings], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT
+    )
     assert result.returncode == 0, result.stderr
     planned, measured = gib(result.stdout, "peak"), gib(result.stdout, "measured")
     assert gib(result.stdout, "weights") > 0.18  # at least ~200 MB of weights
     assert abs(planned - measured) <= 0.15 * measured, result.stdout
 
 
-@pytest.mark.parametrize("switches", [{}, dict(bias=False), dict(rotary=True, rmsnorm=True, tie_embeddings=False), dict(qk_norm=True, relu2=True, bias=False, rmsnorm=True)])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        dict(bias=False),
+        dict(rotary=True, rmsnorm=True, tie_embeddings=False),
+        dict(qk_norm=True, relu2=True, bias=False, rmsnorm=True),
+    ],
+)
 def test_the_plan_counts_the_models_own_parameters(switches):
     config = GPTConfig(n_layer=3, n_head=4, n_embd=32, block_size=16, vocab_size=70, **switches)
     assert model_shapes(config) == {name: tuple(p.shape) for name, p in GPT(config).named_parameters()}
@@ -108,13 +133,26 @@ def test_plan_counts_what_each_switch_saves():
 def test_a_step_that_cannot_fit_is_refused_before_the_model_loads(data_dir, tmp_path):
     # about 3.5 TB of weights: never allocated, since the plan stops the run first
     result = run_script(
-        "train.py", "config/train_shakespeare_char.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}",
-        "--device=cpu", "--compile=False", "--n_layer=200", "--n_embd=12288", "--n_head=96", "--block_size=64", "--batch_size=1",
+        "train.py",
+        "config/train_shakespeare_char.py",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path / 'o'}",
+        "--device=cpu",
+        "--compile=False",
+        "--n_layer=200",
+        "--n_embd=12288",
+        "--n_head=96",
+        "--block_size=64",
+        "--batch_size=1",
     )
     assert_user_error(result, "a training step needs about")
     message = result.stderr
     # the weights dominate: Adafactor is named with its figure; checkpointing, which would save nothing here, is not
-    assert "cpu has" in message and "--optimizer=adafactor (" in message and "--activation_checkpointing=True (" not in message
+    assert (
+        "cpu has" in message
+        and "--optimizer=adafactor (" in message
+        and "--activation_checkpointing=True (" not in message
+    )
     assert "--memory_check=warn" in message
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 
@@ -152,7 +190,17 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients_with_less_sa
     results = []
     for recompute in (False, True):
         torch.manual_seed(0)
-        model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=64, block_size=64, vocab_size=65, dropout=dropout, activation_checkpointing=recompute))
+        model = GPT(
+            GPTConfig(
+                n_layer=4,
+                n_head=4,
+                n_embd=64,
+                block_size=64,
+                vocab_size=65,
+                dropout=dropout,
+                activation_checkpointing=recompute,
+            )
+        )
         results.append(saved_bytes(model, x))
     (plain_bytes, plain_loss, plain_grads), (recomputed_bytes, recomputed_loss, recomputed_grads) = results
     torch.testing.assert_close(recomputed_loss, plain_loss, atol=1e-6, rtol=0)
@@ -166,14 +214,33 @@ def test_adafactor_and_checkpointing_train_and_resume_exactly(data_dir, tmp_path
     from helpers import assert_same_training
 
     common = [
-        "train.py", "config/train_shakespeare_char.py", f"--data_dir={data_dir}", *TINY_MODEL, "--optimizer=adafactor",
-        "--activation_checkpointing=True", "--learning_rate=1e-2", "--warmup_iters=0", "--eval_iters=5", "--log_interval=5",
+        "train.py",
+        "config/train_shakespeare_char.py",
+        f"--data_dir={data_dir}",
+        *TINY_MODEL,
+        "--optimizer=adafactor",
+        "--activation_checkpointing=True",
+        "--learning_rate=1e-2",
+        "--warmup_iters=0",
+        "--eval_iters=5",
+        "--log_interval=5",
     ]
-    whole = run_script(*common, f"--out_dir={tmp_path / 'whole'}", "--max_iters=40", "--lr_decay_iters=40", "--eval_interval=20")
+    whole = run_script(
+        *common, f"--out_dir={tmp_path / 'whole'}", "--max_iters=40", "--lr_decay_iters=40", "--eval_interval=20"
+    )
     assert whole.returncode == 0, whole.stderr
-    first = run_script(*common, f"--out_dir={tmp_path / 'split'}", "--max_iters=20", "--lr_decay_iters=40", "--eval_interval=20")
+    first = run_script(
+        *common, f"--out_dir={tmp_path / 'split'}", "--max_iters=20", "--lr_decay_iters=40", "--eval_interval=20"
+    )
     assert first.returncode == 0, first.stderr
-    second = run_script(*common, f"--out_dir={tmp_path / 'split'}", "--max_iters=40", "--lr_decay_iters=40", "--eval_interval=20", "--init_from=resume")
+    second = run_script(
+        *common,
+        f"--out_dir={tmp_path / 'split'}",
+        "--max_iters=40",
+        "--lr_decay_iters=40",
+        "--eval_interval=20",
+        "--init_from=resume",
+    )
     assert second.returncode == 0, second.stderr
     assert_same_training(tmp_path / "whole", tmp_path / "split", tolerance=0)
     losses = [float(v) for v in re.findall(r"val loss ([\d.]+)", whole.stdout)]

@@ -17,7 +17,9 @@ from nanogpt.training.muon import BatchedMuon, lr_scale, orthogonalize
 from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=False)
-ALL_SWITCHES = dict(rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True)
+ALL_SWITCHES = dict(
+    rotary=True, rmsnorm=True, qk_norm=True, relu2=True, tie_embeddings=False, logit_softcap=15.0, zero_init_proj=True
+)
 
 
 def model(**switches):
@@ -125,7 +127,9 @@ def test_batched_muon_takes_torch_muons_steps():
         ours.step()
         theirs.step()
     for a, b in zip(ours.param_groups[0]["params"], muon_params):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)  # room for bfloat16 kernels that round otherwise; measured equal on a CPU
+        torch.testing.assert_close(
+            a, b, atol=2e-4, rtol=0
+        )  # room for bfloat16 kernels that round otherwise; measured equal on a CPU
     theirs.load_state_dict(ours.state_dict())
     ours.load_state_dict(theirs.state_dict())
 
@@ -145,7 +149,9 @@ def test_newton_schulz_runs_in_the_chosen_dtype():
         group = muon.param_groups[0]
     momentum = group["momentum"]
     nesterov = torch.lerp(grad, (1 - momentum) * grad, momentum)
-    expected = orthogonalize(nesterov[None], group["ns_coefficients"], group["ns_steps"], group["eps"], torch.float32)[0]
+    expected = orthogonalize(nesterov[None], group["ns_coefficients"], group["ns_steps"], group["eps"], torch.float32)[
+        0
+    ]
     torch.testing.assert_close(moved["float32"], expected, atol=1e-6, rtol=0)
     assert (moved["bfloat16"] - expected).abs().max() > 1e-3
 
@@ -163,15 +169,25 @@ def test_newton_schulz_dtype_follows_the_setting_then_the_checkpoint_then_the_ma
     assert newton_schulz_dtype("auto", "cpu", checkpoint)[0] == "bfloat16"
     speed = bfloat16_matmul_speed("cpu")
     if 0.6 < speed < 1.0:
-        pytest.skip(f"bfloat16 matmuls run {speed:.2f}x float32's speed here: too near the 0.8 line to check the choice")
+        pytest.skip(
+            f"bfloat16 matmuls run {speed:.2f}x float32's speed here: too near the 0.8 line to check the choice"
+        )
     # this machine's choice: bfloat16 where it is fast (AVX-512 BF16, AMX), float32 where it is emulated
     assert newton_schulz_dtype("auto", "cpu")[0] == ("bfloat16" if speed >= 1.0 else "float32")
 
 
 @pytest.mark.slow
 def test_a_resumed_muon_run_keeps_its_newton_schulz_dtype(data_dir, tmp_path):
-    common = [*TINY_TRAIN, "--optimizer=muon", "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path}",
-              "--eval_interval=4", "--eval_iters=2", "--log_interval=1"]
+    common = [
+        *TINY_TRAIN,
+        "--optimizer=muon",
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path}",
+        "--eval_interval=4",
+        "--eval_iters=2",
+        "--log_interval=1",
+    ]
     first = run_script("train.py", *common, "--max_iters=4", "--muon_dtype=float32")
     assert first.returncode == 0, first.stderr
     assert "muon: Newton-Schulz in float32 (as muon_dtype says)" in first.stdout
@@ -193,7 +209,8 @@ def test_muon_split_between_processes_equals_one_process(tmp_path):
         "stack = torch.randn(5, 16, 48, generator=torch.Generator().manual_seed(0))\n"
         "args = ((3.4445, -4.7750, 2.0315), 5, 1e-7, torch.float32)\n"
         "difference = (orthogonalize_shared(stack, *args) - orthogonalize(stack, *args)).abs().max().item()\n"
-        "sys.stdout.write(f'rank {dist.get_rank()} max difference {difference}\\n')\n"  # one write: the ranks share a pipe
+        # one write: the ranks share a pipe
+        "sys.stdout.write(f'rank {dist.get_rank()} max difference {difference}\\n')\n"
         "dist.destroy_process_group()\n"
     )
     result = run_torchrun(script, timeout=120)
@@ -209,15 +226,32 @@ def test_wsd_schedule():
 
 
 MODERN = [
-    "--rotary=True", "--rmsnorm=True", "--qk_norm=True", "--relu2=True", "--tie_embeddings=False",
-    "--logit_softcap=15", "--zero_init_proj=True", "--optimizer=muon", "--lr_schedule=wsd",
+    "--rotary=True",
+    "--rmsnorm=True",
+    "--qk_norm=True",
+    "--relu2=True",
+    "--tie_embeddings=False",
+    "--logit_softcap=15",
+    "--zero_init_proj=True",
+    "--optimizer=muon",
+    "--lr_schedule=wsd",
 ]
 
 
 @pytest.mark.slow
 def test_modern_training_lowers_loss_and_resumes_exactly(data_dir, tmp_path):
-    common = [*TINY_TRAIN, *MODERN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", "--max_iters=60",
-              "--lr_decay_iters=60", "--warmup_iters=5", "--eval_interval=30", "--log_interval=1", "--always_save_checkpoint=True"]
+    common = [
+        *TINY_TRAIN,
+        *MODERN,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        "--max_iters=60",
+        "--lr_decay_iters=60",
+        "--warmup_iters=5",
+        "--eval_interval=30",
+        "--log_interval=1",
+        "--always_save_checkpoint=True",
+    ]
     straight = run_script("train.py", *common, f"--out_dir={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr
     first = run_script("train.py", *common, "--max_iters=30", f"--out_dir={tmp_path / 'split'}")
@@ -226,7 +260,9 @@ def test_modern_training_lowers_loss_and_resumes_exactly(data_dir, tmp_path):
 
     def losses(name):
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return [r for r in records if r["kind"] == "eval"], {r["iter"]: r["loss"] for r in records if r["kind"] == "train"}
+        return [r for r in records if r["kind"] == "eval"], {
+            r["iter"]: r["loss"] for r in records if r["kind"] == "train"
+        }
 
     evals, steps = losses("straight")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0  # measured: 4.20 -> 2.40 and 4.19 -> 2.41 (two seeds)
@@ -236,15 +272,25 @@ def test_modern_training_lowers_loss_and_resumes_exactly(data_dir, tmp_path):
     assert b["model_args"]["rotary"] is True and b["config"]["optimizer"] == "muon"
     sampled = run_script("sample.py", f"--out_dir={tmp_path / 'split'}", "--num_samples=1", "--max_new_tokens=50")
     assert sampled.returncode == 0, sampled.stderr
-    assert_user_error(run_script("export.py", f"--out_dir={tmp_path / 'split'}", f"--to={tmp_path / 'hf'}"), "cannot express")
+    assert_user_error(
+        run_script("export.py", f"--out_dir={tmp_path / 'split'}", f"--to={tmp_path / 'hf'}"), "cannot express"
+    )
 
 
 @pytest.mark.slow
 def test_bad_combinations_fail_at_start(data_dir, tmp_path):
-    base = ("train.py", *TINY_TRAIN, "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'o'}")
+    base = (
+        "train.py",
+        *TINY_TRAIN,
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path / 'o'}",
+    )
     assert_user_error(run_script(*base, "--rotary=True", "--n_embd=36", "--n_head=4"), "rotary needs an even head size")
     assert_user_error(run_script(*base, "--n_embd=30", "--n_head=4"), "must be divisible by n_head")
-    assert_user_error(run_script(*base, "--rotary=True", "--init_from=gpt2"), "rotary cannot be used with pretrained GPT-2 weights")
+    assert_user_error(
+        run_script(*base, "--rotary=True", "--init_from=gpt2"), "rotary cannot be used with pretrained GPT-2 weights"
+    )
     assert_user_error(run_script(*base, "--optimizer=sgd"), "unknown optimizer 'sgd'")
     assert_user_error(run_script(*base, "--lr_schedule=linear"), "unknown lr_schedule 'linear'")
 
@@ -255,15 +301,28 @@ HANG_TIMEOUT = 150
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer, fsdp, fused_loss", [("adamw", False, True), ("muon", False, False), ("adamw", True, True)])
+@pytest.mark.parametrize(
+    "optimizer, fsdp, fused_loss", [("adamw", False, True), ("muon", False, False), ("adamw", True, True)]
+)
 def test_modern_recipe_across_processes_equals_one_process(data_dir, tmp_path, optimizer, fsdp, fused_loss):
     """Rotary tables are module buffers; evaluating on rank 0 alone once left DDP broadcasting them to ranks
     that never joined (a hang at the last evaluation). 2 processes must finish and equal one process (with
     the plain loss: fused_loss under DDP and FSDP gives the same gradients; not tried with Muon, whose
     Newton-Schulz in bfloat16 makes rounding-level differences in the gradients 3e-4 in the loss by step 20)."""
-    run = [MODERN_CONFIG, *DDP_RUN, "--gradient_accumulation_steps=2", f"--optimizer={optimizer}", f"--data_dir={data_dir}"]
+    run = [
+        MODERN_CONFIG,
+        *DDP_RUN,
+        "--gradient_accumulation_steps=2",
+        f"--optimizer={optimizer}",
+        f"--data_dir={data_dir}",
+    ]
     spread = run_torchrun(
-        "train.py", *run, f"--fsdp={fsdp}", f"--fused_loss={fused_loss}", f"--out_dir={tmp_path / 'spread'}", timeout=HANG_TIMEOUT
+        "train.py",
+        *run,
+        f"--fsdp={fsdp}",
+        f"--fused_loss={fused_loss}",
+        f"--out_dir={tmp_path / 'spread'}",
+        timeout=HANG_TIMEOUT,
     )
     assert spread.returncode == 0, spread.stderr
     single = run_script("train.py", *run, f"--out_dir={tmp_path / 'single'}")
@@ -273,7 +332,9 @@ def test_modern_recipe_across_processes_equals_one_process(data_dir, tmp_path, o
 
 def test_exact_gelu_is_erf_gelu_and_excludes_relu2():
     x = torch.linspace(-4, 4, 101)
-    torch.testing.assert_close(model(exact_gelu=True).transformer.h[0].mlp.act(x), torch.erf(x / 2**0.5).add(1).mul(x / 2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        model(exact_gelu=True).transformer.h[0].mlp.act(x), torch.erf(x / 2**0.5).add(1).mul(x / 2), atol=1e-6, rtol=0
+    )
     assert (model().transformer.h[0].mlp.act(x) - model(exact_gelu=True).transformer.h[0].mlp.act(x)).abs().max() > 1e-4
     with pytest.raises(ConfigError, match="relu2 and exact_gelu"):
         GPTConfig(relu2=True, exact_gelu=True)

@@ -56,7 +56,9 @@ def test_prepare_missing_input_is_a_clear_error(tmp_path):
 
 
 def test_prepare_runs_from_any_directory(tmp_path):
-    result = skip_when_offline(run_script(REPO / "data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}", cwd=tmp_path))
+    result = skip_when_offline(
+        run_script(REPO / "data/shakespeare_char/prepare.py", f"--out_dir={tmp_path}", cwd=tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
 
@@ -75,7 +77,11 @@ def test_a_full_disk_leaves_the_prepared_dataset_as_it_was(data_dir, tmp_path):
 
     result = subprocess.run(
         [sys.executable, "data/shakespeare_char/prepare.py", f"--input={source}", f"--out_dir={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT, preexec_fn=limit_file_size,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        preexec_fn=limit_file_size,
     )
     assert_user_error(result, f"could not write train.bin, val.bin and meta.json to {out}", "MB free", "are intact")
     # every file as it was (besides the lock file the failed run held)
@@ -98,8 +104,14 @@ def test_token_ids_past_the_vocabulary_are_refused_in_one_sentence(data_dir, tmp
         ids.tofile(folder / "train.bin")
         out = tmp_path / f"out-{name}"
         result = run_script(
-            "train.py", *TINY_MODEL, f"--data_dir={tmp_path / 'data'}", f"--dataset={name}", f"--out_dir={out}",
-            "--max_iters=50", "--eval_interval=25", "--eval_iters=10",
+            "train.py",
+            *TINY_MODEL,
+            f"--data_dir={tmp_path / 'data'}",
+            f"--dataset={name}",
+            f"--out_dir={out}",
+            "--max_iters=50",
+            "--eval_interval=25",
+            "--eval_iters=10",
         )
         where = folder / "train.bin" if name == "early" else f"the train split of {folder}"
         assert_user_error(result, f"{where} holds token id 70, not below the vocabulary size of 65", "prepare it again")
@@ -113,15 +125,26 @@ def test_without_the_offline_copy_tests_fetch_or_skip_never_error(tmp_path):
     empty = tmp_path / "no-shared-data"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "NANOGPT_ALLOWED_SKIPS_ONLY"}
-    env.update(NANOGPT_SHARED_DATA=str(empty), TIKTOKEN_CACHE_DIR=str(empty / "tiktoken"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.update(
+        NANOGPT_SHARED_DATA=str(empty),
+        TIKTOKEN_CACHE_DIR=str(empty / "tiktoken"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )
     selection = [
-        "tests/test_prepare.py::test_tiny_shakespeare_counts_and_roundtrip", "tests/test_prepare.py::test_prepare_runs_from_any_directory",
-        "tests/test_eval.py::test_char_model_default_text_is_its_val_split", "tests/test_bpe.py",
-        "tests/test_multiple_choice.py::test_hellaswag_format_matches_transformers", "tests/test_fineweb.py::test_shards_hold_whole_documents_in_order",
+        "tests/test_prepare.py::test_tiny_shakespeare_counts_and_roundtrip",
+        "tests/test_prepare.py::test_prepare_runs_from_any_directory",
+        "tests/test_eval.py::test_char_model_default_text_is_its_val_split",
+        "tests/test_bpe.py",
+        "tests/test_multiple_choice.py::test_hellaswag_format_matches_transformers",
+        "tests/test_fineweb.py::test_shards_hold_whole_documents_in_order",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *selection], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *selection],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
@@ -132,10 +155,18 @@ def test_without_the_offline_copy_tests_fetch_or_skip_never_error(tmp_path):
     # as CI runs the suite, a skip for want of data is a failure
     if skipped:
         strict = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", selection[1]], cwd=REPO,
-            env=dict(env, NANOGPT_ALLOWED_SKIPS_ONLY="1"), capture_output=True, text=True, timeout=SCRIPT_TIMEOUT,
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", selection[1]],
+            cwd=REPO,
+            env=dict(env, NANOGPT_ALLOWED_SKIPS_ONLY="1"),
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT,
         )
-        assert strict.returncode == 1 and "skipped, and not allowed to be: tests/test_prepare.py::test_prepare_runs_from_any_directory" in strict.stdout
+        assert (
+            strict.returncode == 1
+            and "skipped, and not allowed to be: tests/test_prepare.py::test_prepare_runs_from_any_directory"
+            in strict.stdout
+        )
 
 
 def test_ctrl_c_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path):
@@ -151,7 +182,9 @@ def test_ctrl_c_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         write_atomically({tmp_path / "train.bin": lambda f: f.write(b"new"), tmp_path / "val.bin": interrupted}, 1003)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.bin"] and (tmp_path / "train.bin").read_bytes() == b"old"
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["train.bin"] and (tmp_path / "train.bin").read_bytes() == b"old"
+    )
 
 
 def test_a_token_file_of_odd_length_is_one_sentence(data_dir, tmp_path):
@@ -159,5 +192,7 @@ def test_a_token_file_of_odd_length_is_one_sentence(data_dir, tmp_path):
     shutil.copytree(data_dir / "shakespeare_char", folder)
     with open(folder / "train.bin", "ab") as f:
         f.write(b"\x00")  # half a uint16
-    result = run_script("train.py", f"--data_dir={tmp_path / 'data'}", "--dataset=odd", f"--out_dir={tmp_path / 'out'}", "--device=cpu")
+    result = run_script(
+        "train.py", f"--data_dir={tmp_path / 'data'}", "--dataset=odd", f"--out_dir={tmp_path / 'out'}", "--device=cpu"
+    )
     assert_user_error(result, "train.bin has 2,007,709 bytes, not a whole number of uint16 tokens: it is damaged")

@@ -18,7 +18,11 @@ def sample(out_dir, *args):
 def test_sampling_is_deterministic_per_seed(trained_run):
     out_dir, _ = trained_run
     args = ("--num_samples=2", "--max_new_tokens=100", "--start=ROMEO:")
-    first, again, other = sample(out_dir, *args, "--seed=7"), sample(out_dir, *args, "--seed=7"), sample(out_dir, *args, "--seed=8")
+    first, again, other = (
+        sample(out_dir, *args, "--seed=7"),
+        sample(out_dir, *args, "--seed=7"),
+        sample(out_dir, *args, "--seed=8"),
+    )
     for result in (first, again, other):
         assert result.returncode == 0, result.stderr
     assert first.stdout == again.stdout
@@ -96,7 +100,10 @@ def test_a_prompt_file_that_is_not_utf8_is_one_line(trained_run, tmp_path):
 @pytest.mark.slow
 def test_a_reader_that_stops_early_ends_no_traceback(trained_run):
     out_dir, _ = trained_run
-    command = f"{sys.executable} sample.py --out_dir={out_dir} --device=cpu --num_samples=1 --stream=True --max_new_tokens=3000 | head -c 20"
+    command = (
+        f"{sys.executable} sample.py --out_dir={out_dir} --device=cpu --num_samples=1 --stream=True "
+        "--max_new_tokens=3000 | head -c 20"
+    )
     result = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
     assert len(result.stdout) == 20 and "Traceback" not in result.stderr and "Error" not in result.stderr, result.stderr
 

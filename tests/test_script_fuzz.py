@@ -31,9 +31,18 @@ pytestmark = pytest.mark.slow  # it trains, samples and serves, a few hundred ti
 
 BUDGET_SECONDS = 3  # a case still running then has run: it is stopped there
 EXAMPLES = {
-    "train.py": 40, "sample.py": 30, "bench.py": 20, "eval.py": 20, "export.py": 12, "compare.py": 12, "serve.py": 16,
-    "data/shakespeare_char/prepare.py": 8, "data/shakespeare/prepare.py": 6, "data/custom/prepare.py": 8,
-    "data/openwebtext/prepare.py": 6, "data/fineweb/prepare.py": 6,
+    "train.py": 40,
+    "sample.py": 30,
+    "bench.py": 20,
+    "eval.py": 20,
+    "export.py": 12,
+    "compare.py": 12,
+    "serve.py": 16,
+    "data/shakespeare_char/prepare.py": 8,
+    "data/shakespeare/prepare.py": 6,
+    "data/custom/prepare.py": 8,
+    "data/openwebtext/prepare.py": 6,
+    "data/fineweb/prepare.py": 6,
 }
 HUGE = [2**31, 2**32 + 1, 2**61, 2**63 - 1, 2**63]
 
@@ -50,8 +59,13 @@ def places(tmp_path_factory):
     (root / "text.txt").write_text("ROMEO: the text of a small run, said twice.\n" * 40)
     (root / "folder").mkdir()
     return {
-        "folder": str(root / "folder"), "latin1": str(root / "latin1.txt"), "text": str(root / "text.txt"),
-        "missing": str(root / "missing" / "file.txt"), "proc": "/proc/self/mem", "devfull": "/dev/full", "devnull_sub": "/dev/null/sub",
+        "folder": str(root / "folder"),
+        "latin1": str(root / "latin1.txt"),
+        "text": str(root / "text.txt"),
+        "missing": str(root / "missing" / "file.txt"),
+        "proc": "/proc/self/mem",
+        "devfull": "/dev/full",
+        "devnull_sub": "/dev/null/sub",
     }
 
 
@@ -65,8 +79,14 @@ def values_for(hint, places):
         return st.sampled_from([0, -1, 1, 2, 3, 8, *HUGE, -(2**63)]).map(str) | st.sampled_from(["None", "1.5", "nan"])
     if base is float:
         return st.sampled_from(["nan", "inf", "-inf", "0", "-0.0", "1e-300", "1e300", "0.1", "0.5", "-1", "2"])
-    pictures = [places["folder"] + "/fuzzed.png", "/proc/forbidden/x.png", places["folder"] + ".png"]  # compare.py's --to
-    return st.sampled_from(["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"], *paths, *pictures])
+    pictures = [
+        places["folder"] + "/fuzzed.png",
+        "/proc/forbidden/x.png",
+        places["folder"] + ".png",
+    ]  # compare.py's --to
+    return st.sampled_from(
+        ["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"], *paths, *pictures]
+    )
 
 
 def overrides(config_cls, places):
@@ -81,8 +101,18 @@ def base_args(script, run, places, case_dir):
     out_dir, data_dir = run
     tiny = [a for a in TINY_MODEL if not a.startswith("--compile")]
     return {
-        "train.py": [*tiny, f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={case_dir / 'out'}",
-                     "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--log_interval=1", "--warmup_iters=1", "--lr_decay_iters=2"],
+        "train.py": [
+            *tiny,
+            f"--data_dir={data_dir}",
+            "--dataset=shakespeare_char",
+            f"--out_dir={case_dir / 'out'}",
+            "--max_iters=2",
+            "--eval_interval=2",
+            "--eval_iters=1",
+            "--log_interval=1",
+            "--warmup_iters=1",
+            "--lr_decay_iters=2",
+        ],
         "sample.py": [f"--out_dir={out_dir}", "--max_new_tokens=4", "--num_samples=2", "--device=cpu"],
         "bench.py": [*tiny, "--real_data=False", "--iters=1", "--warmup_iters=0"],
         "eval.py": [f"--out_dir={out_dir}", "--device=cpu", f"--input={places['text']}"],
@@ -92,8 +122,19 @@ def base_args(script, run, places, case_dir):
         "data/shakespeare_char/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}"],
         "data/shakespeare/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}"],
         "data/custom/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}", "--vocab_size=300"],
-        "data/openwebtext/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}", "--num_proc=1", "--val_fraction=0.1"],
-        "data/fineweb/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}", "--num_proc=1", "--val_tokens=10", "--shard_tokens=100"],
+        "data/openwebtext/prepare.py": [
+            f"--input={places['text']}",
+            f"--out_dir={case_dir / 'data'}",
+            "--num_proc=1",
+            "--val_fraction=0.1",
+        ],
+        "data/fineweb/prepare.py": [
+            f"--input={places['text']}",
+            f"--out_dir={case_dir / 'data'}",
+            "--num_proc=1",
+            "--val_tokens=10",
+            "--shard_tokens=100",
+        ],
     }[script]
 
 
@@ -101,6 +142,7 @@ def base_args(script, run, places, case_dir):
 def budget(seconds):
     """Stop the case after `seconds`; and give the test run back its own signal handlers (train.py's main
     installs Ctrl-C and SIGTERM handlers of its own)."""
+
     def out_of_time(signum, frame):
         raise OutOfTime()
 
@@ -162,7 +204,9 @@ def outcome(script, argv, changed, capsys, monkeypatch, checkout, stdin=None):
             return "ran", ""
         said = err[-1] if err else ""
         # a refusal names what it refuses: a setting it was given, by name (or, for a path, by the path)
-        named = any(name in said for name, _ in changed) or any(value and "/" in value and value in said for _, value in changed)
+        named = any(name in said for name, _ in changed) or any(
+            value and "/" in value and value in said for _, value in changed
+        )
         # progress bars may come before it (datasets draws its own); no traceback may
         if said.startswith("error: ") and named and not any("Traceback" in line for line in err):
             return "refused", said
@@ -183,24 +227,49 @@ def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir,
 
     extras = st.just(None)
     if script == "train.py":  # a config file first, its contents fuzzed
-        extras = st.one_of(st.just(None), st.sampled_from([b"batch_size = 2**63\n", b"max_iters = 'ten'\n", b"\xff\xfe\n", b"n_layer = [\n", b"learning_rate = float('nan')\n", b"raise SystemExit(5)\n"]))
+        extras = st.one_of(
+            st.just(None),
+            st.sampled_from(
+                [
+                    b"batch_size = 2**63\n",
+                    b"max_iters = 'ten'\n",
+                    b"\xff\xfe\n",
+                    b"n_layer = [\n",
+                    b"learning_rate = float('nan')\n",
+                    b"raise SystemExit(5)\n",
+                ]
+            ),
+        )
     elif script == "sample.py":  # --start=- reads the prompt from stdin
         extras = st.one_of(st.just(None), st.sampled_from([b"", b"\xff\xfe caf\xe9", b"ROMEO:" * 2000, b"JULIET:\n"]))
     elif script == "serve.py":
         extras = st.one_of(st.just(None), st.sampled_from(["", "k" * 5000, "caf\u00e9", "key with spaces"]))
 
-    @settings(max_examples=EXAMPLES[script], derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES[script],
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(overrides(config_cls, places), extras)
     def case(changed, extra):
         case_dir = tmp_path / f"case{next(cases)}"
         case_dir.mkdir()
         argv = base_args(script, (trained_run[0], data_dir), places, case_dir)
-        given, named, stdin = list(changed), list(changed), None  # given: on the command line; named: what a refusal may name
+        given, named, stdin = (
+            list(changed),
+            list(changed),
+            None,
+        )  # given: on the command line; named: what a refusal may name
         if script == "train.py" and extra is not None:
             config = case_dir / "fuzzed_config.py"
             config.write_bytes(extra)
             argv = [str(config), *argv]
-            named += [("config file", str(config)), *((name.decode(), "") for name in re.findall(rb"^(\w+) *=", extra, re.M))]
+            named += [
+                ("config file", str(config)),
+                *((name.decode(), "") for name in re.findall(rb"^(\w+) *=", extra, re.M)),
+            ]
         elif script == "sample.py" and extra is not None:
             stdin = extra
             given.append(("start", "-"))

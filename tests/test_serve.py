@@ -40,7 +40,15 @@ def metric(base, name):
 
 
 def sample_py(out_dir, prompt, tokens):
-    result = run_script("sample.py", f"--out_dir={out_dir}", f"--start={prompt}", "--temperature=0", f"--max_new_tokens={tokens}", "--num_samples=1", "--device=cpu")
+    result = run_script(
+        "sample.py",
+        f"--out_dir={out_dir}",
+        f"--start={prompt}",
+        "--temperature=0",
+        f"--max_new_tokens={tokens}",
+        "--num_samples=1",
+        "--device=cpu",
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.split("\n---------------")[0][len(prompt) :]
 
@@ -55,7 +63,10 @@ def test_openai_client_completion_stream_n_and_stop(server, trained_run):
     # greedy text is what sample.py writes for the same prompt
     assert text == sample_py(out_dir, "ROMEO:", 40)
 
-    streamed = "".join(chunk.choices[0].text for chunk in c.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=0, stream=True))
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in c.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=0, stream=True)
+    )
     assert streamed == text
 
     three = c.completions.create(model="any", prompt="JULIET:", max_tokens=30, n=3, temperature=1.0, seed=7)
@@ -95,25 +106,47 @@ def test_prompt_only_scoring_stop_cut_logprobs_and_usage_chunk(server):
     assert choice["text"] == "ROMEO: speak" and choice["finish_reason"] == "length"
     assert choice["logprobs"]["tokens"] == list("ROMEO: speak")
     alone, with_one = choice["logprobs"]["token_logprobs"], one["choices"][0]["logprobs"]["token_logprobs"][:12]
-    assert alone[0] is None is with_one[0] and alone[1:] == pytest.approx(with_one[1:], abs=1e-5)  # one token longer: other matmul shapes
+    assert alone[0] is None is with_one[0] and alone[1:] == pytest.approx(
+        with_one[1:], abs=1e-5
+    )  # one token longer: other matmul shapes
     assert zero["usage"] == {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}
     events = stream_events(server, dict(scored, max_tokens=0, stream=True))
     assert "".join(e["choices"][0]["text"] for e in events) == "ROMEO: speak"
     assert events[-1]["choices"][0]["logprobs"]["token_logprobs"] == choice["logprobs"]["token_logprobs"]
 
     # with a stop string, the log-probabilities end where the text ends
-    greedy = httpx.post(server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0}).json()["choices"][0]["text"]
+    greedy = httpx.post(
+        server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0}
+    ).json()["choices"][0]["text"]
     stop = greedy[10]
-    cut = httpx.post(server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0, "stop": [stop], "logprobs": 0}).json()
+    cut = httpx.post(
+        server + "/v1/completions",
+        json={"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0, "stop": [stop], "logprobs": 0},
+    ).json()
     logprobs = cut["choices"][0]["logprobs"]
     assert "".join(logprobs["tokens"]) == cut["choices"][0]["text"] == greedy[: greedy.index(stop)]
     assert len(logprobs["token_logprobs"]) == len(logprobs["tokens"]) == len(logprobs["text_offset"])
 
     # stream_options.include_usage: every chunk has usage null, then one chunk without choices has the figures
     c = client(server)
-    chunks = list(c.completions.create(model="any", prompt="ROMEO:", max_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.completions.create(
+            model="any",
+            prompt="ROMEO:",
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert all(chunk.usage is None for chunk in chunks[:-1]) and chunks[-1].choices == []
-    assert chunks[-1].usage.model_dump() == {"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18, "completion_tokens_details": None, "prompt_tokens_details": None}
+    assert chunks[-1].usage.model_dump() == {
+        "prompt_tokens": 6,
+        "completion_tokens": 12,
+        "total_tokens": 18,
+        "completion_tokens_details": None,
+        "prompt_tokens_details": None,
+    }
     plain = [e for e in stream_events(server, {"prompt": "ROMEO:", "max_tokens": 3, "stream": True})]
     assert all("usage" not in e for e in plain)
 
@@ -135,7 +168,9 @@ def test_tokenizer_endpoints_answer_as_lm_evaluation_harness_asks(server, traine
 
     _, tokenizer = load_model_and_tokenizer("resume", str(trained_run[0]), "best")
     info = httpx.get(server + "/tokenizer_info").json()
-    assert info["eos_token"] is None and info["model_max_length"] == 32 and info["vocab_size"] == 65  # a char vocabulary has no end token
+    assert (
+        info["eos_token"] is None and info["model_max_length"] == 32 and info["vocab_size"] == 65
+    )  # a char vocabulary has no end token
     tokens = httpx.post(server + "/tokenize", json={"prompt": "ROMEO: speak", "add_special_tokens": False}).json()
     assert tokens == {"tokens": tokenizer.encode("ROMEO: speak"), "count": 12, "max_model_len": 32}
     assert httpx.post(server + "/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": "ROMEO: speak"}
@@ -163,7 +198,10 @@ def test_sixteen_concurrent_streams_share_the_batch(server):
     prompts = [("ROMEO:", "JULIET:", "First Citizen:", "O", "KING")[i % 5] + " " * (i % 3) for i in range(16)]
     lengths = [8 + 2 * i for i in range(16)]
     c = client(server)
-    alone = [c.completions.create(model="any", prompt=p, max_tokens=n, temperature=0).choices[0].text for p, n in zip(prompts, lengths)]
+    alone = [
+        c.completions.create(model="any", prompt=p, max_tokens=n, temperature=0).choices[0].text
+        for p, n in zip(prompts, lengths)
+    ]
     steps_before = metric(server, "nanogpt_rows_per_step_count")
     single_row_steps_before = metric(server, 'nanogpt_rows_per_step_bucket{le="1.0"}')
     together = [None] * 16
@@ -187,10 +225,22 @@ def test_sixteen_concurrent_streams_share_the_batch(server):
 BAD_REQUESTS = [
     (b"{not json", 400, "not valid JSON"),
     (json.dumps({"max_tokens": 5}).encode(), 400, "prompt is missing"),
-    (json.dumps({"prompt": "ROMEO:", "max_tokens": 0}).encode(), 400, "max_tokens must be at least 1"),  # 0 only with echo
-    (json.dumps({"prompt": "ROMEO:", "stream_options": {"include_usage": True}}).encode(), 400, "stream_options is only for stream: true"),
+    (
+        json.dumps({"prompt": "ROMEO:", "max_tokens": 0}).encode(),
+        400,
+        "max_tokens must be at least 1",
+    ),  # 0 only with echo
+    (
+        json.dumps({"prompt": "ROMEO:", "stream_options": {"include_usage": True}}).encode(),
+        400,
+        "stream_options is only for stream: true",
+    ),
     (b"[" * 200_000, 400, "nests too deeply"),
-    (json.dumps({"prompt": "ROMEO:", "max_tokens": 10**9}).encode(), 400, "max_tokens must be at least 1 and at most 100000"),
+    (
+        json.dumps({"prompt": "ROMEO:", "max_tokens": 10**9}).encode(),
+        400,
+        "max_tokens must be at least 1 and at most 100000",
+    ),
     (json.dumps({"prompt": "ROMEO:", "temperature": -1}).encode(), 400, "temperature must be at least 0"),
     (b'{"prompt": "ROMEO:", "temperature": NaN}', 400, "temperature must be a finite number"),
     (json.dumps({"prompt": "ROMEO:", "top_p": 0}).encode(), 400, "top_p must be above 0 and at most 1"),
@@ -227,6 +277,7 @@ def test_the_body_limit_holds_while_the_body_is_read(trained_run, tmp_path_facto
     out_dir, _ = trained_run
     process, base, log = start_server(out_dir, tmp_path_factory, "--max_body_bytes=2000")
     try:
+
         def peak_rss_mb():
             status = Path(f"/proc/{process.pid}/status").read_text()
             return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
@@ -252,7 +303,9 @@ def test_the_body_limit_holds_while_the_body_is_read(trained_run, tmp_path_facto
 
 def test_a_client_that_disconnects_frees_its_row(server):
     freed = metric(server, "nanogpt_rows_freed_by_disconnect_total")
-    with httpx.stream("POST", server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 100000, "stream": True}) as response:
+    with httpx.stream(
+        "POST", server + "/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 100000, "stream": True}
+    ) as response:
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)  # a few chunks arrive, then the client goes away mid-stream
@@ -274,7 +327,12 @@ def test_api_key(trained_run, tmp_path_factory):
         assert httpx.get(base + "/?key=s3cret").status_code == 200
         with pytest.raises(openai.AuthenticationError):
             client(base, "wrong").completions.create(model="any", prompt="ROMEO:", max_tokens=3)
-        assert client(base, "s3cret").completions.create(model="any", prompt="ROMEO:", max_tokens=3).usage.completion_tokens == 3
+        assert (
+            client(base, "s3cret")
+            .completions.create(model="any", prompt="ROMEO:", max_tokens=3)
+            .usage.completion_tokens
+            == 3
+        )
     finally:
         stop_server(process, log)
     log_text = open(log.name).read()
@@ -293,7 +351,9 @@ def test_the_page_in_a_real_browser(server, tmp_path):
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
         options.add_argument(argument)
     options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options
+    )
     try:
         driver.get(server + "/")
         wait_until(lambda: "context of 32 tokens" in driver.find_element(By.ID, "model").text)

@@ -39,8 +39,11 @@ def script_module(path, checkout=REPO):
 def settings_class(module):
     """The dataclass read_settings builds: the one config class the script defines or imports."""
     classes = {
-        value for value in vars(module).values()
-        if dataclasses.is_dataclass(value) and isinstance(value, type) and value.__name__.endswith(("Config", "Settings"))
+        value
+        for value in vars(module).values()
+        if dataclasses.is_dataclass(value)
+        and isinstance(value, type)
+        and value.__name__.endswith(("Config", "Settings"))
         and value.__module__ != "nanogpt.model"
     }
     assert len(classes) == 1, classes
@@ -53,11 +56,38 @@ SCRIPTS = ["train.py", "sample.py", "bench.py", "export.py", "serve.py", "eval.p
 
 # text a command line can carry (no NUL byte, no lone surrogate)
 ARGV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
-ODD_TEXT = st.sampled_from([
-    "", "None", "abc", "nan", "inf", "-inf", "-0", "0", "-1", "1e400", "1.5", "True", "false", "''", "'gpt2'",
-    "99999999999999999999999999", "/proc/forbidden/x", "/dev/null/sub", "missing/file.txt", "cuda:7", "mps",
-    "gpt2-huge", "best", "latest", " ", "\n", "\u00e9\u00e8", "FILE:/no/such/file",
-])
+ODD_TEXT = st.sampled_from(
+    [
+        "",
+        "None",
+        "abc",
+        "nan",
+        "inf",
+        "-inf",
+        "-0",
+        "0",
+        "-1",
+        "1e400",
+        "1.5",
+        "True",
+        "false",
+        "''",
+        "'gpt2'",
+        "99999999999999999999999999",
+        "/proc/forbidden/x",
+        "/dev/null/sub",
+        "missing/file.txt",
+        "cuda:7",
+        "mps",
+        "gpt2-huge",
+        "best",
+        "latest",
+        " ",
+        "\n",
+        "\u00e9\u00e8",
+        "FILE:/no/such/file",
+    ]
+)
 
 
 def number_text(hint):
@@ -99,7 +129,10 @@ def sampling_works(module, cfg):
 # what an accepted case must then survive: the first computations its settings feed
 AFTER_ACCEPTED = {"train.py": train_schedule_works, "sample.py": sampling_works}
 # settings that make a case meaningful for the other keys: export needs a target to get past its first check
-BASE_ARGS = {"export.py": lambda tmp: [f"--to={tmp / 'exported'}"], "compare.py": lambda tmp: [str(tmp / "a"), str(tmp / "b")]}
+BASE_ARGS = {
+    "export.py": lambda tmp: [f"--to={tmp / 'exported'}"],
+    "compare.py": lambda tmp: [str(tmp / "a"), str(tmp / "b")],
+}
 EXAMPLES = 250
 
 
@@ -112,8 +145,9 @@ def test_every_setting_is_accepted_or_refused_by_name(script, tmp_path, monkeypa
     before = sorted(p.name for p in tmp_path.iterdir())
     tried = []
 
-    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(overrides(config_cls))
     def case(argv):
         tried.append(argv)
@@ -123,7 +157,9 @@ def test_every_setting_is_accepted_or_refused_by_name(script, tmp_path, monkeypa
             message = str(e)
             assert "\n" not in message.strip(), message
             given = [arg[2:].split("=", 1)[0] for arg in [*base, *argv] if arg.startswith("--")]
-            assert any(re.search(rf"\b{name}\b", message) for name in given), f"{argv}: {message!r} names no setting it was given"
+            assert any(re.search(rf"\b{name}\b", message) for name in given), (
+                f"{argv}: {message!r} names no setting it was given"
+            )
             return
         if isinstance(cfg, tuple):  # compare.py: (the run folders, the settings)
             cfg = cfg[-1]
@@ -160,10 +196,22 @@ END_TO_END = [
     ("sample.py", ["--top_p=0"], "top_p must be above 0 and at most 1"),
     ("sample.py", ["--init_from=gpt2-huge"], "init_from 'gpt2-huge' is not a GPT-2 model"),
     ("bench.py", ["--iters=0"], "iters must be at least 1"),
-    ("bench.py", ["--attention=cudnn", "--device=cpu"], "attention='cudnn' picks among CUDA attention kernels; leave it 'auto' on cpu"),
-    ("bench.py", ["config/train_gpt2.py", "--batch_sise=2"], "unknown config key 'batch_sise' in the command line; did you mean batch_size?"),
+    (
+        "bench.py",
+        ["--attention=cudnn", "--device=cpu"],
+        "attention='cudnn' picks among CUDA attention kernels; leave it 'auto' on cpu",
+    ),
+    (
+        "bench.py",
+        ["config/train_gpt2.py", "--batch_sise=2"],
+        "unknown config key 'batch_sise' in the command line; did you mean batch_size?",
+    ),
     ("export.py", ["--checkpoint=newest", "--to=x"], "unknown checkpoint 'newest'; use best or latest"),
-    ("data/shakespeare_char/prepare.py", ["--out_dir=/proc/forbidden"], "cannot create the folder /proc/forbidden (--out_dir"),
+    (
+        "data/shakespeare_char/prepare.py",
+        ["--out_dir=/proc/forbidden"],
+        "cannot create the folder /proc/forbidden (--out_dir",
+    ),
     ("data/openwebtext/prepare.py", ["--val_fraction=1"], "val_fraction must be above 0 and below 1"),
     ("data/custom/prepare.py", ["--tokenizer=bpe2"], "unknown tokenizer 'bpe2'; use char, gpt2 or bpe"),
 ]

@@ -65,7 +65,9 @@ def test_checkpoint_loads_safely_and_holds_the_run(trained_run):
 def test_training_the_same_out_dir_again_keeps_the_checkpoint(trained_run, data_dir):
     out_dir, _ = trained_run
     before = (out_dir / CHECKPOINT_NAME).read_bytes()
-    result = run_script("train.py", *TINY_TRAIN, f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={out_dir}")
+    result = run_script(
+        "train.py", *TINY_TRAIN, f"--data_dir={data_dir}", "--dataset=shakespeare_char", f"--out_dir={out_dir}"
+    )
     assert_user_error(result, "already holds a checkpoint", "--init_from=resume", "--overwrite=True")
     assert (out_dir / CHECKPOINT_NAME).read_bytes() == before
 
@@ -77,8 +79,14 @@ def test_resume_continues_from_the_checkpoint(trained_run, data_dir, tmp_path):
     for name in (CHECKPOINT_NAME, "metrics.jsonl"):
         (copy / name).write_bytes((out_dir / name).read_bytes())
     result = run_script(
-        "train.py", *TINY_TRAIN, "--max_iters=320", f"--data_dir={data_dir}", "--dataset=shakespeare_char",
-        f"--out_dir={copy}", "--init_from=resume", "--always_save_checkpoint=True",
+        "train.py",
+        *TINY_TRAIN,
+        "--max_iters=320",
+        f"--data_dir={data_dir}",
+        "--dataset=shakespeare_char",
+        f"--out_dir={copy}",
+        "--init_from=resume",
+        "--always_save_checkpoint=True",
     )
     assert result.returncode == 0, result.stderr
     assert "iter 310/320" in result.stdout and "iter 10/" not in result.stdout
@@ -88,8 +96,12 @@ def test_resume_continues_from_the_checkpoint(trained_run, data_dir, tmp_path):
 
 
 def test_dataset_not_prepared(tmp_path):
-    result = run_script("train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'o'}")
-    assert_user_error(result, "dataset 'shakespeare_char' is not prepared", "run python data/shakespeare_char/prepare.py")
+    result = run_script(
+        "train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--data_dir={tmp_path}", f"--out_dir={tmp_path / 'o'}"
+    )
+    assert_user_error(
+        result, "dataset 'shakespeare_char' is not prepared", "run python data/shakespeare_char/prepare.py"
+    )
 
 
 def test_bad_config_inputs_fail_cleanly():
@@ -112,11 +124,22 @@ def test_compile_without_a_cpp_compiler_runs_eager_with_a_warning(data_dir, tmp_
     if any(shutil.which(compiler, path=env["PATH"]) for compiler in ("g++", "clang++", "c++")):
         pytest.skip("this Python's folder holds a C++ compiler")
     result = run_script(
-        "train.py", *TINY_TRAIN, "--compile=True", "--max_iters=20", "--eval_interval=20", "--eval_iters=2",
-        "--dataset=shakespeare_char", f"--data_dir={data_dir}", f"--out_dir={tmp_path}", env=env,
+        "train.py",
+        *TINY_TRAIN,
+        "--compile=True",
+        "--max_iters=20",
+        "--eval_interval=20",
+        "--eval_iters=2",
+        "--dataset=shakespeare_char",
+        f"--data_dir={data_dir}",
+        f"--out_dir={tmp_path}",
+        env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "warning: compile=True but no C++ compiler was found (install g++ or clang++, or set CXX); running without torch.compile"
+    assert result.stderr.strip() == (
+        "warning: compile=True but no C++ compiler was found (install g++ or clang++, or set CXX); running "
+        "without torch.compile"
+    )
     assert "done: best val loss" in result.stdout
 
 
@@ -155,8 +178,15 @@ def test_training_goes_on_without_matplotlib(data_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(blocker.parent))
     out = tmp_path / "out"
     result = run_script(
-        "train.py", "config/train_shakespeare_char.py", *TINY_MODEL, "--max_iters=20", "--eval_interval=10", "--eval_iters=2",
-        f"--data_dir={data_dir}", f"--out_dir={out}", env=env,
+        "train.py",
+        "config/train_shakespeare_char.py",
+        *TINY_MODEL,
+        "--max_iters=20",
+        "--eval_interval=10",
+        "--eval_iters=2",
+        f"--data_dir={data_dir}",
+        f"--out_dir={out}",
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("loss.png is not drawn: matplotlib is not installed") == 1
@@ -166,17 +196,34 @@ def test_training_goes_on_without_matplotlib(data_dir, tmp_path):
 def test_inputs_that_once_ended_in_a_traceback_are_one_line(data_dir, tmp_path):
     """Values each settings check accepts, but the run cannot use (issue 24, items 5, 6 and 9)."""
     train = ("train.py", *TINY_MODEL, "--dataset=shakespeare_char", f"--out_dir={tmp_path / 'o'}")
-    assert_user_error(run_script(*train, f"--data_dir={data_dir}", "--n_embd=2305843009213693952", "--n_head=1"), "a training step needs about")
-    too_large = run_script(*train, f"--data_dir={data_dir}", "--n_embd=2305843009213693952", "--n_head=1", "--memory_check=off")
+    assert_user_error(
+        run_script(*train, f"--data_dir={data_dir}", "--n_embd=2305843009213693952", "--n_head=1"),
+        "a training step needs about",
+    )
+    too_large = run_script(
+        *train, f"--data_dir={data_dir}", "--n_embd=2305843009213693952", "--n_head=1", "--memory_check=off"
+    )
     assert_user_error(too_large, "out of memory with batch_size=16", "or make the model smaller")
-    assert_user_error(run_script(*train, f"--data_dir={data_dir}", "--batch_size=2305843009213693952"), "a training step needs about")
+    assert_user_error(
+        run_script(*train, f"--data_dir={data_dir}", "--batch_size=2305843009213693952"), "a training step needs about"
+    )
     damaged = tmp_path / "d" / "shakespeare_char"
     shutil.copytree(data_dir / "shakespeare_char", damaged)
     with open(damaged / "train.bin", "ab") as f:
         f.write(b"\0")  # half a token
-    assert_user_error(run_script(*train, f"--data_dir={tmp_path / 'd'}"), "train.bin has 2,007,709 bytes, not a whole number of uint16 tokens")
+    assert_user_error(
+        run_script(*train, f"--data_dir={tmp_path / 'd'}"),
+        "train.bin has 2,007,709 bytes, not a whole number of uint16 tokens",
+    )
     assert_user_error(run_script("train.py", "config"), "config file config is a folder")
-    assert_user_error(run_script(*train, f"--data_dir={data_dir}", f"--init_from={tmp_path / 'no-such-model'}"), "no such folder")
+    assert_user_error(
+        run_script(*train, f"--data_dir={data_dir}", f"--init_from={tmp_path / 'no-such-model'}"), "no such folder"
+    )
     assert not (tmp_path / "o").exists()
-    assert_user_error(run_script("data/shakespeare_char/prepare.py", "--input=/proc/self/mem", f"--out_dir={tmp_path / 'p'}"), "cannot read text file /proc/self/mem")
-    assert_user_error(run_script("bench.py", "--device=cpu", "--real_data=False", "--batch_size=2305843009213693952"), "out of memory")
+    assert_user_error(
+        run_script("data/shakespeare_char/prepare.py", "--input=/proc/self/mem", f"--out_dir={tmp_path / 'p'}"),
+        "cannot read text file /proc/self/mem",
+    )
+    assert_user_error(
+        run_script("bench.py", "--device=cpu", "--real_data=False", "--batch_size=2305843009213693952"), "out of memory"
+    )

@@ -31,8 +31,16 @@ HERE = Path(__file__).resolve().parent
 @dataclass
 class CustomSettings:
     input: str = setting("", "a text file or a folder of .txt files; empty: data/custom/input.txt")
-    tokenizer: str = setting("char", "'char' (one id per distinct character), 'gpt2' (GPT-2 BPE) or 'bpe' (trained on this text)", choices=("char", "gpt2", "bpe"))
-    vocab_size: int = setting(4096, "with tokenizer=bpe: tokens in the vocabulary, the 256 bytes and <|endoftext|> included", within="[257, 1048576]")
+    tokenizer: str = setting(
+        "char",
+        "'char' (one id per distinct character), 'gpt2' (GPT-2 BPE) or 'bpe' (trained on this text)",
+        choices=("char", "gpt2", "bpe"),
+    )
+    vocab_size: int = setting(
+        4096,
+        "with tokenizer=bpe: tokens in the vocabulary, the 256 bytes and <|endoftext|> included",
+        within="[257, 1048576]",
+    )
     out_dir: str = setting("", "where to write train.bin, val.bin, meta.json; empty: data/custom/")
 
 

@@ -44,7 +44,9 @@ class FineWebSettings:
     hf_dataset: str = setting("HuggingFaceFW/fineweb-edu", "dataset on the Hugging Face hub")
     name: str = setting("sample-10BT", "the hub dataset's config: sample-10BT (10B GPT-2 tokens), sample-100BT, ...")
     max_docs: int = setting(0, "use only the first N documents (0: all)", within="[0, inf)")
-    shard_tokens: int = setting(100_000_000, "tokens per train shard (build-nanogpt's 100M: 200 MB a file)", within="[1, inf)")
+    shard_tokens: int = setting(
+        100_000_000, "tokens per train shard (build-nanogpt's 100M: 200 MB a file)", within="[1, inf)"
+    )
     val_tokens: int = setting(100_000_000, "tokens of the first documents held out as val.bin", within="[1, inf)")
     num_proc: int = setting(8, "tokenising processes", within="[1, 1024]")
     out_dir: str = setting("", "where to write val.bin, train_*.bin, meta.json; empty: data/fineweb/")
@@ -61,7 +63,10 @@ def read_state(out_dir, cfg):
     path = out_dir / STATE_NAME
     if not path.is_file():
         if split_files(out_dir, "val") or split_files(out_dir, "train"):
-            raise SettingError(f"{shown_path(out_dir)} already holds a prepared dataset; remove its .bin files or choose another --out_dir")
+            raise SettingError(
+                f"{shown_path(out_dir)} already holds a prepared dataset; remove its .bin files or choose "
+                "another --out_dir"
+            )
         return {"settings": recorded, "documents": 0, "train_shards": 0, "tokens": 0}
     state = json.loads(path.read_text())
     if state["settings"] != recorded:
@@ -70,7 +75,10 @@ def read_state(out_dir, cfg):
             f"{shown_path(out_dir)} holds an unfinished dataset begun with other settings ({', '.join(differ)});"
             f" continue it with the same settings, or remove {STATE_NAME} and its .bin files to start again"
         )
-    print(f"continuing: {state['documents']:,} documents ({state['tokens']:,} tokens) are already in val.bin and {state['train_shards']} train shard(s)")
+    print(
+        f"continuing: {state['documents']:,} documents ({state['tokens']:,} tokens) are already in val.bin "
+        f"and {state['train_shards']} train shard(s)"
+    )
     return state
 
 
@@ -88,11 +96,16 @@ def write_file(out_dir, state, buffer, n_tokens, n_documents):
     leaves both or neither. Returns the new state and the file's name."""
     name = "val.bin" if state["documents"] == 0 else f"train_{state['train_shards']:06d}.bin"
     shards = state["train_shards"] + (name != "val.bin")
-    state = dict(state, documents=state["documents"] + n_documents, train_shards=shards, tokens=state["tokens"] + n_tokens)
-    write_atomically({
-        out_dir / name: lambda f: f.write(buffer[:n_tokens].tobytes()),
-        out_dir / STATE_NAME: lambda f: f.write((json.dumps(state, indent=1) + "\n").encode()),
-    }, n_tokens * 2)
+    state = dict(
+        state, documents=state["documents"] + n_documents, train_shards=shards, tokens=state["tokens"] + n_tokens
+    )
+    write_atomically(
+        {
+            out_dir / name: lambda f: f.write(buffer[:n_tokens].tobytes()),
+            out_dir / STATE_NAME: lambda f: f.write((json.dumps(state, indent=1) + "\n").encode()),
+        },
+        n_tokens * 2,
+    )
     return state, name
 
 
@@ -108,7 +121,9 @@ def write_shards(documents, out_dir, state, cfg):
     with contextlib.ExitStack() as stack:  # the bar closes before an error is said, so the error is the last line
         pool = stack.enter_context(multiprocessing.Pool(cfg.num_proc)) if cfg.num_proc > 1 else None
         tokenized = pool.imap(tokenize, texts, chunksize=16) if pool else map(tokenize, texts)
-        bar = stack.enter_context(tqdm(total=max(len(documents) - state["documents"], 0), unit="doc", desc="tokenizing"))
+        bar = stack.enter_context(
+            tqdm(total=max(len(documents) - state["documents"], 0), unit="doc", desc="tokenizing")
+        )
         for ids in tokenized:
             if filled and filled + len(ids) > capacity:  # the file is full: a document is never split
                 state, name = write_file(out_dir, state, buffer, filled, in_buffer)
@@ -121,7 +136,10 @@ def write_shards(documents, out_dir, state, cfg):
             bar.update()
             bar.set_postfix_str(f"{tokens_done / max(time.time() - t0, 1e-9):,.0f} tokens/s", refresh=False)
     if state["documents"] == 0:  # nothing written yet, and nothing will be
-        raise DataError(f"the documents hold {filled:,} tokens, not more than --val_tokens={cfg.val_tokens:,}: none would be left to train on; lower --val_tokens")
+        raise DataError(
+            f"the documents hold {filled:,} tokens, not more than --val_tokens={cfg.val_tokens:,}: none would "
+            "be left to train on; lower --val_tokens"
+        )
     if filled:
         state, name = write_file(out_dir, state, buffer, filled, in_buffer)
         print(f"wrote {name}: {filled:,} tokens")
@@ -135,12 +153,15 @@ def main():
     hold_folder(out_dir, "out_dir")  # one writer at a time
     state = read_state(out_dir, cfg)
     t0 = time.time()
-    documents = load_documents(cfg.input, cfg.hf_dataset, cfg.max_docs, cfg.num_proc, name=None if cfg.input else cfg.name)
+    documents = load_documents(
+        cfg.input, cfg.hf_dataset, cfg.max_docs, cfg.num_proc, name=None if cfg.input else cfg.name
+    )
     tokens_before = state["tokens"]
     state = write_shards(documents, out_dir, state, cfg)
     if state["train_shards"] == 0:
         raise DataError(
-            f"all {state['documents']:,} documents went into val.bin ({state['tokens']:,} tokens); remove {shown_path(out_dir)}'s"
+            f"all {state['documents']:,} documents went into val.bin ({state['tokens']:,} tokens); remove "
+            f"{shown_path(out_dir)}'s"
             f" val.bin and {STATE_NAME} and run again with a lower --val_tokens"
         )
     write_atomically({out_dir / "meta.json": lambda f: f.write((json.dumps(META) + "\n").encode())}, 100)
@@ -148,7 +169,8 @@ def main():
     seconds = time.time() - t0
     new = state["tokens"] - tokens_before
     print(
-        f"{state['documents']:,} documents, {state['tokens']:,} tokens: val.bin and {state['train_shards']} train shard(s) in {shown_path(out_dir)};"
+        f"{state['documents']:,} documents, {state['tokens']:,} tokens: val.bin and {state['train_shards']} "
+        f"train shard(s) in {shown_path(out_dir)};"
         f" {new:,} tokens in {seconds:.1f} s ({new / seconds:,.0f} tokens/s with num_proc={cfg.num_proc})"
     )
 

@@ -81,7 +81,9 @@ def main():
     out_dir = Path(args.out_dir or HERE)
     check_writable_folder(out_dir, "out_dir")
     t0 = time.time()
-    documents = load_documents(args.input, args.hf_dataset, args.max_docs, args.num_proc, revision=args.revision).filter(lambda row: bool(row["text"].strip()))
+    documents = load_documents(
+        args.input, args.hf_dataset, args.max_docs, args.num_proc, revision=args.revision
+    ).filter(lambda row: bool(row["text"].strip()))
     if len(documents) < 2:
         raise DataError("fewer than two non-empty documents: nothing to split into train and val")
     n_val = max(1, int(len(documents) * args.val_fraction))
@@ -101,7 +103,9 @@ def main():
         num_proc = min(args.num_proc, len(part)) or 1
         tokenized = part.map(tokenize, remove_columns=part.column_names, desc=f"tokenizing {name}", num_proc=num_proc)
         n_tokens = int(np.sum(tokenized["len"], dtype=np.uint64))
-        writers[out_dir / f"{name}.bin"] = lambda f, t=tokenized, n=n_tokens, name=name: write_tokens(f, t, n, dtype, name)
+        writers[out_dir / f"{name}.bin"] = lambda f, t=tokenized, n=n_tokens, name=name: write_tokens(
+            f, t, n, dtype, name
+        )
         total += n_tokens
         print(f"{name}.bin: {n_tokens:,} tokens")
     meta = '{"tokenizer": "gpt2", "vocab_size": %d, "dtype": "%s"}\n' % (tokenizer.vocab_size, dtype)
@@ -110,7 +114,10 @@ def main():
     hold_folder(out_dir, "out_dir")  # and one writer at a time
     write_atomically(writers, total * np.dtype(dtype).itemsize)
     seconds = time.time() - t0
-    print(f"{total:,} tokens in {seconds:.1f} s: {total / seconds:,.0f} tokens/s with num_proc={args.num_proc}; written to {shown_path(out_dir)}")
+    print(
+        f"{total:,} tokens in {seconds:.1f} s: {total / seconds:,.0f} tokens/s with num_proc={args.num_proc}; "
+        f"written to {shown_path(out_dir)}"
+    )
 
 
 if __name__ == "__main__":

@@ -142,10 +142,19 @@ class Rows:
         max_new_tokens each, and their places in the caller's list (default: after the last)."""
         first, n = len(self.members), len(prompts)
         places = range(first, first + n) if index is None else index
-        self.members += [Row(i, torch.tensor(p, dtype=torch.long, device=self.device), s) for i, p, s in zip(places, prompts, sampling)]
+        self.members += [
+            Row(i, torch.tensor(p, dtype=torch.long, device=self.device), s)
+            for i, p, s in zip(places, prompts, sampling)
+        ]
         self.cache = self.cache.with_rows(added=n)
         pending = torch.tensor([[p[-1]] for p in prompts], dtype=torch.long, device=self.device)
-        self.state = self.state.extend(StepTensors(pending, torch.zeros(n, dtype=torch.long, device=self.device), row_values(sampling, self.vocab_size, self.device)))
+        self.state = self.state.extend(
+            StepTensors(
+                pending,
+                torch.zeros(n, dtype=torch.long, device=self.device),
+                row_values(sampling, self.vocab_size, self.device),
+            )
+        )
         grown = self.generated.new_zeros((len(self.members), max(self.generated.shape[1], max_new_tokens)))
         grown[:first, : self.generated.shape[1]] = self.generated
         self.generated, self.graph = grown, None
@@ -154,7 +163,11 @@ class Rows:
         """Keep only the rows at these positions, in this order."""
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.members = [self.members[r] for r in rows]
-        self.state, self.generated, self.cache = self.state.select(keep), self.generated[keep], self.cache.with_rows(keep)
+        self.state, self.generated, self.cache = (
+            self.state.select(keep),
+            self.generated[keep],
+            self.cache.with_rows(keep),
+        )
         self.graph = None
 
     def sequence(self, r, start, end):
@@ -187,7 +200,9 @@ class Engine:
         self.graphs = {}  # (rows, greedy, filtered, vocab_size) -> its DecodeGraph
 
     @torch.no_grad()
-    def generate(self, prompts, max_new_tokens, sampling, vocab_size=None, on_token=None, stop=None, stop_interval=None):
+    def generate(
+        self, prompts, max_new_tokens, sampling, vocab_size=None, on_token=None, stop=None, stop_interval=None
+    ):
         """New tokens for each prompt (a list of lists of token ids): a list of lists of ids.
 
         sampling: one Sampling for every row, or a list with one per row. vocab_size keeps the padding

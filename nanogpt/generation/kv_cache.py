@@ -23,7 +23,9 @@ class KVCache:
         cache.lengths = torch.cat([keep(self.lengths, 0), self.lengths.new_zeros(added)])
         if self.k is not None:
             empty = self.k.new_zeros((self.k.shape[0], added, *self.k.shape[2:]))
-            cache.k, cache.v = (torch.cat([keep(t, 1), empty], dim=1) if added else keep(t, 1) for t in (self.k, self.v))
+            cache.k, cache.v = (
+                torch.cat([keep(t, 1), empty], dim=1) if added else keep(t, 1) for t in (self.k, self.v)
+            )
         return cache
 
     def index(self):
@@ -78,5 +80,7 @@ class Decode:
         cache_v[self.row_index, :, self.cache.lengths] = v[:, :, 0]
         if self.masked and self.mask is None:
             # an additive mask, made once per step: SDPA would turn a boolean one into this in every layer
-            self.mask = torch.zeros(self.hidden.shape, dtype=k.dtype, device=k.device).masked_fill_(self.hidden, -float("inf"))
+            self.mask = torch.zeros(self.hidden.shape, dtype=k.dtype, device=k.device).masked_fill_(
+                self.hidden, -float("inf")
+            )
         return cache_k[:, :, : self.span], cache_v[:, :, : self.span], self.mask

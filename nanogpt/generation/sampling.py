@@ -39,7 +39,9 @@ def row_values(samplings, vocab_size, device):
     """Each of Sampling.values as a (rows,) tensor: floats as float32, whole numbers as int64."""
     values = [s.values(vocab_size) for s in samplings]
     return {
-        name: torch.tensor([v[name] for v in values], dtype=torch.float32 if isinstance(kind, float) else torch.long, device=device)
+        name: torch.tensor(
+            [v[name] for v in values], dtype=torch.float32 if isinstance(kind, float) else torch.long, device=device
+        )
         for name, kind in Sampling().values(vocab_size).items()
     }
 

@@ -88,7 +88,11 @@ class Batcher:
                 self.metrics["rows_per_step"].observe(len(running))
             try:
                 if admitted:
-                    rows.add([job.prompt for job in admitted], [job.sampling for job in admitted], max(job.max_tokens for job in admitted))
+                    rows.add(
+                        [job.prompt for job in admitted],
+                        [job.sampling for job in admitted],
+                        max(job.max_tokens for job in admitted),
+                    )
                 with self.model_lock, torch.no_grad():
                     tokens = self.engine.step(rows).tolist()
             except Exception as e:  # e.g. out of memory: fail these requests, keep serving the next ones

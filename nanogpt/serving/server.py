@@ -35,7 +35,9 @@ class BadRequest(Exception):
 
 def error(message, status, param=None):
     kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
-    body = {"error": {"message": message, "type": kind.get(status, "invalid_request_error"), "param": param, "code": None}}
+    body = {
+        "error": {"message": message, "type": kind.get(status, "invalid_request_error"), "param": param, "code": None}
+    }
     return JSONResponse(body, status_code=status)
 
 
@@ -63,7 +65,9 @@ def number(body, key, default, kind, low=None, high=None, low_open=False):
     if value is None and default is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise BadRequest(f"{key} must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)}", param=key)
+        raise BadRequest(
+            f"{key} must be {'an integer' if kind is int else 'a number'}, got {json.dumps(value)}", param=key
+        )
     if not math.isfinite(value):
         raise BadRequest(f"{key} must be a finite number, got {value}", param=key)
     if low is not None and (value <= low if low_open else value < low) or high is not None and value > high:
@@ -91,14 +95,20 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
                 raise BadRequest(str(e), param="prompt") from None
             if not ids and getattr(tokenizer, "eot_token", None) is not None:
                 ids = [tokenizer.eot_token]  # GPT-2's way to start from nothing
-        elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in item):
+        elif isinstance(item, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in item
+        ):
             ids = item
         else:
-            raise BadRequest("prompt must be a string, a list of strings, or token ids below the vocabulary size", param="prompt")
+            raise BadRequest(
+                "prompt must be a string, a list of strings, or token ids below the vocabulary size", param="prompt"
+            )
         if not ids:
             raise BadRequest("prompt is empty: send at least one character", param="prompt")
         if len(ids) > block_size:
-            raise BadRequest(f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}", param="prompt")
+            raise BadRequest(
+                f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}", param="prompt"
+            )
         prompts.append((item if isinstance(item, str) else tokenizer.decode(ids), ids))
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
@@ -136,24 +146,37 @@ def stream_usage(body):
     if not body.get("stream", False):
         raise BadRequest("stream_options is only for stream: true", param="stream_options")
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise BadRequest("stream_options must be an object such as {\"include_usage\": true}", param="stream_options")
+        raise BadRequest('stream_options must be an object such as {"include_usage": true}', param="stream_options")
     return options.get("include_usage", False)
 
 
 def make_metrics():
     registry = CollectorRegistry()
     return registry, {
-        "requests": Counter("nanogpt_requests", "completion requests answered, by status", ["status"], registry=registry),
+        "requests": Counter(
+            "nanogpt_requests", "completion requests answered, by status", ["status"], registry=registry
+        ),
         "tokens": Counter("nanogpt_generated_tokens", "tokens generated", registry=registry),
-        "cancelled": Counter("nanogpt_rows_freed_by_disconnect", "rows freed because their client went away", registry=registry),
-        "rows_per_step": Histogram("nanogpt_rows_per_step", "rows in each decode step", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry),
+        "cancelled": Counter(
+            "nanogpt_rows_freed_by_disconnect", "rows freed because their client went away", registry=registry
+        ),
+        "rows_per_step": Histogram(
+            "nanogpt_rows_per_step",
+            "rows in each decode step",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        ),
         "running": Gauge("nanogpt_rows_running", "rows in the running batch", registry=registry),
         "queue": Gauge("nanogpt_queue_length", "jobs waiting for a row", registry=registry),
-        "first_token_seconds": Histogram("nanogpt_time_to_first_token_seconds", "from submission to the first token", registry=registry),
+        "first_token_seconds": Histogram(
+            "nanogpt_time_to_first_token_seconds", "from submission to the first token", registry=registry
+        ),
     }
 
 
-def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_limit=4096, api_key=None, max_body_bytes=1 << 20):
+def create_app(
+    engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_limit=4096, api_key=None, max_body_bytes=1 << 20
+):
     """The FastAPI app: its batcher generates for every request, and a guard checks the key and size."""
     config = engine.config
     registry, metrics = make_metrics()
@@ -168,7 +191,13 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
 
     @app.get("/v1/models")
     async def models():
-        model = {"id": name, "object": "model", "owned_by": "nanogpt", "context_length": config.block_size, "max_tokens": max_tokens_limit}
+        model = {
+            "id": name,
+            "object": "model",
+            "owned_by": "nanogpt",
+            "context_length": config.block_size,
+            "max_tokens": max_tokens_limit,
+        }
         return {"object": "list", "data": [model]}
 
     @app.get("/metrics")
@@ -181,9 +210,15 @@ def create_app(engine, tokenizer, name, max_rows=32, max_queue=128, max_tokens_l
 
     @app.post("/v1/chat/completions")
     async def chat():
-        return error("this server has no chat endpoint: these are base models without a chat template; use /v1/completions with a prompt", 404)
+        return error(
+            "this server has no chat endpoint: these are base models without a chat template; use "
+            "/v1/completions with a prompt",
+            404,
+        )
 
-    limits = dict(block_size=config.block_size, max_tokens_limit=max_tokens_limit, max_n=max_rows, max_body_bytes=max_body_bytes)
+    limits = dict(
+        block_size=config.block_size, max_tokens_limit=max_tokens_limit, max_n=max_rows, max_body_bytes=max_body_bytes
+    )
     app.post("/v1/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits))
     add_tokenizer_endpoints(app, tokenizer, config.block_size, max_body_bytes)
     return app
@@ -197,7 +232,14 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
 
     @app.get("/tokenizer_info")
     async def tokenizer_info():
-        return {"eos_token": end_text, "bos_token": end_text, "pad_token": None, "chat_template": None, "model_max_length": block_size, "vocab_size": tokenizer.vocab_size}
+        return {
+            "eos_token": end_text,
+            "bos_token": end_text,
+            "pad_token": None,
+            "chat_template": None,
+            "model_max_length": block_size,
+            "vocab_size": tokenizer.vocab_size,
+        }
 
     @app.exception_handler(BadRequest)
     async def refused(request, e):  # what these endpoints refuse, as /v1/completions says it
@@ -207,7 +249,7 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
     async def tokenize(request: Request):
         body = parse_json(await read_body(request, max_body_bytes))
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
-            raise BadRequest("send the text to tokenize as prompt: {\"prompt\": \"...\"}", param="prompt")
+            raise BadRequest('send the text to tokenize as prompt: {"prompt": "..."}', param="prompt")
         try:
             ids = tokenizer.encode(body["prompt"])
         except DataError as e:
@@ -218,8 +260,13 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
     async def detokenize(request: Request):
         body = parse_json(await read_body(request, max_body_bytes))
         ids = body.get("tokens") if isinstance(body, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in ids):
-            raise BadRequest(f"send token ids below the vocabulary size ({tokenizer.vocab_size}) as tokens: {{\"tokens\": [...]}}", param="tokens")
+        if not isinstance(ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < tokenizer.vocab_size for t in ids
+        ):
+            raise BadRequest(
+                f'send token ids below the vocabulary size ({tokenizer.vocab_size}) as tokens: {{"tokens": [...]}}',
+                param="tokens",
+            )
         return {"prompt": tokenizer.decode(ids)}
 
 
@@ -271,7 +318,9 @@ def completions_endpoint(batcher, tokenizer, name, metrics, limits):
     async def completions(request: Request):
         try:
             body = parse_json(await read_body(request, limits["max_body_bytes"]))
-            completion = parse_completion(body, tokenizer, limits["block_size"], limits["max_tokens_limit"], limits["max_n"])
+            completion = parse_completion(
+                body, tokenizer, limits["block_size"], limits["max_tokens_limit"], limits["max_n"]
+            )
             answer = Answer(completion, tokenizer, batcher, tokenizer.vocab_size, name)
             if completion.max_tokens:
                 batcher.submit(answer.jobs)
@@ -280,10 +329,16 @@ def completions_endpoint(batcher, tokenizer, name, metrics, limits):
             return error(str(e), e.status, e.param)
         except Busy:
             metrics["requests"].labels("429").inc()
-            return error(f"the server is busy ({batcher.max_rows} rows running and {batcher.max_queue} waiting); try again shortly", 429)
+            return error(
+                f"the server is busy ({batcher.max_rows} rows running and {batcher.max_queue} waiting); try "
+                "again shortly",
+                429,
+            )
         metrics["requests"].labels("200").inc()
         if completion.stream:
-            return StreamingResponse(answer.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                answer.events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         try:
             return JSONResponse(await answer.whole())
         except BadRequest as e:
@@ -326,7 +381,12 @@ class Answer:
         completion = self.completion
         prompt_text, prompt_ids = completion.prompts[index // completion.n]
         text = self.endings.text(ids)
-        choice = {"text": (prompt_text if completion.echo else "") + text, "index": index, "logprobs": None, "finish_reason": reason}
+        choice = {
+            "text": (prompt_text if completion.echo else "") + text,
+            "index": index,
+            "logprobs": None,
+            "finish_reason": reason,
+        }
         if completion.logprobs is not None:
             choice["logprobs"] = await self._logprobs(prompt_ids, ids, text)
         return choice
@@ -364,12 +424,21 @@ class Answer:
             offsets.append(position)
             position += len(token)
         top = [None if t is None else {decode([k]): v for k, v in t.items()} for t in tops[first:]]
-        return {"tokens": tokens, "token_logprobs": chosen[first:], "top_logprobs": top if self.completion.logprobs else None, "text_offset": offsets}
+        return {
+            "tokens": tokens,
+            "token_logprobs": chosen[first:],
+            "top_logprobs": top if self.completion.logprobs else None,
+            "text_offset": offsets,
+        }
 
     def usage(self):
         completion_tokens = sum(len(job.ids) for job in self.jobs) if self.completion.max_tokens else 0
         prompt_tokens = sum(len(ids) for _, ids in self.completion.prompts)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     async def whole(self):
         choices = [None] * len(self.jobs)
@@ -381,11 +450,24 @@ class Answer:
                 choices[index] = await self.choice(index, event[1], event[2])
             elif event[0] == "error":
                 raise BadRequest(event[1], status=500)
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": choices, "usage": self.usage()}
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }
 
     def chunk(self, index, text, reason=None, logprobs=None):
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
-        body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [choice]}
+        body = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
         if self.completion.include_usage:
             body["usage"] = None  # as OpenAI: every chunk has the key, the last one (no choices) the figures
         return "data: " + json.dumps(body) + "\n\n"
@@ -426,7 +508,14 @@ class Answer:
                     yield self.chunk(index, delta, event[2] if final else None, logprobs)
                 open_choices -= final
             if completion.include_usage and not failed:
-                usage = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": self.usage()}
+                usage = {
+                    "id": self.id,
+                    "object": "text_completion",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": self.usage(),
+                }
                 yield "data: " + json.dumps(usage) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:

@@ -109,7 +109,10 @@ def shard(model, cfg, procs):
     from torch.distributed.fsdp import fully_shard  # imported here: it would add half a second to every start-up
 
     if not procs.ddp:
-        raise SettingError("fsdp=True shards the model over processes that torchrun starts: torchrun --standalone --nproc_per_node=N train.py ...")
+        raise SettingError(
+            "fsdp=True shards the model over processes that torchrun starts: torchrun --standalone "
+            "--nproc_per_node=N train.py ..."
+        )
     if cfg.optimizer != "adamw":
         raise SettingError("fsdp=True works with optimizer='adamw' only")
     for block in model.transformer.h:
@@ -145,10 +148,15 @@ def start_processes(cfg):
     # in connect_timeout is not coming
     with connect_deadline(cfg.connect_timeout):
         try:
-            torch.distributed.init_process_group(backend=backend, store=attempt_store(rank, world_size), rank=rank, world_size=world_size)
+            torch.distributed.init_process_group(
+                backend=backend, store=attempt_store(rank, world_size), rank=rank, world_size=world_size
+            )
             torch.distributed.barrier()  # every process connected to every other
         except (RuntimeError, torch.distributed.DistError) as e:
-            raise RunError(f"could not connect to the other processes of this run ({first_line(e)}); torchrun --max-restarts starts them again") from None
+            raise RunError(
+                f"could not connect to the other processes of this run ({first_line(e)}); torchrun "
+                "--max-restarts starts them again"
+            ) from None
     return Processes(True, rank, world_size, device, cfg.gradient_accumulation_steps // world_size)
 
 
@@ -159,8 +167,11 @@ def attempt_store(rank, world_size):
     one listens on any more (pytorch/pytorch#135712; seen here as gloo's connect refused or hanging)."""
     torchrun_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = torch.distributed.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-        is_master=rank == 0 and not torchrun_serves, multi_tenant=not torchrun_serves,
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not torchrun_serves,
+        multi_tenant=not torchrun_serves,
     )
     return torch.distributed.PrefixStore(f"nanogpt/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
@@ -173,7 +184,12 @@ def connect_deadline(seconds):
 
     def watch():
         if not connected.wait(seconds):
-            print(f"error: the processes of this run did not all connect within {seconds} s; giving up so torchrun can restart them", file=sys.stderr, flush=True)
+            print(
+                f"error: the processes of this run did not all connect within {seconds} s; giving up so "
+                "torchrun can restart them",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -221,7 +237,12 @@ def launcher_command():
         argv = [a.decode() for a in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")[:-1]]
         script = next(i for i, a in enumerate(argv) if Path(a).name == "train.py")
     except (OSError, UnicodeDecodeError, StopIteration):
-        return ["torchrun", f"--nnodes={os.environ.get('GROUP_WORLD_SIZE', 1)}", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', 1)}", "train.py"]
+        return [
+            "torchrun",
+            f"--nnodes={os.environ.get('GROUP_WORLD_SIZE', 1)}",
+            f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', 1)}",
+            "train.py",
+        ]
     launcher = argv[: script + 1]
     if Path(launcher[0]).name.startswith("python"):
         launcher[0] = "python"

@@ -73,7 +73,9 @@ def model_shapes(config):
 def lora_shapes(shapes, cfg):
     """{name: shape} of the LoRA adapters (A: rank x in, B: out x rank) of the targeted layers."""
     adapters = {}
-    for name, (out_features, in_features) in ((n, s) for n, s in shapes.items() if n.endswith(".weight") and len(s) == 2):
+    for name, (out_features, in_features) in (
+        (n, s) for n, s in shapes.items() if n.endswith(".weight") and len(s) == 2
+    ):
         layer = name[: -len(".weight")]
         if layer.startswith("transformer.h.") and layer.endswith(LORA_LAYERS[cfg.lora_targets]):
             adapters[f"{layer}.lora_A"] = (cfg.lora_rank, in_features)
@@ -106,7 +108,9 @@ def activation_bytes(config, cfg, dtype, device_type):
         per_token += sum(4 if layer == "mlp.c_proj" else 1 for layer in LORA_LAYERS[cfg.lora_targets]) * (act + 0.5)
     per_block = B * T * C * per_token
     if cfg.dropout > 0 and device_type == "cpu":
-        per_block += B * config.n_head * T * T * 5 // 8  # cpu_dropout's attention keeps its mask: a byte a score it computes
+        per_block += (
+            B * config.n_head * T * T * 5 // 8
+        )  # cpu_dropout's attention keeps its mask: a byte a score it computes
     if cfg.activation_checkpointing:
         blocks = config.n_layer * B * T * C * 4 + per_block  # the blocks' inputs, and one block recomputed
     else:
@@ -163,22 +167,31 @@ def gib(n):
 def plan_table(plan, cfg, dtype):
     """The plan as a few lines for the log."""
     trained = f"{plan.trained / 1e6:,.2f}M of them train" if plan.trained != plan.parameters else "all train"
-    free = f"; {gib(plan.free)} free on {plan.device}" if plan.free is not None else f"; free memory of {plan.device} unknown"
-    return "\n".join([
-        f"memory plan, per process ({plan.parameters / 1e6:,.2f}M parameters, {trained}; {dtype}):",
-        f"  weights      {gib(plan.weights):>12}",
-        f"  gradients    {gib(plan.gradients):>12}",
-        f"  optimizer    {gib(plan.optimizer):>12}  ({cfg.optimizer})",
-        f"  activations  {gib(plan.activations):>12}  (one micro-batch, {cfg.batch_size} x {cfg.block_size} tokens)",
-        f"  peak         {gib(plan.peak):>12}{free}",
-    ])
+    free = (
+        f"; {gib(plan.free)} free on {plan.device}"
+        if plan.free is not None
+        else f"; free memory of {plan.device} unknown"
+    )
+    return "\n".join(
+        [
+            f"memory plan, per process ({plan.parameters / 1e6:,.2f}M parameters, {trained}; {dtype}):",
+            f"  weights      {gib(plan.weights):>12}",
+            f"  gradients    {gib(plan.gradients):>12}",
+            f"  optimizer    {gib(plan.optimizer):>12}  ({cfg.optimizer})",
+            f"  activations  {gib(plan.activations):>12}  (one micro-batch, {cfg.batch_size} x "
+            f"{cfg.block_size} tokens)",
+            f"  peak         {gib(plan.peak):>12}{free}",
+        ]
+    )
 
 
 def remedies(cfg, pretrained):
     """(flags, settings) that lower a step's memory: each switch alone, then all of them together."""
     switches = []
     if pretrained and not cfg.lora_rank:
-        switches.append(dict(lora_rank=SUGGESTED_LORA_RANK, **({"optimizer": "adamw"} if cfg.optimizer == "muon" else {})))
+        switches.append(
+            dict(lora_rank=SUGGESTED_LORA_RANK, **({"optimizer": "adamw"} if cfg.optimizer == "muon" else {}))
+        )
     if not cfg.activation_checkpointing:
         switches.append(dict(activation_checkpointing=True))
     if cfg.optimizer != "adafactor" and not cfg.lora_rank:  # a LoRA run's optimizer state is small anyway
@@ -204,7 +217,8 @@ def check_memory_plan(plan, config, cfg, dtype, world_size, pretrained):
             options.append(f"{flags} ({gib(peak)}{'' if peak <= plan.free else ', still too much'})")
     message = (
         f"a training step needs about {gib(plan.peak)} (weights {gib(plan.weights)}, gradients {gib(plan.gradients)},"
-        f" optimizer {gib(plan.optimizer)}, activations {gib(plan.activations)}) but {plan.device} has {gib(plan.free)} free"
+        f" optimizer {gib(plan.optimizer)}, activations {gib(plan.activations)}) but {plan.device} has "
+        f"{gib(plan.free)} free"
         + (f"; these need less: {'; '.join(options)}" if options else "")
         + "; or lower --batch_size (raising --gradient_accumulation_steps by the same factor)"
     )

@@ -94,8 +94,13 @@ class BatchedMuon(torch.optim.Muon):
                 by_shape.setdefault(tuple(p.shape), []).append((p, update))
             for shape, pairs in by_shape.items():
                 ortho = orthogonalize_shared(
-                    torch.stack([u for _, u in pairs]), group["ns_coefficients"], group["ns_steps"], group["eps"],
+                    torch.stack([u for _, u in pairs]),
+                    group["ns_coefficients"],
+                    group["ns_steps"],
+                    group["eps"],
                     getattr(torch, group.get("ns_dtype", "bfloat16")),  # checkpoints from before ns_dtype: bfloat16
                 )
-                torch._foreach_add_([p for p, _ in pairs], list(ortho.unbind(0)), alpha=-lr * lr_scale(shape, group["adjust_lr_fn"]))
+                torch._foreach_add_(
+                    [p for p, _ in pairs], list(ortho.unbind(0)), alpha=-lr * lr_scale(shape, group["adjust_lr_fn"])
+                )
         return loss

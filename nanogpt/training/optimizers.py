@@ -8,7 +8,9 @@ from nanogpt.system import bfloat16_matmul_speed
 from nanogpt.training.muon import BatchedMuon
 
 
-def make_optimizers(model, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02, ns_dtype="bfloat16"):
+def make_optimizers(
+    model, weight_decay, learning_rate, betas, device_type, optimizer="adamw", muon_lr=0.02, ns_dtype="bfloat16"
+):
     """A list of optimizers. Each param group keeps its peak rate in 'base_lr'; the schedule scales it.
 
     adamw: AdamW for everything; matrices are decayed, biases and norm gains are not.
@@ -61,8 +63,19 @@ def newton_schulz_dtype(setting, device, checkpoint=None):
 def run_optimizers(cfg, procs, model, checkpoint):
     """A training run's optimizers (cfg: train.py's settings); with Muon, its Newton-Schulz number
     format chosen and said, the same in every process."""
-    ns_dtype, why = newton_schulz_dtype(cfg.muon_dtype, procs.device, checkpoint) if cfg.optimizer == "muon" else ("bfloat16", "")
+    ns_dtype, why = (
+        newton_schulz_dtype(cfg.muon_dtype, procs.device, checkpoint) if cfg.optimizer == "muon" else ("bfloat16", "")
+    )
     ns_dtype = procs.first(ns_dtype)  # as rank 0 chose: a measured choice could differ between processes
     if procs.master and why:
         print(f"muon: Newton-Schulz in {ns_dtype} ({why})")
-    return make_optimizers(model, cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), procs.device_type, cfg.optimizer, cfg.muon_lr, ns_dtype)
+    return make_optimizers(
+        model,
+        cfg.weight_decay,
+        cfg.learning_rate,
+        (cfg.beta1, cfg.beta2),
+        procs.device_type,
+        cfg.optimizer,
+        cfg.muon_lr,
+        ns_dtype,
+    )

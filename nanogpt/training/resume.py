@@ -69,7 +69,9 @@ def restore_optimizers(checkpoint, model, optimizers, scaler, fsdp):
     saved = checkpoint["optimizer"]
     saved = saved if isinstance(saved, list) else [saved]  # one AdamW in older checkpoints
     if len(saved) != len(optimizers):
-        raise CheckpointError(f"{checkpoint['path']} was trained with another optimizer; resume without changing --optimizer")
+        raise CheckpointError(
+            f"{checkpoint['path']} was trained with another optimizer; resume without changing --optimizer"
+        )
     for optimizer, state in zip(optimizers, saved):
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         if fsdp or any(isinstance(key, str) for key in state["state"]):
@@ -90,7 +92,10 @@ def restore_random_streams(checkpoint, procs, batches, seed):
     checkpoint holds every process's, else rank 0's (another number of processes, or an older one)."""
     if "rng" not in checkpoint:
         if procs.master:
-            print("note: this checkpoint holds no random state (saved by an older version); the resumed run will draw other batches")
+            print(
+                "note: this checkpoint holds no random state (saved by an older version); the resumed run "
+                "will draw other batches"
+            )
         return
     rank_rng = checkpoint.get("rank_rng")
     if rank_rng is not None and len(rank_rng) == procs.world_size:
@@ -109,4 +114,6 @@ def full_state(model, optimizers, fsdp):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=full), [get_optimizer_state_dict(model, optimizer, options=full) for optimizer in optimizers]
+    return get_model_state_dict(model, options=full), [
+        get_optimizer_state_dict(model, optimizer, options=full) for optimizer in optimizers
+    ]

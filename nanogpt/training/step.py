@@ -10,7 +10,16 @@ def single_process_sync(last_micro_step):
 
 
 def training_step(
-    model, optimizers, scaler, ctx, grad_accum, grad_clip, batch, draw_next, gradient_sync=single_process_sync, fused_loss=False
+    model,
+    optimizers,
+    scaler,
+    ctx,
+    grad_accum,
+    grad_clip,
+    batch,
+    draw_next,
+    gradient_sync=single_process_sync,
+    fused_loss=False,
 ):
     """grad_accum micro-batches forward and backward, clipping, every optimizer's step. batch is the
     first micro-batch; draw_next() gives the next one, drawn while the GPU works on the current one.

@@ -24,15 +24,23 @@ def append_record(out_dir, record):
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as e:
-        raise WriteError(f"could not append to {path} ({e.strerror or e}); free some space and run again (from its last checkpoint, if it has one, with --init_from=resume)") from None
+        raise WriteError(
+            f"could not append to {path} ({e.strerror or e}); free some space and run again (from its last "
+            "checkpoint, if it has one, with --init_from=resume)"
+        ) from None
 
 
 def run_record(cfg, iter_num, tokens_per_iter, tokenizer_meta):
     """The first record of a run (and of each resumed part): its full settings, the code's git commit
     and when it started."""
     return dict(
-        kind="run", iter=iter_num, started=datetime.now(timezone.utc).isoformat(timespec="seconds"), commit=git_commit(),
-        config=asdict(cfg), tokens_per_iter=tokens_per_iter, tokenizer=tokenizer_meta["tokenizer"],
+        kind="run",
+        iter=iter_num,
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        commit=git_commit(),
+        config=asdict(cfg),
+        tokens_per_iter=tokens_per_iter,
+        tokenizer=tokenizer_meta["tokenizer"],
         vocab_size=tokenizer_meta["vocab_size"],
     )
 
@@ -42,7 +50,13 @@ def git_commit():
     repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if commit.returncode != 0:
@@ -102,10 +116,21 @@ def plot_loss_curve(out_dir):
     evals = [r for r in records if r["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if steps:
-        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color="tab:blue", alpha=0.35, lw=1, label="train (batch)")
+        ax.plot(
+            [r["iter"] for r in steps],
+            [r["loss"] for r in steps],
+            color="tab:blue",
+            alpha=0.35,
+            lw=1,
+            label="train (batch)",
+        )
     if evals:
-        ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", color="tab:blue", label="train (eval)")
-        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange", label="val (eval)")
+        ax.plot(
+            [r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", color="tab:blue", label="train (eval)"
+        )
+        ax.plot(
+            [r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange", label="val (eval)"
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.set_title(Path(out_dir).resolve().name)
@@ -132,11 +157,17 @@ class LossPlotter:
         if self.child is None:
             # nanogpt importable wherever train.py was started from, installed or not
             package_root = str(Path(__file__).resolve().parents[2])
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+            env = dict(
+                os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+            )
             # a session of its own: a Ctrl-C meant for training must not interrupt a drawing
             self.child = subprocess.Popen(
-                [sys.executable, "-m", "nanogpt.training.train_log", self.out_dir], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                start_new_session=True, env=env,
+                [sys.executable, "-m", "nanogpt.training.train_log", self.out_dir],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+                env=env,
             )
         try:
             self.child.stdin.write("draw\n")
@@ -169,7 +200,11 @@ def draw_on_request(out_dir):
     for _ in sys.stdin:
         try:
             plot_loss_curve(out_dir)
-        except (OSError, ValueError, RuntimeError) as e:  # e.g. a full disk: checkpoints matter more and say so themselves
+        except (
+            OSError,
+            ValueError,
+            RuntimeError,
+        ) as e:  # e.g. a full disk: checkpoints matter more and say so themselves
             print(f"note: loss.png could not be drawn: {e}", file=sys.stderr)
 
 
