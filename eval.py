@@ -68,7 +68,7 @@ def read_settings(argv):
     if cfg.task and cfg.input:
         raise SettingError("give --task=... (multiple-choice accuracy) or --input=FILE (loss on a text), not both")
     if not cfg.input and not cfg.task and cfg.init_from != "resume":
-        raise SettingError(f"--input=FILE is needed to evaluate {cfg.init_from}: it has no dataset of its own")
+        raise SettingError(f"--input=FILE is needed to evaluate --init_from={cfg.init_from}: it has no dataset")
     if cfg.input and not Path(cfg.input).is_file():
         shown = cfg.input if cfg.input.isprintable() else repr(cfg.input)  # a message stays one line
         raise SettingError(f"--input={shown} is not a file; give a UTF-8 text file")
