@@ -48,7 +48,7 @@ from nanogpt.system import (
 from nanogpt.tokenizer import model_vocab_size
 from nanogpt.training.memory_plan import available_memory, plan_memory, plan_table
 from nanogpt.training.optimizers import make_optimizers, newton_schulz_dtype
-from nanogpt.training.step import training_step
+from nanogpt.training.step import TrainingStep
 
 
 @dataclass
@@ -171,6 +171,15 @@ def time_steps(cfg, model, optimizers, device, dtype, get_batch):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    step = TrainingStep(
+        step_model,
+        optimizers,
+        scaler,
+        ctx=ctx,
+        grad_accum=cfg.gradient_accumulation_steps,
+        grad_clip=cfg.grad_clip,
+        fused_loss=cfg.fused_loss,
+    )
     batch = get_batch()
     for stage, steps in (("warm-up", cfg.warmup_iters), ("timed", cfg.iters)):
         sync()
@@ -178,21 +187,11 @@ def time_steps(cfg, model, optimizers, device, dtype, get_batch):
         t0 = time.perf_counter()
         for _ in range(steps):
             # no .item() inside the timed loop, which would wait for the GPU
-            loss, batch = training_step(
-                step_model,
-                optimizers,
-                scaler,
-                ctx,
-                cfg.gradient_accumulation_steps,
-                cfg.grad_clip,
-                batch,
-                get_batch,
-                fused_loss=cfg.fused_loss,
-            )
+            stats, batch = step(batch, get_batch)
         sync()
         seconds = time.perf_counter() - t0
         if steps:
-            print(f"{stage}: {steps} steps, last loss {loss.item() * cfg.gradient_accumulation_steps:.6f}")
+            print(f"{stage}: {steps} steps, last loss {stats['loss'].item():.6f}")
     return seconds
 
 

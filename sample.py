@@ -20,7 +20,7 @@ from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.generation.completion import Endings
 from nanogpt.config import SampleSettings, load_config
 from nanogpt.generation.engine import Engine, context_start, inference_model
-from nanogpt.generation.sampling import Sampling
+from nanogpt.generation.sampling import Sampling, sampling_options
 from nanogpt.errors import DataError, SettingError, WriteError, out_of_memory_as_error, run_main
 from nanogpt.files import read_utf8
 from nanogpt.system import resolve_device, resolve_dtype
@@ -115,16 +115,8 @@ def main():
         generate_and_print(cfg, model, tokenizer)
 
 
-def generate_and_print(cfg, model, tokenizer):
-    """The prompts (--start, or --prompts), generated batch by batch, printed or written to --output."""
-    vocab_size = tokenizer.vocab_size
-    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
-    top_k_given = cfg.top_k != SampleSettings().top_k
-    if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
-        raise SettingError(
-            f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all"
-        )
-
+def read_all_prompts(cfg, tokenizer, block_size):
+    """(text, ids) of every sample to generate: each line of --prompts, or --start num_samples times."""
     if cfg.prompts:
         prompts = read_prompts_file(cfg.prompts, tokenizer)
     else:
@@ -135,7 +127,6 @@ def generate_and_print(cfg, model, tokenizer):
             raise DataError(f"--start: {e}") from None
         if not prompts[0][1]:
             raise DataError("the prompt is empty; give some text with --start=TEXT (the default is a newline)")
-    block_size = model.config.block_size
     cropped = sum(context_start(len(ids), block_size) > 0 for _, ids in prompts)
     if cropped:
         print(
@@ -143,14 +134,27 @@ def generate_and_print(cfg, model, tokenizer):
             "sees the end of each",
             file=sys.stderr,
         )
+    return prompts
 
+
+def generate_and_print(cfg, model, tokenizer):
+    """The prompts (--start, or --prompts), generated batch by batch, printed or written to --output."""
+    vocab_size = tokenizer.vocab_size
+    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
+    top_k_given = cfg.top_k != SampleSettings().top_k
+    if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
+        raise SettingError(
+            f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all"
+        )
+    prompts = read_all_prompts(cfg, tokenizer, model.config.block_size)
     stream = (len(prompts) == 1 and not cfg.prompts) if cfg.stream is None else cfg.stream
     if stream and len(prompts) > 1:
         raise SettingError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
     endings = Endings(tokenizer, [cfg.stop])
     engine = Engine(model, use_cache=cfg.use_cache)
     # each row has its own random stream (seed + its place), so a sample does not depend on the batch
-    sampling = [Sampling(cfg.temperature, cfg.top_k, cfg.top_p, seed=cfg.seed + i) for i in range(len(prompts))]
+    options = {f.name: getattr(cfg, f.name) for f in sampling_options()}
+    sampling = [Sampling(**options, seed=cfg.seed + i) for i in range(len(prompts))]
     batch_size = cfg.batch_size or len(prompts)
     try:
         output = open(cfg.output, "w", encoding="utf-8") if cfg.output else None

@@ -37,7 +37,7 @@ from nanogpt.files import shared_data_dir  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.system import autocast_context, keep_freed_memory  # noqa: E402
 from nanogpt.training.optimizers import make_optimizers  # noqa: E402
-from nanogpt.training.step import training_step  # noqa: E402
+from nanogpt.training.step import TrainingStep  # noqa: E402
 
 # the README command's model and batch (4 x 128, 12 x 64 characters, no dropout, no biases) and its
 # optimizer settings (the char config's learning rate and beta2, train.py's weight decay)
@@ -121,7 +121,7 @@ def step_functions(nanogpt):
     ctx, scaler = autocast_context("cpu", "float32"), torch.amp.GradScaler("cpu", enabled=False)
     return {
         "nanoGPT": their_step,
-        "ours": lambda: training_step(ours, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch),
+        "ours": lambda: TrainingStep(ours, optimizers, scaler, ctx, grad_clip=1.0)(batch, lambda: batch),
     }
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.system import autocast_context, compile_model, keep_freed_memory  # noqa: E402
 from nanogpt.training.optimizers import make_optimizers  # noqa: E402
-from nanogpt.training.step import training_step  # noqa: E402
+from nanogpt.training.step import TrainingStep  # noqa: E402
 
 # the operators that do the model's FLOPs; everything else is overhead to shrink
 MATMUL_OPS = (
@@ -80,7 +80,7 @@ def main():
     )
 
     def step():
-        training_step(step_model, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch)
+        TrainingStep(step_model, optimizers, scaler, ctx, grad_clip=1.0)(batch, lambda: batch)
         if cuda:
             torch.cuda.synchronize()
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 from nanogpt.system import autocast_context, keep_freed_memory  # noqa: E402
 from nanogpt.training.optimizers import make_optimizers  # noqa: E402
-from nanogpt.training.step import training_step  # noqa: E402
+from nanogpt.training.step import TrainingStep  # noqa: E402
 
 
 def main():
@@ -62,12 +62,12 @@ def main():
     ms = {False: [], True: []}
     for round_ in range(args.rounds):
         for on in (False, True) if round_ % 2 == 0 else (True, False):
-            model, optimizers = runs[on]
+            step = TrainingStep(*runs[on], scaler, ctx, grad_clip=1.0)
             for _ in range(5):
-                training_step(model, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch)
+                step(batch, lambda: batch)
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                training_step(model, optimizers, scaler, ctx, 1, 1.0, batch, lambda: batch)
+                step(batch, lambda: batch)
             ms[on].append((time.perf_counter() - t0) / args.steps * 1000)
     ratios = [off / on for off, on in zip(ms[False], ms[True])]
     print(f"{args.switch}, {args.rounds} alternating rounds of {args.steps} steps, {torch.get_num_threads()} threads\n")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nanogpt.errors import HelpRequested, SettingError
 from nanogpt.files import read_utf8
+from nanogpt.generation.sampling import sampling_options
 from nanogpt.model import GPTConfig, architecture_switches
 
 
@@ -33,13 +34,25 @@ def setting(default, help, within=None, choices=None):
     return field(default=default, metadata={"help": help, "within": within, "choices": choices})
 
 
-def with_model_switches(cls):
-    """Add GPTConfig's architecture switches to a settings class (before @dataclass makes it one), with
-    the model's own defaults, help and limits: a switch is declared once, in nanogpt/model.py."""
-    for switch in architecture_switches():
-        cls.__annotations__[switch.name] = switch.type
-        setattr(cls, switch.name, field(default=switch.default, metadata=switch.metadata))
-    return cls
+def with_declared(declared, defaults=None):
+    """A decorator adding fields declared in another class (`declared`, dataclass fields) to a settings
+    class, before @dataclass makes it one: each with its own help and limits, and its own default unless
+    `defaults` gives the script another. Declared once, a switch or an option is a setting everywhere."""
+
+    def add(cls):
+        for f in declared:
+            cls.__annotations__[f.name] = f.type
+            setattr(cls, f.name, field(default=(defaults or {}).get(f.name, f.default), metadata=f.metadata))
+        return cls
+
+    return add
+
+
+# GPTConfig's architecture switches (nanogpt/model.py), as train.py and bench.py take them
+with_model_switches = with_declared(architecture_switches())
+# Sampling's options (nanogpt/generation/sampling.py), as sample.py takes them: nanoGPT's sample.py
+# defaults where they differ from the API's
+with_sampling_options = with_declared(sampling_options(), defaults=dict(temperature=0.8, top_k=200))
 
 
 def gpt_config(cfg, vocab_size):
@@ -226,6 +239,7 @@ def train_setting(name):
 
 
 @dataclass
+@with_sampling_options  # temperature, top_k, top_p, ...
 class SampleSettings:
     out_dir: str = setting("out", "folder holding the checkpoint to sample from (with init_from='resume')")
     init_from: str = setting(
@@ -252,17 +266,6 @@ class SampleSettings:
         10, "how many samples to draw from --start (generated together, as one batch)", within="[1, inf)"
     )
     max_new_tokens: int = setting(500, "tokens generated per sample", within="[1, inf)")
-    temperature: float = setting(
-        0.8, "1.0 samples the model as is; lower is more conservative; 0 is greedy", within="[0, inf)"
-    )
-    top_k: typing.Optional[int] = setting(
-        200, "sample only among the top_k most likely tokens; None for all", within="[1, inf)"
-    )
-    top_p: typing.Optional[float] = setting(
-        None,
-        "nucleus sampling: only the most likely tokens that together reach top_p probability; None for all",
-        within="(0, 1]",
-    )
     stream: typing.Optional[bool] = setting(
         None, "print tokens as they are generated; None means on when num_samples is 1"
     )
@@ -277,7 +280,7 @@ class SampleSettings:
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
 
 
-def _unwrap_optional(hint):
+def unwrap_optional(hint):
     """Optional[X] -> (X, True); X -> (X, False)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -286,13 +289,13 @@ def _unwrap_optional(hint):
 
 
 def _type_name(hint):
-    base, optional = _unwrap_optional(hint)
+    base, optional = unwrap_optional(hint)
     return base.__name__ + (" or None" if optional else "")
 
 
 def parse_text(key, text, hint):
     """Turn the text of a --key=value override into the key's type."""
-    base, optional = _unwrap_optional(hint)
+    base, optional = unwrap_optional(hint)
     if optional and text == "None":
         return None
     try:
@@ -316,7 +319,7 @@ def parse_text(key, text, hint):
 
 def check_value(key, value, hint, where):
     """Check a value set in a config file against the key's type. An int is fine where a float is wanted."""
-    base, optional = _unwrap_optional(hint)
+    base, optional = unwrap_optional(hint)
     if value is None and optional:
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
@@ -398,7 +401,7 @@ def load_config(config_cls, argv, script="train.py", ignore_train_keys=False):
     return cfg
 
 
-def _describe_interval(within):
+def describe_interval(within):
     """'[1, inf)' -> 'at least 1'; '(0, 1]' -> 'above 0 and at most 1'."""
     low, high = (text.strip() for text in within[1:-1].split(","))
     parts = []
@@ -409,7 +412,7 @@ def _describe_interval(within):
     return " and ".join(parts)
 
 
-def _in_interval(value, within):
+def in_interval(value, within):
     low, high = (float(text) for text in within[1:-1].split(","))
     above_low = value >= low if within[0] == "[" else value > low
     below_high = value <= high if within[-1] == "]" else value < high
@@ -427,8 +430,8 @@ def check_settings(cfg):
             raise SettingError(f"{f.name} must be a finite number, got {value}")
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LARGEST_INT:
             raise SettingError(f"{f.name} is too large ({value}); it must be below 2**62")
-        if within and not _in_interval(value, within):
-            raise SettingError(f"{f.name} must be {_describe_interval(within)}, got {value}")
+        if within and not in_interval(value, within):
+            raise SettingError(f"{f.name} must be {describe_interval(within)}, got {value}")
         if choices and value not in choices:
             raise SettingError(f"unknown {f.name} {value!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
         if isinstance(value, str) and f.default and not value:

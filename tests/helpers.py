@@ -181,13 +181,14 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start_server(out_dir, tmp_path_factory, *extra):
-    """serve.py in the background; returns (process, base URL) once /health answers."""
+def start_server(out_dir, tmp_path_factory, *extra, cwd=REPO):
+    """serve.py (of the checkout at cwd) in the background; returns (process, base URL, log) once /health
+    answers."""
     port = free_port()
     log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "serve.py", f"--out_dir={out_dir}", "--device=cpu", f"--port={port}", *extra],
-        cwd=REPO,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -215,10 +216,12 @@ def stop_server(process, log):
 
 
 # public data the tests read, where it is published: fetched once when ../shared/data has no copy
+GITHUB_FILES = "https://raw.githubusercontent.com/"
+WIKITEXT_2 = GITHUB_FILES + "pytorch/examples/main/word_language_model/data/wikitext-2/"
 PUBLIC_DATA = {
-    "tinyshakespeare/input.txt": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-    "webtext_sample/wikitext2_valid.txt": "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/valid.txt",
-    "webtext_sample/wikitext2_test.txt": "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/test.txt",
+    "tinyshakespeare/input.txt": GITHUB_FILES + "karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "webtext_sample/wikitext2_valid.txt": WIKITEXT_2 + "valid.txt",
+    "webtext_sample/wikitext2_test.txt": WIKITEXT_2 + "test.txt",
 }
 FETCHED = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nanogpt-tests"
 OFFLINE = "the test data is neither in ../shared/data ($NANOGPT_SHARED_DATA) nor downloadable here"

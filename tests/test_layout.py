@@ -39,6 +39,23 @@ def test_train_py_and_the_readme_stay_short():
     assert len((REPO / "README.md").read_text().splitlines()) <= 300
 
 
+def test_ruff_formats_and_checks_the_code():
+    """ruff format --check and ruff check (pyflakes, pycodestyle, lines of 120 at most; pyproject.toml) over
+    the package, the scripts, bench/ and tests/."""
+    for command in (["format", "--check"], ["check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    longest = max(
+        len(line)
+        for path in REPO.glob("**/*.py")
+        if ".venv" not in path.parts
+        for line in path.read_text().splitlines()
+    )
+    assert longest <= 120, longest
+
+
 def package_imports():
     """{module: the package modules it imports, at the top or inside a function}."""
     graph = {}

@@ -1,7 +1,6 @@
 """fused_loss=True: the output head's loss and gradients a slice at a time (nanogpt/fused_loss.py) are the plain
 loss's, in the function, in the whole model and in a training run."""
 
-import contextlib
 import json
 
 import pytest
@@ -12,7 +11,7 @@ from helpers import TINY_TRAIN, run_script
 from nanogpt.fused_loss import linear_cross_entropy
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.training.optimizers import make_optimizers
-from nanogpt.training.step import training_step
+from nanogpt.training.step import TrainingStep
 
 
 def plain_loss(x, weight, targets, softcap):
@@ -76,17 +75,25 @@ def test_the_model_trains_the_same_with_the_fused_loss(tie_embeddings):
 
 
 def test_the_training_step_takes_the_fused_path_only_when_asked():
-    """train.py and bench.py pass fused_loss to nanogpt/training/step.py; what the loss was made by shows it."""
+    """train.py and bench.py pass fused_loss to nanogpt/training/step.py; what made the loss the model
+    returned to the step shows it."""
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=97))
     optimizers = make_optimizers(model, 0.0, 1e-3, (0.9, 0.95), "cpu")
     batch = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    made_by = {}
+    made_by, forward = {}, model.forward
+
+    def forward_seen_by_the_step(*args, **kwargs):
+        logits, loss = forward(*args, **kwargs)
+        made_by[kwargs["fused_loss"]] = loss.grad_fn.name()
+        return logits, loss
+
+    model.forward = forward_seen_by_the_step
     for fused in (False, True):
-        loss, _ = training_step(
-            model, optimizers, scaler, contextlib.nullcontext(), 2, 1.0, batch, lambda: batch, fused_loss=fused
+        stats, _ = TrainingStep(model, optimizers, scaler, grad_accum=2, grad_clip=1.0, fused_loss=fused)(
+            batch, lambda: batch
         )
-        made_by[fused] = loss.grad_fn.next_functions[0][0].name()  # loss / grad_accum: what came before the division
+        assert set(stats) == {"loss", "grad_norm"} and stats["loss"].grad_fn is None  # read by name, detached
     assert "LinearCrossEntropy" in made_by[True] and "LinearCrossEntropy" not in made_by[False], made_by
 
 

@@ -83,11 +83,13 @@ class StepTensors:
 @dataclass
 class Row:
     """One row's facts on the host: its place in the caller's list, its prompt (a device tensor), how it
-    samples, where its cached context begins (None: no cache yet) and how many tokens it generated."""
+    samples (and whether that drops tokens: Sampling.filters, asked once), where its cached context
+    begins (None: no cache yet) and how many tokens it generated."""
 
     index: int
     prompt: torch.Tensor
     sampling: Sampling
+    filters: bool
     cache_start: int | None = None
     count: int = 0
 
@@ -135,7 +137,7 @@ class Rows:
 
     @property
     def filtered(self):
-        return any(row.sampling.filters(self.vocab_size) for row in self.members)
+        return any(row.filters for row in self.members)
 
     def add(self, prompts, sampling, max_new_tokens, index=None):
         """New rows at the end of the batch: their prompts (lists of ids), a Sampling each, room for
@@ -143,7 +145,7 @@ class Rows:
         first, n = len(self.members), len(prompts)
         places = range(first, first + n) if index is None else index
         self.members += [
-            Row(i, torch.tensor(p, dtype=torch.long, device=self.device), s)
+            Row(i, torch.tensor(p, dtype=torch.long, device=self.device), s, s.filters(self.vocab_size))
             for i, p, s in zip(places, prompts, sampling)
         ]
         self.cache = self.cache.with_rows(added=n)

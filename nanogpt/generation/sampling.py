@@ -1,42 +1,86 @@
-"""How a row draws its tokens: its settings, its own random stream, and the sampler.
+"""How a row draws its tokens: its sampling options, its own random stream, and the sampler.
 
-A new sampling option is a field of Sampling, its per-row value in Sampling.values, and its use in
-sample_tokens, which the engine calls with every value by name.
+A sampling option is declared once, as a field of Sampling made with option(): its default, help and
+limits, and the per-row value that keeps every token. sample.py's settings, the server's request
+fields, the engine's per-row tensors and the choice to skip the filters all follow from that
+declaration; its use is in sample_tokens, which the engine calls with every option's value by name.
 """
 
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
+VOCAB_SIZE = "vocab_size"  # keeps_all of an option whose every value from the vocabulary's size up keeps all
+
+
+def option(default, help, within, keeps_all, filters=False):
+    """A sampling option: its default (the API's; sample.py keeps nanoGPT's, see nanogpt/config.py), its
+    help, the interval its values lie in, and keeps_all, the per-row value that None stands for (a
+    number, or VOCAB_SIZE). filters: it can drop tokens, so a batch where every row keeps all skips the
+    sort (sample_tokens' filtered)."""
+    return field(
+        default=default, metadata=dict(help=help, within=within, choices=None, keeps_all=keeps_all, filters=filters)
+    )
+
 
 @dataclass
 class Sampling:
-    """How one row draws its tokens. temperature 0 is greedy; top_k and top_p of None keep every token;
-    seed picks the row's own random stream."""
+    """How one row draws its tokens: its options, and seed, which picks the row's own random stream."""
 
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    temperature: float = option(
+        1.0, "1.0 samples the model as is; lower is more conservative; 0 is greedy", "[0, inf)", keeps_all=1.0
+    )
+    top_k: int | None = option(
+        None,
+        "sample only among the top_k most likely tokens; None for all",
+        "[1, inf)",
+        keeps_all=VOCAB_SIZE,
+        filters=True,
+    )
+    top_p: float | None = option(
+        None,
+        "nucleus sampling: only the most likely tokens that together reach top_p probability; None for all",
+        "(0, 1]",
+        keeps_all=1.0,
+        filters=True,
+    )
     seed: int = 0
 
     def values(self, vocab_size):
         """What a decode step reads of this row: one number per keyword of sample_tokens."""
-        return dict(
-            temperature=float(self.temperature),
-            top_k=min(self.top_k or vocab_size, vocab_size),
-            top_p=1.0 if self.top_p is None else float(self.top_p),
-            stream=stream_key(self.seed),
-        )
+        given = asdict(self)
+        values = {f.name: row_value(f, given[f.name], vocab_size) for f in sampling_options()}
+        return dict(values, stream=stream_key(self.seed))
 
     def filters(self, vocab_size):
         """Whether this row keeps only some tokens (a batch without any skips the sort)."""
-        return self.top_k is not None and self.top_k < vocab_size or self.top_p is not None and self.top_p < 1
+        given = asdict(self)
+        return any(
+            row_value(f, given[f.name], vocab_size) != row_value(f, None, vocab_size)
+            for f in sampling_options()
+            if f.metadata["filters"]
+        )
+
+
+def sampling_options():
+    """Sampling's options (the fields declared with option())."""
+    return [f for f in fields(Sampling) if "keeps_all" in f.metadata]
+
+
+def row_value(declared, value, vocab_size):
+    """The number a decode step reads for one option of one row: keeps_all for None, and a value of a
+    VOCAB_SIZE option capped at the vocabulary's size (beyond it, it keeps all too)."""
+    keeps_all = declared.metadata["keeps_all"]
+    if keeps_all == VOCAB_SIZE:
+        keeps_all, value = vocab_size, value if value is None else min(value, vocab_size)
+    return keeps_all if value is None else value
 
 
 def row_values(samplings, vocab_size, device):
-    """Each of Sampling.values as a (rows,) tensor: floats as float32, whole numbers as int64."""
+    """Each of Sampling.values as a (rows,) tensor: floats as float32, whole numbers as int64 (the kind
+    of the value that keeps all)."""
     values = [s.values(vocab_size) for s in samplings]
     return {
         name: torch.tensor(

@@ -18,7 +18,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from nanogpt.generation.completion import Endings
-from nanogpt.generation.sampling import Sampling
+from nanogpt.config import describe_interval, in_interval, unwrap_optional
+from nanogpt.generation.sampling import Sampling, sampling_options
 from nanogpt.errors import DataError
 from nanogpt.serving.batching import Busy, Job, Batcher
 
@@ -47,9 +48,7 @@ class Completion:
 
     prompts: list  # (text, ids) per prompt
     max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int | None
+    sampling: dict  # each of Sampling's options (nanogpt/generation/sampling.py) by name
     n: int
     stop: list
     seed: int
@@ -59,8 +58,9 @@ class Completion:
     include_usage: bool  # a stream's last chunk carries the usage
 
 
-def number(body, key, default, kind, low=None, high=None, low_open=False):
-    """body[key] checked to be a finite number of `kind` (int or float) within [low, high]."""
+def number(body, key, default, kind, within):
+    """body[key] checked to be a finite number of `kind` (int or float) in the interval `within`, such
+    as "[0, 20]" or "(0, 1]"; None where the default is None and the body gives none or null."""
     value = body.get(key, default)
     if value is None and default is None:
         return None
@@ -70,15 +70,13 @@ def number(body, key, default, kind, low=None, high=None, low_open=False):
         )
     if not math.isfinite(value):
         raise BadRequest(f"{key} must be a finite number, got {value}", param=key)
-    if low is not None and (value <= low if low_open else value < low) or high is not None and value > high:
-        bounds = f"{'above' if low_open else 'at least'} {low}" + (f" and at most {high}" if high is not None else "")
-        raise BadRequest(f"{key} must be {bounds}, got {value}", param=key)
+    if not in_interval(value, within):
+        raise BadRequest(f"{key} must be {describe_interval(within)}, got {value}", param=key)
     return value
 
 
-def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object with at least a prompt")
+def parse_prompts(body, tokenizer, block_size):
+    """(text, ids) of each prompt a completions body holds: a text, a list of texts, or token ids."""
     if "prompt" not in body:
         raise BadRequest("prompt is missing: send the text to complete as prompt", param="prompt")
     prompt = body["prompt"]
@@ -110,6 +108,13 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
                 f"prompt is {len(ids)} tokens, longer than the model's context of {block_size}", param="prompt"
             )
         prompts.append((item if isinstance(item, str) else tokenizer.decode(ids), ids))
+    return prompts
+
+
+def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object with at least a prompt")
+    prompts = parse_prompts(body, tokenizer, block_size)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
@@ -121,16 +126,17 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
     request = Completion(
         prompts=prompts,
         # with echo, 0 scores the prompt alone (lm-evaluation-harness's older loglikelihood request)
-        max_tokens=number(body, "max_tokens", 16, int, 0 if echo else 1, max_tokens_limit),
-        temperature=number(body, "temperature", 1.0, float, 0),
-        top_p=number(body, "top_p", 1.0, float, 0, 1, low_open=True),
-        top_k=number(body, "top_k", None, int, 1),
-        n=number(body, "n", 1, int, 1, max_n),
+        max_tokens=number(body, "max_tokens", 16, int, f"[{0 if echo else 1}, {max_tokens_limit}]"),
+        sampling={
+            f.name: number(body, f.name, f.default, unwrap_optional(f.type)[0], f.metadata["within"])
+            for f in sampling_options()
+        },
+        n=number(body, "n", 1, int, f"[1, {max_n}]"),
         stop=stop,
-        seed=number(body, "seed", None, int, -(2**62), 2**62 - 1),
+        seed=number(body, "seed", None, int, f"[{-(2**62)}, {2**62 - 1}]"),
         stream=body.get("stream", False),
         echo=echo,
-        logprobs=number(body, "logprobs", None, int, 0, 20),  # lm-evaluation-harness asks for up to 10
+        logprobs=number(body, "logprobs", None, int, "[0, 20]"),  # lm-evaluation-harness asks for up to 10
         include_usage=stream_usage(body),
     )
     if request.seed is None:
@@ -364,7 +370,7 @@ class Answer:
         for p, (_, ids) in enumerate(completion.prompts):
             for i in range(completion.n):
                 index = len(self.jobs)
-                sampling = Sampling(completion.temperature, completion.top_k, completion.top_p, completion.seed + i)
+                sampling = Sampling(**completion.sampling, seed=completion.seed + i)
                 self.jobs.append(Job(ids, sampling, completion.max_tokens, self.endings.ended, self._deliverer(index)))
 
     def _deliverer(self, index):

@@ -134,6 +134,20 @@ def wrap_model(model, cfg, procs):
     return compiled, DDP(compiled, device_ids=device_ids, **no_buffer_sync)
 
 
+def gradient_sync(cfg, procs, model, train_model):
+    """The context each micro-batch runs in (nanogpt/training/step.py): under DDP and FSDP the
+    gradients are reduced only once, after the last micro-batch of a step."""
+
+    def sync(last_micro_step):
+        if cfg.fsdp:
+            model.set_requires_gradient_sync(last_micro_step)
+        if procs.ddp and not cfg.fsdp and not last_micro_step:
+            return train_model.no_sync()
+        return contextlib.nullcontext()
+
+    return sync
+
+
 def start_processes(cfg):
     device = resolve_device(cfg.device)
     if int(os.environ.get("RANK", -1)) == -1:

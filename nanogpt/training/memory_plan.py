@@ -29,6 +29,7 @@ import torch
 
 from nanogpt.errors import SettingError
 from nanogpt.lora import LORA_LAYERS
+from nanogpt.model import GPT
 
 SUGGESTED_LORA_RANK = 16
 
@@ -49,25 +50,17 @@ class MemoryPlan:
 
 
 def model_shapes(config):
-    """{name: shape} of the parameters GPT(config) has (a tied head counted once), from the config alone:
-    nothing is built (tests/test_memory.py holds them equal to the model's for every switch)."""
-    C, V = config.n_embd, config.vocab_size
-    norm = {"weight": (C,), **({"bias": (C,)} if config.bias and not config.rmsnorm else {})}
-    linears = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (4 * C, C), "mlp.c_proj": (C, 4 * C)}
-    shapes = {"transformer.wte.weight": (V, C)}
-    if not config.rotary:
-        shapes["transformer.wpe.weight"] = (config.block_size, C)
-    for i in range(config.n_layer):
-        block = f"transformer.h.{i}"
-        shapes.update({f"{block}.{ln}.{key}": shape for ln in ("ln_1", "ln_2") for key, shape in norm.items()})
-        for name, shape in linears.items():
-            shapes[f"{block}.{name}.weight"] = shape
-            if config.bias:
-                shapes[f"{block}.{name}.bias"] = shape[:1]
-    shapes.update({f"transformer.ln_f.{key}": shape for key, shape in norm.items()})
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
+    """{name: shape} of the parameters GPT(config) has (a tied head counted once): the model itself,
+    built on the meta device, which allocates nothing, so every switch counts as the model has it."""
+    try:
+        with torch.device("meta"):
+            model = GPT(config)
+    except RuntimeError as e:  # "Storage size calculation overflowed": no tensor can have this shape
+        raise SettingError(
+            f"a training step needs about {gib(2**63)} or more: a weight of this shape would have more bytes than"
+            " a tensor can hold; make the model smaller (--n_embd, --n_layer, --block_size)"
+        ) from e
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 def lora_shapes(shapes, cfg):

@@ -1,15 +1,22 @@
 """A run's full state in and out of a checkpoint: refusing settings that cannot continue it, restoring
-optimizer moments, loss scale and random streams (an exact resume), and gathering a sharded run's
-state into the same files an unsharded run writes."""
+optimizer moments, loss scale and random streams (an exact resume), and writing the state, a sharded
+run's gathered into the same files an unsharded run writes."""
 
 from dataclasses import asdict, replace
 
 import torch
 
-from nanogpt.checkpoint import load_checkpoint, restore_rng_state
+from nanogpt.checkpoint import (
+    BEST_NAME,
+    MODEL_KEYS,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from nanogpt.config import TrainSettings
 from nanogpt.errors import CheckpointError, DataError, SettingError
-from nanogpt.lora import check_lora_resume
+from nanogpt.lora import adapter_state, check_lora_resume
 from nanogpt.model import GPTConfig, architecture_switches
 from nanogpt.tokenizer import describe_vocabulary, same_vocabulary
 
@@ -117,3 +124,40 @@ def full_state(model, optimizers, fsdp):
     return get_model_state_dict(model, options=full), [
         get_optimizer_state_dict(model, optimizer, options=full) for optimizer in optimizers
     ]
+
+
+def save_run(setup, progress, rank_rng, best=False):
+    """Write ckpt.pt, the full state, from rank 0; with best, also best.pt (the model alone), and with
+    keep_checkpoints a numbered copy. Under FSDP every process must call it (see full_state). setup and
+    progress: train.py's Setup and Progress; rank_rng: every process's random streams under DDP."""
+    cfg, step = setup.cfg, setup.step
+    model_state, optimizer_states = full_state(setup.raw_model, step.optimizers, cfg.fsdp)
+    progress.saved_iter, progress.has_checkpoint = progress.iter_num, True
+    if not setup.procs.master:
+        return
+    checkpoint = {
+        "model": adapter_state(model_state) if setup.lora else model_state,
+        "optimizer": optimizer_states,
+        "scaler": step.scaler.state_dict(),
+        "model_args": setup.model_args,
+        "iter_num": progress.iter_num,
+        "best_val_loss": progress.best_val_loss,
+        "train_seconds": progress.train_seconds,  # the time axis of a resumed run's metrics continues from here
+        "config": asdict(cfg),
+        "tokenizer": setup.data.meta,
+        # the other streams are where they were when that batch was drawn: since then only backward,
+        # the optimizer step and evaluation ran, and none of them draws random numbers
+        "rng": capture_rng_state(setup.batches.position),
+    }
+    if setup.lora:
+        checkpoint["lora"] = setup.lora
+    if setup.procs.ddp:
+        checkpoint["rank_rng"] = rank_rng  # every process's streams, gathered at this step
+    path = save_checkpoint(cfg.out_dir, checkpoint)
+    if best:
+        save_checkpoint(cfg.out_dir, {key: checkpoint[key] for key in MODEL_KEYS if key in checkpoint}, BEST_NAME)
+    print(f"saved checkpoint to {path}" + (f" and the best model so far to {BEST_NAME}" if best else ""))
+    if cfg.keep_checkpoints:
+        save_checkpoint(cfg.out_dir, checkpoint, f"ckpt-{progress.iter_num:06d}.pt")
+        for old in sorted(path.parent.glob("ckpt-[0-9]*.pt"))[: -cfg.keep_checkpoints]:
+            old.unlink()
