@@ -15,6 +15,7 @@ import torch
 
 from nanogpt.errors import CheckpointError, SettingError, first_line
 from nanogpt.files import write_atomically
+from nanogpt.from_nanogpt import from_nanogpt_checkpoint, is_nanogpt_checkpoint
 from nanogpt.hf import gpt_from_pretrained, is_pretrained_source, not_a_model, pretrained_block_size
 from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
 
@@ -123,6 +124,8 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
         ) from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise CheckpointError(f"{path} is not a nanogpt checkpoint (it has no 'model' and 'model_args' entries)")
+    if is_nanogpt_checkpoint(checkpoint):
+        checkpoint = dict(from_nanogpt_checkpoint(checkpoint, path), origin="nanoGPT")
     if not isinstance(checkpoint.get("tokenizer"), dict) or checkpoint["tokenizer"].get("tokenizer") not in KINDS:
         raise CheckpointError(
             f"{path} names no tokenizer this version knows ({', '.join(KINDS)}); it is damaged or from another program"
@@ -131,7 +134,7 @@ def load_checkpoint(out_dir, which="latest", device="cpu"):
     checkpoint["path"] = str(path)  # where it was read from, for messages; not saved
     if which == "best" and path.name == CHECKPOINT_NAME:
         print(
-            f"note: {out_dir} holds no {BEST_NAME} (a run of an older version); reading {CHECKPOINT_NAME}",
+            f"note: {out_dir} holds no {BEST_NAME} (a run of nanoGPT or an older version); reading {CHECKPOINT_NAME}",
             file=sys.stderr,
         )
     return checkpoint

@@ -21,6 +21,7 @@ import torch
 
 from nanogpt.config import setting
 from nanogpt.errors import DataError, SettingError
+from nanogpt.from_nanogpt import META_PKL, read_meta_pkl
 from nanogpt.files import REPO_ROOT, check_writable_folder, hold_folder, read_utf8, shared_data_dir, write_atomically
 from nanogpt.tokenizer import (
     BPE_FILE,
@@ -190,8 +191,11 @@ def prepare_command(dataset):
 
 
 def load_meta(dataset_dir):
-    """Read and check meta.json. A folder without one holds GPT-2 token ids (as nanoGPT's openwebtext)."""
+    """Read and check meta.json. A folder without one is nanoGPT's: characters where its meta.pkl says
+    so (nanoGPT's shakespeare_char), else GPT-2 token ids (its openwebtext, its shakespeare)."""
     path = Path(dataset_dir) / "meta.json"
+    if not path.is_file() and (Path(dataset_dir) / META_PKL).is_file():
+        return dict(read_meta_pkl(Path(dataset_dir) / META_PKL), dtype="uint16")  # nanoGPT writes uint16
     if not path.is_file():
         return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "dtype": "uint16"}
     try:

@@ -28,6 +28,13 @@ def resumable_checkpoint(cfg, data):
     this dataset can: refused in one sentence before anything is written."""
     # loaded into CPU memory: on a GPU a second copy of the model and optimizer could run it out of memory
     checkpoint = load_checkpoint(cfg.out_dir)
+    saved_optimizer = checkpoint.get("config", {}).get("optimizer", "adamw")  # nanoGPT's runs: AdamW
+    if cfg.optimizer != saved_optimizer:
+        raise SettingError(
+            f"cannot resume with --optimizer={cfg.optimizer}: the run in {cfg.out_dir} was trained with"
+            f" {saved_optimizer}, whose state does not carry over; resume with --optimizer={saved_optimizer}, or"
+            " train a new model in another --out_dir"
+        )
     cfg = settings_to_resume(cfg, checkpoint, TrainSettings())
     check_lora_resume(cfg, checkpoint)
     if not same_vocabulary(checkpoint["tokenizer"], data.meta):
@@ -79,6 +86,9 @@ def restore_optimizers(checkpoint, model, optimizers, scaler, fsdp):
         raise CheckpointError(
             f"{checkpoint['path']} was trained with another optimizer; resume without changing --optimizer"
         )
+    if checkpoint.get("origin") == "nanoGPT" and not fits_optimizer(saved[0], optimizers[0]):
+        print("note: the nanoGPT checkpoint's optimizer state does not fit this model's AdamW; starting a fresh one")
+        return
     for optimizer, state in zip(optimizers, saved):
         settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
         if fsdp or any(isinstance(key, str) for key in state["state"]):
@@ -100,7 +110,7 @@ def restore_random_streams(checkpoint, procs, batches, seed):
     if "rng" not in checkpoint:
         if procs.master:
             print(
-                "note: this checkpoint holds no random state (saved by an older version); the resumed run "
+                "note: this checkpoint holds no random state (saved by nanoGPT or an older version); the resumed run "
                 "will draw other batches"
             )
         return
@@ -111,6 +121,20 @@ def restore_random_streams(checkpoint, procs, batches, seed):
         restore_rng_state(checkpoint["rng"], batches.generator)
         if procs.rank > 0:
             torch.manual_seed(seed + procs.rank + checkpoint["iter_num"])
+
+
+def fits_optimizer(state, optimizer):
+    """Whether a saved optimizer state has this optimizer's groups, each moment the shape of its parameter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if [len(group.get("params", [])) for group in state.get("param_groups", [])] != sizes:
+        return False
+    moments = state.get("state", {})
+    return all(
+        all(getattr(moments[i].get(key), "shape", p.shape) == p.shape for key in ("exp_avg", "exp_avg_sq"))
+        for i, p in enumerate(params)
+        if i in moments
+    )
 
 
 def full_state(model, optimizers, fsdp):
