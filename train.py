@@ -143,6 +143,7 @@ class Progress:
     iter_num: int = 0
     best_val_loss: float = float("inf")
     train_seconds: float = 0.0  # training time so far, evaluations left out (continues across resume)
+    tokens: int = 0  # training tokens seen so far, each step's own count (a resume may change the batch)
     batch: tuple = None  # the next micro-batch (x, y)
     saved_iter: int = 0  # the step whose state is on disk (or, at 0, can be made again from the seed)
     has_checkpoint: bool = False
@@ -177,6 +178,7 @@ def set_up(cfg, procs):
         progress.iter_num = progress.saved_iter = checkpoint["iter_num"]
         progress.best_val_loss, progress.has_checkpoint = checkpoint["best_val_loss"], True
         progress.train_seconds = checkpoint.get("train_seconds", 0.0)
+        progress.tokens = checkpoint.get("tokens", progress.iter_num * tokens_per_iter)  # older: at today's rate
     compiled, train_model = distributed.wrap_model(model, cfg, procs)
     step = TrainingStep(
         train_model,
@@ -261,6 +263,7 @@ def training_loop(setup, progress):
         stats, progress.batch = setup.step(progress.batch, setup.batches)
         now = time.time()
         progress.iter_num += 1
+        progress.tokens += setup.tokens_per_iter
         progress.train_seconds += now - t_last
         t_last = now
         if progress.iter_num % cfg.log_interval == 0 and procs.master:
@@ -377,7 +380,7 @@ def log_step(setup, progress, stats, lr):
 def log_record(setup, progress, kind, **figures):
     """One record of metrics.jsonl (rank 0): its kind, the step, the figures, and where the run is (tokens
     seen, training time); the figures also go to wandb as kind/name."""
-    where = dict(tokens=progress.iter_num * setup.tokens_per_iter, train_seconds=progress.train_seconds)
+    where = dict(tokens=progress.tokens, train_seconds=progress.train_seconds)
     append_record(setup.cfg.out_dir, dict(kind=kind, iter=progress.iter_num, **figures, **where))
     if setup.wandb:
         setup.wandb.log({"iter": progress.iter_num, **{f"{kind}/{name}": value for name, value in figures.items()}})

@@ -54,12 +54,12 @@ class Scores:
         return self.correct_norm / max(self.count, 1)
 
 
-def task_file(task):
+def task_file(task, setting="--task"):
     """The JSON-lines file of a task: 'hellaswag' (HellaSwag's validation set, downloaded once into
-    data/hellaswag/) or a path."""
+    data/hellaswag/) or a path. setting: the script's name for it, for messages."""
     if task != "hellaswag":
         if not Path(task).is_file():
-            raise DataError(f"task file {task} not found; give a .jsonl file of items or --task=hellaswag")
+            raise DataError(f"task file {task} not found; give a .jsonl file of items or {setting}=hellaswag")
         return Path(task)
     if not HELLASWAG_PATH.is_file():
         print(f"downloading {HELLASWAG_URL} ...", file=sys.stderr)
@@ -72,7 +72,7 @@ def task_file(task):
         except OSError as e:
             raise DataError(
                 f"could not download HellaSwag ({e}); put hellaswag_val.jsonl at {HELLASWAG_PATH} or pass "
-                "--task=PATH.jsonl"
+                f"{setting}=PATH.jsonl"
             ) from None
         write_atomically({HELLASWAG_PATH: lambda f: f.write(data)}, len(data))
     return HELLASWAG_PATH
@@ -93,7 +93,7 @@ def parse_line(text, where):
         raise DataError(f"{where} has no {context_key!r}: a non-empty string is needed")
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
         raise DataError(f"{where} has no {choices_key!r}: a list of two or more non-empty strings is needed")
-    if isinstance(label, str) and label.isdigit():
+    if isinstance(label, str) and label.isascii() and label.isdigit():  # not "²", which isdigit() accepts
         label = int(label)  # some copies of HellaSwag store it as text
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
         raise DataError(

@@ -8,9 +8,11 @@ import re
 import pytest
 import torch
 
-from helpers import TINY_MODEL, assert_user_error, public_data, run_script, run_torchrun, skip_when_offline
+from helpers import TINY_MODEL, assert_user_error, free_port, public_data, run_script, run_torchrun, skip_when_offline
 from nanogpt.checkpoint import load_model_and_tokenizer
+from nanogpt import multiple_choice
 from nanogpt.multiple_choice import accuracy, loglikelihoods, read_items
+from nanogpt.training.evaluation import task_items
 
 pytestmark = pytest.mark.slow  # every test here starts processes or trains
 
@@ -181,6 +183,7 @@ def test_bad_task_files(trained_run, tmp_path):
         "one_choice": ([{"context": "ROMEO:", "choices": ["a"], "label": 0}], "two or more"),
         "label_out_of_range": ([{**good, "label": 2}], "line 1 has label 2"),
         "label_bool": ([{**good, "label": True}], "line 1 has label True"),
+        "label_superscript": ([{**good, "label": "\u00b2"}], "line 1 has label '\u00b2'"),
         "not_an_object": ([[1, 2]], "line 1 is not a JSON object"),
         "foreign_characters": (
             [good, {"ctx": "Caf\u00e9", "endings": ["a", "b"], "label": 0}],
@@ -298,3 +301,15 @@ def test_hellaswag_is_downloaded_once(tmp_path, monkeypatch):
     monkeypatch.setattr(multiple_choice, "HELLASWAG_PATH", tmp_path / "elsewhere" / "hellaswag_val.jsonl")
     with pytest.raises(multiple_choice.DataError, match="could not download HellaSwag .*put hellaswag_val.jsonl at"):
         multiple_choice.task_file("hellaswag")
+
+
+def test_a_superscript_label_and_an_offline_hellaswag_each_get_one_sentence(tmp_path, monkeypatch):
+    """ "²".isdigit() is True, and int("²") fails; offline, train.py's advice names its own setting."""
+    with pytest.raises(multiple_choice.DataError, match="line 1 has label '\u00b2'"):
+        multiple_choice.parse_line(json.dumps({"context": "a", "choices": ["b", "c"], "label": "\u00b2"}), "line 1")
+    monkeypatch.setattr(multiple_choice, "HELLASWAG_URL", f"http://127.0.0.1:{free_port()}/hellaswag_val.jsonl")
+    monkeypatch.setattr(multiple_choice, "HELLASWAG_PATH", tmp_path / "hellaswag_val.jsonl")
+    with pytest.raises(
+        multiple_choice.DataError, match="cannot score hellaswag: could not download .* --hellaswag_task="
+    ):
+        task_items("hellaswag", {"tokenizer": "gpt2", "vocab_size": 50257}, 64)

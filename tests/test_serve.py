@@ -74,6 +74,12 @@ def test_openai_client_completion_stream_n_and_stop(server, trained_run):
     again = c.completions.create(model="any", prompt="JULIET:", max_tokens=30, n=3, temperature=1.0, seed=7)
     assert [x.text for x in three.choices] == [x.text for x in again.choices]  # a seed repeats them
     assert len({x.text for x in three.choices}) > 1  # and each choice has its own stream
+    # so does each of repeated prompts, and each choice of several prompts, all repeated by the seed
+    repeated = c.completions.create(model="any", prompt=["JULIET:"] * 3, max_tokens=30, temperature=1.0, seed=7)
+    assert [x.text for x in repeated.choices] == [x.text for x in three.choices]
+    two = c.completions.create(model="any", prompt=["JULIET:", "ROMEO:"], max_tokens=30, n=2, temperature=1.0, seed=7)
+    assert [x.text for x in two.choices][:2] == [x.text for x in three.choices][:2]
+    assert len({x.text for x in two.choices}) == 4
 
     stop = text[10]  # a character the greedy completion holds: it must end there
     stopped = c.completions.create(model="any", prompt="ROMEO:", max_tokens=40, temperature=0, stop=[stop])
@@ -250,6 +256,9 @@ BAD_REQUESTS = [
     (json.dumps({"prompt": "ROMEO:", "stop": 5}).encode(), 400, "stop must be a string"),
     (json.dumps({"prompt": "ROMEO:", "n": "two"}).encode(), 400, "n must be an integer"),
     (json.dumps({"prompt": "x" * (2 << 20)}).encode(), 413, "larger than 1,048,576 bytes"),
+    (b'{"prompt": "a\\ud800", "max_tokens": 1, "echo": true}', 400, "lone surrogate"),
+    (b'{"prompt": "ROMEO:", "stop": ["\\udfff"], "stream": true}', 400, "lone surrogate"),
+    (json.dumps({"prompt": ["ROMEO:"] * 500, "max_tokens": 1}).encode(), 400, "asks for 500 completions"),
 ]
 
 

@@ -111,10 +111,11 @@ def parse_prompts(body, tokenizer, block_size):
     return prompts
 
 
-def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
+def parse_completion(body, tokenizer, limits):
+    """The Completion a body asks for, within the server's limits (create_app's)."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with at least a prompt")
-    prompts = parse_prompts(body, tokenizer, block_size)
+    prompts = parse_prompts(body, tokenizer, limits["block_size"])
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
@@ -126,12 +127,12 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
     request = Completion(
         prompts=prompts,
         # with echo, 0 scores the prompt alone (lm-evaluation-harness's older loglikelihood request)
-        max_tokens=number(body, "max_tokens", 16, int, f"[{0 if echo else 1}, {max_tokens_limit}]"),
+        max_tokens=number(body, "max_tokens", 16, int, f"[{0 if echo else 1}, {limits['max_tokens_limit']}]"),
         sampling={
             f.name: number(body, f.name, f.default, unwrap_optional(f.type)[0], f.metadata["within"])
             for f in sampling_options()
         },
-        n=number(body, "n", 1, int, f"[1, {max_n}]"),
+        n=number(body, "n", 1, int, f"[1, {limits['max_n']}]"),
         stop=stop,
         seed=number(body, "seed", None, int, f"[{-(2**62)}, {2**62 - 1}]"),
         stream=body.get("stream", False),
@@ -141,6 +142,13 @@ def parse_completion(body, tokenizer, block_size, max_tokens_limit, max_n):
     )
     if request.seed is None:
         request.seed = random.randrange(2**31)
+    choices = len(prompts) * request.n
+    if request.max_tokens and choices > limits["max_choices"]:  # more than the rows and queue could ever take
+        raise BadRequest(
+            f"this request asks for {choices} completions (prompts x n), more than the {limits['max_choices']} the"
+            " server takes at once (--max_rows running, --max_queue waiting); send fewer in each request",
+            param="prompt",
+        )
     return request
 
 
@@ -223,7 +231,11 @@ def create_app(
         )
 
     limits = dict(
-        block_size=config.block_size, max_tokens_limit=max_tokens_limit, max_n=max_rows, max_body_bytes=max_body_bytes
+        block_size=config.block_size,
+        max_tokens_limit=max_tokens_limit,
+        max_n=max_rows,
+        max_choices=max_rows + max_queue,
+        max_body_bytes=max_body_bytes,
     )
     app.post("/v1/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits))
     add_tokenizer_endpoints(app, tokenizer, config.block_size, max_body_bytes)
@@ -289,12 +301,20 @@ async def read_body(request, limit):
 
 
 def parse_json(raw):
+    """The body's JSON, every string in it text: a \\ud800-style escape without its pair is valid JSON
+    but no character, and could be neither encoded nor answered."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "the body holds a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not text"
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not valid JSON") from None
     except RecursionError:  # arrays or objects nested thousands deep
         raise BadRequest("the body nests too deeply to be a request") from None
+    return body
 
 
 def guard(api_key, metrics, max_body_bytes):
@@ -324,9 +344,7 @@ def completions_endpoint(batcher, tokenizer, name, metrics, limits):
     async def completions(request: Request):
         try:
             body = parse_json(await read_body(request, limits["max_body_bytes"]))
-            completion = parse_completion(
-                body, tokenizer, limits["block_size"], limits["max_tokens_limit"], limits["max_n"]
-            )
+            completion = parse_completion(body, tokenizer, limits)
             answer = Answer(completion, tokenizer, batcher, tokenizer.vocab_size, name)
             if completion.max_tokens:
                 batcher.submit(answer.jobs)
@@ -367,10 +385,11 @@ class Answer:
         self.loop = asyncio.get_running_loop()
         self.inbox = asyncio.Queue()  # (job index, event), put there from the batcher's thread
         self.jobs = []
-        for p, (_, ids) in enumerate(completion.prompts):
-            for i in range(completion.n):
+        for _, ids in completion.prompts:
+            for _ in range(completion.n):
                 index = len(self.jobs)
-                sampling = Sampling(**completion.sampling, seed=completion.seed + i)
+                # every choice its own random stream: repeated prompts, and n > 1, differ; seed repeats them all
+                sampling = Sampling(**completion.sampling, seed=completion.seed + index)
                 self.jobs.append(Job(ids, sampling, completion.max_tokens, self.endings.ended, self._deliverer(index)))
 
     def _deliverer(self, index):

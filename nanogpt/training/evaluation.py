@@ -67,7 +67,7 @@ def task_items(task, tokenizer_meta, block_size):
     """The multiple-choice items a run scores (hellaswag_task), read once before training: a task the
     model's tokenizer cannot read (HellaSwag for a character-level model) is refused here."""
     try:
-        return read_items(task_file(task), tokenizer_from_meta(tokenizer_meta), block_size)
+        return read_items(task_file(task, "--hellaswag_task"), tokenizer_from_meta(tokenizer_meta), block_size)
     except DataError as e:
         raise DataError(f"hellaswag_interval cannot score {task}: {e}") from None
 

@@ -167,6 +167,7 @@ def save_run(setup, progress, rank_rng, best=False):
         "iter_num": progress.iter_num,
         "best_val_loss": progress.best_val_loss,
         "train_seconds": progress.train_seconds,  # the time axis of a resumed run's metrics continues from here
+        "tokens": progress.tokens,  # and its tokens axis
         "config": asdict(cfg),
         "tokenizer": setup.data.meta,
         # the other streams are where they were when that batch was drawn: since then only backward,

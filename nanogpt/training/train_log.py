@@ -64,16 +64,40 @@ def git_commit():
     return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
 
 
+# what every record of a kind holds (train.py writes them; compare.py and loss.png read them): a line
+# without its kind's fields is not one of this project's records (a hand-edited or foreign line)
+RECORD_FIELDS = {
+    "run": {"config": dict, "tokenizer": str, "vocab_size": int},
+    "train": {"loss": float, "tokens": float, "train_seconds": float},
+    "eval": {"train_loss": float, "val_loss": float, "tokens": float, "train_seconds": float},
+    "hellaswag": {"acc": float, "acc_norm": float, "tokens": float, "train_seconds": float},
+}
+
+
+def is_record(value):
+    """Whether a parsed line is a record: a kind, a whole-number iter and the kind's fields (a float
+    field takes any number)."""
+    if not isinstance(value, dict) or value.get("kind") not in RECORD_FIELDS:
+        return False
+    fields = {"iter": int, **RECORD_FIELDS[value["kind"]]}
+    kinds = {int: (int,), float: (int, float), str: (str,), dict: (dict,)}
+    return all(isinstance(value.get(k), kinds[t]) and not isinstance(value.get(k), bool) for k, t in fields.items())
+
+
 def read_records(out_dir):
+    """The records of out_dir's metrics.jsonl, skipping lines that are not (one cut short by a crash, or
+    any other JSON)."""
     path = Path(out_dir) / METRICS_NAME
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
-            continue  # a line cut short by a crash
+            continue
+        if is_record(record):
+            records.append(record)
     return records
 
 
@@ -88,6 +112,9 @@ def open_run_log(cfg, iter_num, tokens_per_iter, tokenizer_meta):
     from, then its run record, and wandb when cfg.wandb_log; returns the wandb module, or None. Before
     its first write the run becomes out_dir's one writer (a second run into it is refused)."""
     hold_folder(cfg.out_dir, "out_dir")
+    metrics = Path(cfg.out_dir) / METRICS_NAME
+    if metrics.exists() and not metrics.is_file():
+        raise WriteError(f"{metrics} is not a file (a folder?); move it away, then run again")
     if iter_num == 0:
         open(Path(cfg.out_dir) / METRICS_NAME, "w").close()
     else:
