@@ -56,9 +56,8 @@ def read_settings(argv):
 def main():
     cfg = read_settings(sys.argv[1:])
     target = Path(cfg.to)
-    check_writable_folder(
-        target, "to"
-    )  # before the checkpoint loads: a place that cannot hold a folder is one sentence
+    # before the checkpoint loads: a place that cannot hold a folder is one sentence
+    check_writable_folder(target, "to")
     try:
         import transformers  # noqa: F401
     except ImportError:

@@ -54,9 +54,8 @@ def main():
         for p in matrices:
             p.grad = torch.randn_like(p)
         optimizers = {
-            "torch": torch.optim.Muon(
-                matrices, lr=0.0, weight_decay=0.0, adjust_lr_fn="original"
-            ),  # lr 0: the weights stay put
+            # lr 0: the weights stay put
+            "torch": torch.optim.Muon(matrices, lr=0.0, weight_decay=0.0, adjust_lr_fn="original"),
             "batched": BatchedMuon(matrices, lr=0.0, weight_decay=0.0, adjust_lr_fn="original"),
             "float32": BatchedMuon(matrices, "float32", lr=0.0, weight_decay=0.0, adjust_lr_fn="original"),
         }

@@ -21,6 +21,7 @@ from nanogpt.tokenizer import KINDS, meta_from_hf_folder, tokenizer_from_meta
 
 CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
 BEST_NAME = "best.pt"  # the model with the best val loss so far: what sampling and export read
+# best.pt: no optimizer
 MODEL_KEYS = (
     "model",
     "model_args",
@@ -29,7 +30,7 @@ MODEL_KEYS = (
     "config",
     "tokenizer",
     "lora",
-)  # best.pt: no optimizer
+)
 
 
 def save_checkpoint(out_dir, checkpoint, name=CHECKPOINT_NAME):

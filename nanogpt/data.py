@@ -306,9 +306,8 @@ class Dataset:
                 starts = offsets.tolist()
         # one copy of block_size + 1 tokens per row; x and y are views into it
         rows = np.stack([data[i : i + block_size + 1] for i in starts])
-        self.check_ids(
-            rows, f"the {split} split of {self.dir}"
-        )  # on a GPU an id past the table is an opaque device assert
+        # on a GPU an id past the table is an opaque device assert
+        self.check_ids(rows, f"the {split} split of {self.dir}")
         rows = torch.from_numpy(rows.astype(np.int64))
         if device.startswith("cuda"):
             # pinned memory lets the copy run asynchronously while the GPU is busy

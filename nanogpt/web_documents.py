@@ -30,9 +30,8 @@ def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=No
         # .txt files: one document per line, as in most web-text dumps
         try:
             dataset = datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
-        except (
-            datasets.exceptions.DatasetGenerationError
-        ) as e:  # a file its builder cannot parse: not UTF-8, not JSON lines
+        # a file its builder cannot parse: not UTF-8, not JSON lines
+        except datasets.exceptions.DatasetGenerationError as e:
             raise DataError(
                 f"cannot read the documents in {input} ({first_line(e.__cause__ or e)}); give UTF-8 .txt, "
                 "JSON lines or parquet files"

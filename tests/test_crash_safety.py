@@ -539,9 +539,8 @@ def test_a_batch_that_does_not_fit_in_memory(data_dir, tmp_path):
         "--eval_iters=1",
         "--gradient_accumulation_steps=1",
     )
-    assert_user_error(
-        run_script(*args), "a training step needs about", "lower --batch_size"
-    )  # the memory plan sees it coming
+    # the memory plan sees it coming
+    assert_user_error(run_script(*args), "a training step needs about", "lower --batch_size")
     # and where the plan is skipped (or wrong), running out of memory is one line too
     result = run_script(*args, "--memory_check=off")
     assert_user_error(result, "out of memory with batch_size=50000, block_size=256", "--gradient_accumulation_steps")
@@ -658,9 +657,8 @@ def test_one_prepare_writes_into_a_folder_at_a_time(tmp_path):
             assert not (tmp_path / "train.bin").exists() and not list(tmp_path.glob("*.tmp"))
         finally:
             holder.kill()
-    taken_over = run_script(
-        "data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}"
-    )  # the dead holder's lock
+    # the dead holder's lock
+    taken_over = run_script("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={tmp_path}")
     assert taken_over.returncode == 0, taken_over.stderr
     assert (tmp_path / "train.bin").stat().st_size == 2 * 1_003_854
 

@@ -84,9 +84,8 @@ def test_hf_gpt2_matches_transformers_and_scores_every_byte(hf_gpt2_dir, text_fi
     tokenizer = GPT2Tokenizer()
     ids = [tokenizer.eot_token] + tokenizer.encode(text, ordinary=True)
     assert tokens == len(ids) - 1
-    assert text_bytes == len(
-        text.encode("utf-8")
-    )  # from <|endoftext|>: every byte of the text, the same as a char model's
+    # from <|endoftext|>: every byte of the text, the same as a char model's
+    assert text_bytes == len(text.encode("utf-8"))
 
     # the same windows computed directly with transformers: each new token scored once, with the rest as context
     model = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2_dir).eval()

@@ -159,7 +159,5 @@ def test_exact_gelu_exports_as_gelu_and_imports_back(data_dir, tmp_path):
         theirs_gap = (hf_model(tokens).logits - expected).abs().max()
         torch.testing.assert_close(back(tokens, targets=tokens)[0], expected, atol=1e-5, rtol=0)
         tanh_gap = (tanh(tokens, targets=tokens)[0] - expected).abs().max()
-    assert theirs_gap < 1e-5 and theirs_gap * 10 < tanh_gap, (
-        theirs_gap,
-        tanh_gap,
-    )  # transformers' GELU is the exact one
+    # transformers' GELU is the exact one
+    assert theirs_gap < 1e-5 and theirs_gap * 10 < tanh_gap, (theirs_gap, tanh_gap)

@@ -64,9 +64,8 @@ def test_lora_lowers_val_loss_and_changes_only_the_adapters(lora_out, hf_gpt2_di
     for name, value in model.state_dict().items():
         if ".lora_" not in name:
             expected = base[name.replace(".base_layer", "")]
-            assert torch.equal(value, expected[: len(value)] if name == "transformer.wpe.weight" else expected), (
-                name
-            )  # wpe cropped to 64
+            # wpe cropped to 64
+            assert torch.equal(value, expected[: len(value)] if name == "transformer.wpe.weight" else expected), name
     assert all(value.abs().max() > 0 for name, value in checkpoint["model"].items() if "lora_B" in name)
 
 

@@ -127,9 +127,8 @@ def test_batched_muon_takes_torch_muons_steps():
         ours.step()
         theirs.step()
     for a, b in zip(ours.param_groups[0]["params"], muon_params):
-        torch.testing.assert_close(
-            a, b, atol=2e-4, rtol=0
-        )  # room for bfloat16 kernels that round otherwise; measured equal on a CPU
+        # room for bfloat16 kernels that round otherwise; measured equal on a CPU
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
     theirs.load_state_dict(ours.state_dict())
     ours.load_state_dict(theirs.state_dict())
 

@@ -257,11 +257,8 @@ def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir,
         case_dir = tmp_path / f"case{next(cases)}"
         case_dir.mkdir()
         argv = base_args(script, (trained_run[0], data_dir), places, case_dir)
-        given, named, stdin = (
-            list(changed),
-            list(changed),
-            None,
-        )  # given: on the command line; named: what a refusal may name
+        # given: on the command line; named: what a refusal may name
+        given, named, stdin = list(changed), list(changed), None
         if script == "train.py" and extra is not None:
             config = case_dir / "fuzzed_config.py"
             config.write_bytes(extra)

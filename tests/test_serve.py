@@ -112,9 +112,8 @@ def test_prompt_only_scoring_stop_cut_logprobs_and_usage_chunk(server):
     assert choice["text"] == "ROMEO: speak" and choice["finish_reason"] == "length"
     assert choice["logprobs"]["tokens"] == list("ROMEO: speak")
     alone, with_one = choice["logprobs"]["token_logprobs"], one["choices"][0]["logprobs"]["token_logprobs"][:12]
-    assert alone[0] is None is with_one[0] and alone[1:] == pytest.approx(
-        with_one[1:], abs=1e-5
-    )  # one token longer: other matmul shapes
+    # one token longer: other matmul shapes
+    assert alone[0] is None is with_one[0] and alone[1:] == pytest.approx(with_one[1:], abs=1e-5)
     assert zero["usage"] == {"prompt_tokens": 12, "completion_tokens": 0, "total_tokens": 12}
     events = stream_events(server, dict(scored, max_tokens=0, stream=True))
     assert "".join(e["choices"][0]["text"] for e in events) == "ROMEO: speak"
@@ -174,9 +173,8 @@ def test_tokenizer_endpoints_answer_as_lm_evaluation_harness_asks(server, traine
 
     _, tokenizer = load_model_and_tokenizer("resume", str(trained_run[0]), "best")
     info = httpx.get(server + "/tokenizer_info").json()
-    assert (
-        info["eos_token"] is None and info["model_max_length"] == 32 and info["vocab_size"] == 65
-    )  # a char vocabulary has no end token
+    # a char vocabulary has no end token
+    assert info["eos_token"] is None and info["model_max_length"] == 32 and info["vocab_size"] == 65
     tokens = httpx.post(server + "/tokenize", json={"prompt": "ROMEO: speak", "add_special_tokens": False}).json()
     assert tokens == {"tokens": tokenizer.encode("ROMEO: speak"), "count": 12, "max_model_len": 32}
     assert httpx.post(server + "/detokenize", json={"tokens": tokens["tokens"]}).json() == {"prompt": "ROMEO: speak"}
@@ -231,11 +229,12 @@ def test_sixteen_concurrent_streams_share_the_batch(server):
 BAD_REQUESTS = [
     (b"{not json", 400, "not valid JSON"),
     (json.dumps({"max_tokens": 5}).encode(), 400, "prompt is missing"),
+    # 0 only with echo
     (
         json.dumps({"prompt": "ROMEO:", "max_tokens": 0}).encode(),
         400,
         "max_tokens must be at least 1",
-    ),  # 0 only with echo
+    ),
     (
         json.dumps({"prompt": "ROMEO:", "stream_options": {"include_usage": True}}).encode(),
         400,

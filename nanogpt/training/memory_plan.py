@@ -101,9 +101,8 @@ def activation_bytes(config, cfg, dtype, device_type):
         per_token += sum(4 if layer == "mlp.c_proj" else 1 for layer in LORA_LAYERS[cfg.lora_targets]) * (act + 0.5)
     per_block = B * T * C * per_token
     if cfg.dropout > 0 and device_type == "cpu":
-        per_block += (
-            B * config.n_head * T * T * 5 // 8
-        )  # cpu_dropout's attention keeps its mask: a byte a score it computes
+        # cpu_dropout's attention keeps its mask: a byte a score it computes
+        per_block += B * config.n_head * T * T * 5 // 8
     if cfg.activation_checkpointing:
         blocks = config.n_layer * B * T * C * 4 + per_block  # the blocks' inputs, and one block recomputed
     else:

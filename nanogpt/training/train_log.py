@@ -227,11 +227,7 @@ def draw_on_request(out_dir):
     for _ in sys.stdin:
         try:
             plot_loss_curve(out_dir)
-        except (
-            OSError,
-            ValueError,
-            RuntimeError,
-        ) as e:  # e.g. a full disk: checkpoints matter more and say so themselves
+        except (OSError, ValueError, RuntimeError) as e:  # a full disk: checkpoints matter more, and say so
             print(f"note: loss.png could not be drawn: {e}", file=sys.stderr)
 
 
