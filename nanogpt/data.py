@@ -11,6 +11,7 @@ Training reads the .bin files through np.memmap, so a dataset larger than memory
 
 import json
 import os
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ def load_meta(dataset_dir):
     return meta
 
 
+UNFINISHED = "prepare_state.json"  # in a dataset folder while a prepare script still writes it (fineweb's)
 SCANNED_TOKENS = 1 << 24  # of each split, when a dataset is opened: before a run writes anything
 
 
@@ -253,6 +255,13 @@ class Dataset:
                     f"dataset {name!r} is not prepared ({self.dir / f'{split}.bin'} is missing): run "
                     f"{prepare_command(name)}"
                 )
+        if (self.dir / UNFINISHED).is_file():
+            print(
+                f"note: {self.dir} is still being prepared ({UNFINISHED} is there): only the"
+                f" {len(self.files['train'])} train file(s) written so far are read; finish it with"
+                f" {prepare_command(name)} and the same settings",
+                file=sys.stderr,
+            )
         self.meta = load_meta(self.dir)
         self.dtype = np.dtype(self.meta["dtype"])
         for path in self.files["train"] + self.files["val"]:

@@ -3,9 +3,27 @@ from local .txt (a document a line), .jsonl or .parquet files for offline use.""
 
 from pathlib import Path
 
-from nanogpt.errors import DataError, UnavailableError, first_line
+from nanogpt.errors import DataError, SettingError, UnavailableError, first_line
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def check_input_apart(input, out_dir):
+    """Refuse an --input folder that holds --out_dir: what is written there (prepare_state.json, meta.json)
+    would be read back as documents."""
+    if input and Path(input).is_dir():
+        source, target = Path(input).resolve(), Path(out_dir).resolve()
+        if target == source or source in target.parents:
+            raise SettingError(
+                f"--input={input} holds --out_dir ({out_dir}): the dataset written there would be read back as"
+                " documents; choose an --out_dir outside the input folder"
+            )
+
+
+def is_text(text):
+    """A document worth tokenising: a string with more than white space (a null or a number in the
+    text column of a web dump is skipped, as an empty document is)."""
+    return isinstance(text, str) and bool(text.strip())
 
 
 def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=None):

@@ -4,9 +4,11 @@ interrupted run that continues to the same files, and training on the shards as 
 import json
 import os
 import re
+import signal
 import resource
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -131,3 +133,54 @@ def test_an_interrupted_run_continues_to_the_same_files(parquet, tmp_path):
 def stderr_text(result):
     """stderr without the progress bar's redrawn lines (they end in carriage returns, not newlines)."""
     return "\n".join(line.split("\r")[-1] for line in result.stderr.splitlines())
+
+
+def test_text_that_is_not_a_string_an_input_holding_the_output_and_an_unfinished_folder(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "source"
+    source.mkdir()
+    docs = documents()
+    pq.write_table(pa.table({"text": docs[:10] + [None] + docs[10:]}), source / "rows.parquet")
+    out = tmp_path / "out"
+    made = prepare(source, out)
+    assert made.returncode == 0, made.stderr
+    assert "note: 2 documents skipped: empty, or their text is not a string" in made.stdout  # None and "   "
+    owt = run_script("data/openwebtext/prepare.py", f"--input={source}", f"--out_dir={tmp_path / 'owt'}")
+    assert owt.returncode == 0, owt.stderr
+    inside = prepare(source, source / "dataset")
+    assert inside.returncode == 1 and "holds --out_dir" in inside.stderr.splitlines()[-1]
+    assert not (source / "dataset" / "prepare_state.json").exists()
+    # a folder still being prepared trains on what it holds, and says so
+    (out / "prepare_state.json").write_text("{}")
+    args = [*TINY_MODEL, f"--data_dir={tmp_path}", "--dataset=out", "--max_iters=1", "--eval_iters=1"]
+    trained = run_script("train.py", *args, f"--out_dir={tmp_path / 'run'}")
+    assert trained.returncode == 0 and "is still being prepared (prepare_state.json is there)" in trained.stderr
+
+
+def test_ctrl_c_ends_prepare_and_its_workers_in_one_line_and_the_rerun_continues(tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it: the workers too."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"text": documents() * 300}), path)  # some seconds of tokenising on two cores
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf_cache"))
+    command = [sys.executable, "data/fineweb/prepare.py", f"--input={path}", f"--out_dir={out}", "--num_proc=2"]
+    process = subprocess.Popen(
+        [*command, *SHARDS], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "prepare_state.json").exists():
+        time.sleep(0.05)  # the first file is written: the workers are tokenising
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)  # no hang
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr_text(subprocess.CompletedProcess([], 130, stdout, stderr)).splitlines()[-1] == "interrupted"
+    resumed = subprocess.run(
+        [*command, *SHARDS], cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT
+    )
+    assert resumed.returncode == 0 and "continuing:" in resumed.stdout, resumed.stderr

@@ -17,6 +17,7 @@ stream (nanogpt/data.py).
 import contextlib
 import json
 import multiprocessing
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,14 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
 from nanogpt.config import load_config, setting  # noqa: E402
-from nanogpt.data import shown_path, split_files  # noqa: E402
+from nanogpt.data import UNFINISHED, shown_path, split_files  # noqa: E402
 from nanogpt.errors import DataError, SettingError, run_main  # noqa: E402
 from nanogpt.files import check_writable_folder, hold_folder, write_atomically  # noqa: E402
 from nanogpt.tokenizer import GPT2_VOCAB_SIZE, GPT2Tokenizer  # noqa: E402
-from nanogpt.web_documents import load_documents  # noqa: E402
+from nanogpt.web_documents import check_input_apart, is_text, load_documents  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-STATE_NAME = "prepare_state.json"  # present while the dataset is unfinished
+STATE_NAME = UNFINISHED  # present while the dataset is unfinished
 META = {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE, "dtype": "uint16"}
 
 
@@ -84,11 +85,15 @@ def read_state(out_dir, cfg):
 
 def tokenize(text):
     """A document's ids: <|endoftext|> first (it separates documents, as build-nanogpt writes them),
-    then its text; none for an empty document."""
-    if not text.strip():
+    then its text; none for an empty document, or one whose text is not a string."""
+    if not is_text(text):
         return np.zeros(0, dtype=np.uint16)
     tokenizer = GPT2Tokenizer()  # tiktoken keeps the encoding loaded: cheap after a worker's first call
     return np.array([tokenizer.eot_token] + tokenizer.encode(text, ordinary=True), dtype=np.uint16)
+
+
+def ignore_interrupts():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def write_file(out_dir, state, buffer, n_tokens, n_documents):
@@ -117,9 +122,11 @@ def write_shards(documents, out_dir, state, cfg):
     # the buffer grows as it fills (doubling, up to the file's size): a huge --val_tokens reserves nothing
     buffer, filled, in_buffer = np.empty(min(capacity, 1 << 24), dtype=np.uint16), 0, 0
     texts = (row["text"] for row in documents.select(range(min(state["documents"], len(documents)), len(documents))))
-    t0, tokens_done = time.time(), 0
+    t0, tokens_done, skipped = time.time(), 0, 0
     with contextlib.ExitStack() as stack:  # the bar closes before an error is said, so the error is the last line
-        pool = stack.enter_context(multiprocessing.Pool(cfg.num_proc)) if cfg.num_proc > 1 else None
+        # the workers ignore Ctrl-C (a terminal sends it to all of them): the main process alone stops, in one
+        # line, and leaving this block terminates them
+        pool = stack.enter_context(multiprocessing.Pool(cfg.num_proc, ignore_interrupts)) if cfg.num_proc > 1 else None
         tokenized = pool.imap(tokenize, texts, chunksize=16) if pool else map(tokenize, texts)
         bar = stack.enter_context(
             tqdm(total=max(len(documents) - state["documents"], 0), unit="doc", desc="tokenizing")
@@ -133,8 +140,11 @@ def write_shards(documents, out_dir, state, cfg):
                 buffer = np.concatenate([buffer[:filled], np.empty(max(len(ids), len(buffer)), dtype=np.uint16)])
             buffer[filled : filled + len(ids)] = ids
             filled, in_buffer, tokens_done = filled + len(ids), in_buffer + 1, tokens_done + len(ids)
+            skipped += not len(ids)
             bar.update()
             bar.set_postfix_str(f"{tokens_done / max(time.time() - t0, 1e-9):,.0f} tokens/s", refresh=False)
+    if skipped:
+        print(f"note: {skipped:,} documents skipped: empty, or their text is not a string")
     if state["documents"] == 0:  # nothing written yet, and nothing will be
         raise DataError(
             f"the documents hold {filled:,} tokens, not more than --val_tokens={cfg.val_tokens:,}: none would "
@@ -150,6 +160,7 @@ def main():
     cfg = read_settings(sys.argv[1:])
     out_dir = Path(cfg.out_dir or HERE)
     check_writable_folder(out_dir, "out_dir")
+    check_input_apart(cfg.input, out_dir)
     hold_folder(out_dir, "out_dir")  # one writer at a time
     state = read_state(out_dir, cfg)
     t0 = time.time()

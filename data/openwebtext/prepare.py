@@ -27,7 +27,7 @@ from nanogpt.data import shown_path, token_dtype  # noqa: E402
 from nanogpt.errors import DataError, run_main  # noqa: E402
 from nanogpt.files import check_writable_folder, hold_folder, write_atomically  # noqa: E402
 from nanogpt.tokenizer import GPT2Tokenizer  # noqa: E402
-from nanogpt.web_documents import load_documents  # noqa: E402
+from nanogpt.web_documents import check_input_apart, is_text, load_documents  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -80,10 +80,11 @@ def main():
     args = read_settings(sys.argv[1:])
     out_dir = Path(args.out_dir or HERE)
     check_writable_folder(out_dir, "out_dir")
+    check_input_apart(args.input, out_dir)
     t0 = time.time()
     documents = load_documents(
         args.input, args.hf_dataset, args.max_docs, args.num_proc, revision=args.revision
-    ).filter(lambda row: bool(row["text"].strip()))
+    ).filter(lambda row: is_text(row["text"]))
     if len(documents) < 2:
         raise DataError("fewer than two non-empty documents: nothing to split into train and val")
     n_val = max(1, int(len(documents) * args.val_fraction))
