@@ -48,7 +48,7 @@ with processes(cfg) as procs:
     setup, progress = train.set_up(cfg, procs)
     batch = setup.batches()
     for _ in range(3):
-        _, batch = train.optimizer_step(setup, batch)
+        _, batch = setup.step(batch, setup.batches)
     print(f"measured {(kib('VmHWM') - before) / 2**20:.3f} GiB")
 """
 
