@@ -32,7 +32,7 @@ from nanogpt.training import distributed
 from nanogpt.training.evaluation import choice_accuracy, estimate_loss, format_duration, task_items
 from nanogpt.training.lr_schedule import set_learning_rate
 from nanogpt.training.model_setup import build_model
-from nanogpt.training.optimizers import run_optimizers
+from nanogpt.training.optimizers import run_optimizers, unused_settings
 from nanogpt.training.resume import MODEL_SHAPE_KEYS, resumable_checkpoint, restore_optimizers
 from nanogpt.training.resume import restore_random_streams, save_run
 from nanogpt.training.step import TrainingStep
@@ -65,6 +65,11 @@ def read_settings(argv):
             f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple of the number of"
             f" processes ({world_size}), e.g. "
             f"--gradient_accumulation_steps={world_size * max(1, cfg.gradient_accumulation_steps // world_size)}"
+        )
+    for key, default in unused_settings(cfg).items():  # a value that is accepted is used
+        raise SettingError(
+            f"{key}={getattr(cfg, key)} is not used by optimizer={cfg.optimizer!r}; drop it (one a config file sets"
+            f" too: --{key}={default})"
         )
     gpt_config(cfg, vocab_size=1)  # the model's own shape checks, without building it
     if cfg.lora_rank:

@@ -65,6 +65,7 @@ SHAPES = [
         "--block_size=128",
         "--gradient_accumulation_steps=2",
         "--optimizer=adafactor",
+        "--beta2=0.95",  # the config's AdamW beta2, which Adafactor does not read
     ],
 ]
 
@@ -219,6 +220,7 @@ def test_adafactor_and_checkpointing_train_and_resume_exactly(data_dir, tmp_path
         f"--data_dir={data_dir}",
         *TINY_MODEL,
         "--optimizer=adafactor",
+        "--beta2=0.95",  # the config's AdamW beta2, which Adafactor does not read
         "--activation_checkpointing=True",
         "--learning_rate=1e-2",
         "--warmup_iters=0",

@@ -189,6 +189,13 @@ END_TO_END = [
     ("train.py", ["--n_embd=100", "--n_head=3"], "n_embd (100) must be divisible by n_head (3)"),
     ("train.py", ["--init_from=gpt2", "--block_size=2048"], "block_size 2048 is larger than the 1024 positions"),
     ("train.py", ["--optimizer=sgd"], "unknown optimizer 'sgd'; use adamw, muon or adafactor"),
+    ("train.py", ["--optimizer=adafactor", "--beta1=0.8"], "beta1=0.8 is not used by optimizer='adafactor'"),
+    (
+        "train.py",
+        ["config/train_shakespeare_char.py", "--optimizer=adafactor"],
+        "drop it (one a config file sets too: --beta2=0.95)",
+    ),
+    ("train.py", ["--muon_lr=0.05"], "muon_lr=0.05 is not used by optimizer='adamw'"),
     ("train.py", ["--out_dir=/proc/forbidden/run"], "cannot create the folder /proc/forbidden/run (--out_dir"),
     ("train.py", ["--compile=maybe"], "--compile expects bool or None"),
     ("train.py", ["--attention=flash"], "attention='flash' picks among CUDA attention kernels; leave it 'auto' on cpu"),

@@ -30,6 +30,7 @@ import torch
 from nanogpt.errors import SettingError
 from nanogpt.lora import LORA_LAYERS
 from nanogpt.model import GPT
+from nanogpt.training.optimizers import unused_settings
 
 SUGGESTED_LORA_RANK = 16
 
@@ -182,12 +183,15 @@ def remedies(cfg, pretrained):
     switches = []
     if pretrained and not cfg.lora_rank:
         switches.append(
-            dict(lora_rank=SUGGESTED_LORA_RANK, **({"optimizer": "adamw"} if cfg.optimizer == "muon" else {}))
+            dict(
+                lora_rank=SUGGESTED_LORA_RANK,
+                **({"optimizer": "adamw", **unused_settings(cfg, "adamw")} if cfg.optimizer == "muon" else {}),
+            )
         )
     if not cfg.activation_checkpointing:
         switches.append(dict(activation_checkpointing=True))
     if cfg.optimizer != "adafactor" and not cfg.lora_rank:  # a LoRA run's optimizer state is small anyway
-        switches.append(dict(optimizer="adafactor"))
+        switches.append(dict(optimizer="adafactor", **unused_settings(cfg, "adafactor")))  # its unused betas reset
     if not cfg.fused_loss:
         switches.append(dict(fused_loss=True))
     if len(switches) > 1:

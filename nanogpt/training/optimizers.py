@@ -4,8 +4,26 @@ import inspect
 
 import torch
 
+from nanogpt.config import TrainSettings
 from nanogpt.system import bfloat16_matmul_speed
 from nanogpt.training.muon import BatchedMuon
+
+
+# the settings each optimizer reads besides learning_rate and weight_decay: another's, set away from its
+# default, would go unused, so train.py refuses it (unused_settings)
+OPTIMIZER_SETTINGS = {
+    "adamw": ("beta1", "beta2"),
+    "muon": ("beta1", "beta2", "muon_lr", "muon_dtype"),
+    "adafactor": (),  # no first moment; its second moment's decay is its own schedule
+}
+
+
+def unused_settings(cfg, optimizer=None):
+    """{key: its default} of the settings cfg sets away from their defaults that `optimizer` (cfg's own
+    unless given) does not read."""
+    defaults, optimizer = TrainSettings(), optimizer or cfg.optimizer
+    others = sorted({k for keys in OPTIMIZER_SETTINGS.values() for k in keys} - set(OPTIMIZER_SETTINGS[optimizer]))
+    return {k: getattr(defaults, k) for k in others if getattr(cfg, k) != getattr(defaults, k)}
 
 
 def make_optimizers(
