@@ -2,8 +2,11 @@
 goes) runs in-process on a tiny model and dataset with a small budget, so a value that is accepted is
 also used. Hypothesis draws one or two settings a case from the script's own settings class, with values
 meant to break things: sizes up to 2**63, negatives, NaN and infinities, paths that are folders,
-devices, /proc files, /dev/full, non-UTF-8 files; train.py also gets config files with fuzzed contents,
-sample.py fuzzed stdin, serve.py a fuzzed API key in its environment.
+devices, /proc files, /dev/full, non-UTF-8 files, documents whose text is null or a number, and each
+setting's own choices; train.py also gets config files with fuzzed contents, or resumes a copy of a run
+(its metrics.jsonl holding lines that are not records), sample.py fuzzed stdin, serve.py a fuzzed API key
+in its environment and hostile requests (lone surrogates in every text field, repeated prompts, more
+choices than it can hold); compare.py reads a run whose metrics.jsonl holds foreign lines.
 
 Each outcome is counted per script: ran (to the end, or to the case's time budget), refused in one line
 that names a setting it was given, or anything else (a traceback, a refusal that names nothing). The
@@ -11,7 +14,9 @@ table is printed at the end of the test run (tests/conftest.py); bench/README.md
 """
 
 import contextlib
+import dataclasses
 import io
+import json
 import re
 import shutil
 import signal
@@ -51,17 +56,32 @@ class OutOfTime(BaseException):
     """The case's budget ran out while it was running fine."""
 
 
+# lines of metrics.jsonl that are JSON but not records of this project's
+FOREIGN_RECORDS = '[1, 2, 3]\n{"hello": "world"}\n{"kind": "eval", "iter": 15}\n{"kind": "train", "iter": "x"}\n'
+
+
+def run_with_foreign_records(run_dir, target):
+    """A copy of a run whose metrics.jsonl also holds lines that are not records."""
+    shutil.copytree(run_dir, target, ignore=shutil.ignore_patterns(".writer.lock"))
+    with open(Path(target) / "metrics.jsonl", "a") as f:
+        f.write(FOREIGN_RECORDS)
+    return target
+
+
 @pytest.fixture
-def places(tmp_path_factory):
+def places(tmp_path_factory, trained_run):
     """Files and folders the path values point at, new for each script (a case may write into them)."""
     root = tmp_path_factory.mktemp("fuzz_places")
     (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 20)
     (root / "text.txt").write_text("ROMEO: the text of a small run, said twice.\n" * 40)
+    (root / "nontext.jsonl").write_text('{"text": null}\n{"text": 7}\n{"text": "ROMEO: a document."}\n' * 20)
     (root / "folder").mkdir()
     return {
         "folder": str(root / "folder"),
         "latin1": str(root / "latin1.txt"),
         "text": str(root / "text.txt"),
+        "nontext": str(root / "nontext.jsonl"),
+        "foreign_run": str(run_with_foreign_records(trained_run[0], root / "foreign_run")),
         "missing": str(root / "missing" / "file.txt"),
         "proc": "/proc/self/mem",
         "devfull": "/dev/full",
@@ -69,10 +89,10 @@ def places(tmp_path_factory):
     }
 
 
-def values_for(hint, places):
-    """Values for a setting of this type, as command-line text."""
+def values_for(hint, places, choices=None):
+    """Values for a setting of this type (and, where it declares them, its own choices), as command-line text."""
     base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-    paths = [places[k] for k in ("folder", "latin1", "missing", "proc", "devfull", "devnull_sub")]
+    paths = [places[k] for k in ("folder", "latin1", "missing", "proc", "devfull", "devnull_sub", "nontext")]
     if base is bool:
         return st.sampled_from(["True", "False", "None", "2"])
     if base is int:
@@ -84,15 +104,15 @@ def values_for(hint, places):
         "/proc/forbidden/x.png",
         places["folder"] + ".png",
     ]  # compare.py's --to
-    return st.sampled_from(
-        ["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"], *paths, *pictures]
-    )
+    texts = ["", " ", "cuda:7", "mps", "gpt2-huge", "FILE:" + places["latin1"], "FILE:" + places["proc"]]
+    return st.sampled_from([*texts, *paths, *pictures, *(choices or [])])
 
 
 def overrides(config_cls, places):
     hints = typing.get_type_hints(config_cls)
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(config_cls)}
     return st.lists(st.sampled_from(sorted(hints)), min_size=1, max_size=2, unique=True).flatmap(
-        lambda keys: st.tuples(*[values_for(hints[k], places).map(lambda v, k=k: (k, v)) for k in keys])
+        lambda keys: st.tuples(*[values_for(hints[k], places, choices[k]).map(lambda v, k=k: (k, v)) for k in keys])
     )
 
 
@@ -117,7 +137,7 @@ def base_args(script, run, places, case_dir):
         "bench.py": [*tiny, "--real_data=False", "--iters=1", "--warmup_iters=0"],
         "eval.py": [f"--out_dir={out_dir}", "--device=cpu", f"--input={places['text']}"],
         "export.py": [f"--out_dir={out_dir}", f"--to={case_dir / 'hf'}"],
-        "compare.py": [str(out_dir), str(out_dir), f"--to={case_dir / 'both.png'}"],
+        "compare.py": [places["foreign_run"], str(out_dir), f"--to={case_dir / 'both.png'}"],
         "serve.py": [f"--out_dir={out_dir}", "--device=cpu", f"--port={free_port()}"],
         "data/shakespeare_char/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}"],
         "data/shakespeare/prepare.py": [f"--input={places['text']}", f"--out_dir={case_dir / 'data'}"],
@@ -157,12 +177,32 @@ def budget(seconds):
             signal.signal(number, handler)
 
 
+# raw bodies: a lone surrogate in each text field, repeated prompts, more choices than the server holds
+HOSTILE_REQUESTS = [
+    ("/v1/completions", b'{"prompt": "a\\ud800", "max_tokens": 1, "echo": true}'),
+    ("/v1/completions", b'{"prompt": ["ROMEO:", "\\udfff"], "max_tokens": 1, "stream": true}'),
+    ("/v1/completions", b'{"prompt": "ROMEO:", "max_tokens": 1, "stop": ["\\ud83d"]}'),
+    ("/v1/completions", b'{"prompt": "ROMEO:", "max_tokens": 1, "user": "\\udc00"}'),
+    ("/tokenize", b'{"prompt": "\\ud800"}'),
+    ("/v1/completions", b'{"prompt": ["ROMEO:", "ROMEO:", "ROMEO:"], "max_tokens": 2, "n": 2, "seed": 1}'),
+    ("/v1/completions", b'{"prompt": "ROMEO:", "max_tokens": 1, "n": 32, "seed": 1}'),
+    ("/v1/completions", ('{"prompt": ' + json.dumps(["ROMEO:"] * 500) + ', "max_tokens": 1}').encode()),
+]
+
+
 def serve_one_request(app, host="127.0.0.1", port=0, **kwargs):
-    """Instead of uvicorn's loop: one completion through the app serve.py built (FastAPI's test client)."""
+    """Instead of uvicorn's loop: one completion and the hostile requests through the app serve.py built
+    (FastAPI's test client): each answered, a refusal a one-sentence JSON error, never a 500."""
     from fastapi.testclient import TestClient
 
-    response = TestClient(app).post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 3})
+    client = TestClient(app)
+    response = client.post("/v1/completions", json={"prompt": "ROMEO:", "max_tokens": 3})
     assert response.status_code in (200, 401), response.text
+    for path, body in HOSTILE_REQUESTS:
+        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code in (200, 400, 401, 413, 429), (path, body[:80], response.status_code, response.text)
+        if response.status_code != 200:
+            assert "\n" not in response.json()["error"]["message"], response.text
 
 
 def checkout_for(script, tmp_path):
@@ -239,6 +279,7 @@ def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir,
                     b"raise SystemExit(5)\n",
                 ]
             ),
+            st.just("resume"),  # or a copy of the trained run, resumed (with the fuzzed settings)
         )
     elif script == "sample.py":  # --start=- reads the prompt from stdin
         extras = st.one_of(st.just(None), st.sampled_from([b"", b"\xff\xfe caf\xe9", b"ROMEO:" * 2000, b"JULIET:\n"]))
@@ -259,7 +300,11 @@ def test_every_script_runs_or_refuses_in_one_line(script, trained_run, data_dir,
         argv = base_args(script, (trained_run[0], data_dir), places, case_dir)
         # given: on the command line; named: what a refusal may name
         given, named, stdin = list(changed), list(changed), None
-        if script == "train.py" and extra is not None:
+        if script == "train.py" and extra == "resume":
+            resumed = run_with_foreign_records(trained_run[0], case_dir / "resumed")
+            argv = [*argv, f"--out_dir={resumed}", "--init_from=resume", "--max_iters=302", "--lr_decay_iters=302"]
+            named.append(("init_from", "resume"))
+        elif script == "train.py" and extra is not None:
             config = case_dir / "fuzzed_config.py"
             config.write_bytes(extra)
             argv = [str(config), *argv]
