@@ -40,6 +40,12 @@ def test_foreign_lines_a_folder_and_a_resume_with_another_batch(data_dir, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     tokens = {r["iter"]: r["tokens"] for r in read_records(out) if r["kind"] == "train"}
     assert tokens == {5: 5 * 4 * 32, 10: 10 * 4 * 32, 15: 10 * 4 * 32 + 5 * 8 * 32, 20: 10 * 4 * 32 + 10 * 8 * 32}
+    # another optimizer cannot continue the run: refused before anything is written, metrics.jsonl included
+    log = (out / METRICS_NAME).read_bytes()
+    for optimizer in ("adafactor", "muon"):
+        changed = train(data_dir, out, "--max_iters=30", "--init_from=resume", f"--optimizer={optimizer}")
+        assert_user_error(changed, f"cannot resume with --optimizer={optimizer}", "trained with adamw")
+    assert (out / METRICS_NAME).read_bytes() == log
     # metrics.jsonl that is a folder: one sentence, and the checkpoint is kept
     other = tmp_path / "folder"
     shutil.copytree(out, other)
