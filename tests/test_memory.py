@@ -148,10 +148,11 @@ def test_a_step_that_cannot_fit_is_refused_before_the_model_loads(data_dir, tmp_
     )
     assert_user_error(result, "a training step needs about")
     message = result.stderr
-    # the weights dominate: Adafactor is named with its figure; checkpointing, which would save nothing here, is not
+    # the weights dominate: Adafactor is named with its figure (and the config's AdamW beta2 reset, which it
+    # would not use); checkpointing, which would save nothing here, is not
     assert (
         "cpu has" in message
-        and "--optimizer=adafactor (" in message
+        and "--optimizer=adafactor --beta2=0.95 (" in message
         and "--activation_checkpointing=True (" not in message
     )
     assert "--memory_check=warn" in message
