@@ -47,8 +47,11 @@ def read_prompt(start):
         return start
     path = Path(start[len("FILE:") :])
     if not path.is_file():
-        raise DataError(f"prompt file {path} not found")
-    return read_utf8(path, "prompt file")
+        raise DataError(f"--start: prompt file {path} not found")
+    try:
+        return read_utf8(path, "prompt file")
+    except DataError as e:
+        raise DataError(f"--start: {e}") from None
 
 
 def read_prompts_file(path, tokenizer):
