@@ -103,3 +103,20 @@ def run_main(main):
         # the reader of stdout went away (`... | head`): nothing more to say to it, and no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as e:
+        if not raised_by_an_interrupt(e):
+            raise
+        print("interrupted", file=sys.stderr)  # a library's clean-up failed on the way out of a Ctrl-C
+        sys.exit(130)
+
+
+def raised_by_an_interrupt(error):
+    """Whether an error was raised while a Ctrl-C was being handled (datasets' worker pool, stopped by
+    one, raises its own TimeoutError from its clean-up)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False

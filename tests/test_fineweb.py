@@ -184,3 +184,30 @@ def test_ctrl_c_ends_prepare_and_its_workers_in_one_line_and_the_rerun_continues
         [*command, *SHARDS], cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT
     )
     assert resumed.returncode == 0 and "continuing:" in resumed.stdout, resumed.stderr
+
+
+def test_ctrl_c_ends_openwebtext_prepare_and_its_workers_in_one_line(tmp_path):
+    """datasets' worker pool, stopped by a SIGINT to the whole group, raises its own error on the way out."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"text": documents() * 200}), path)
+    env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf_cache"))  # nothing tokenised is cached yet
+    command = [sys.executable, "data/openwebtext/prepare.py", f"--input={path}", f"--out_dir={tmp_path / 'out'}"]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [*command, "--num_proc=2"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.time() + 120
+        while time.time() < deadline and "tokenizing train" not in log.read_text():
+            time.sleep(0.05)
+        time.sleep(1)  # the workers are tokenising
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=30)  # no hang
+    said = stderr_text(subprocess.CompletedProcess([], 130, "", log.read_text()))
+    assert process.returncode == 130 and "Traceback" not in said and said.splitlines()[-1] == "interrupted", said
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
+    assert again.returncode == 0, again.stderr
