@@ -165,7 +165,7 @@ def test_ctrl_c_ends_prepare_and_its_workers_in_one_line_and_the_rerun_continues
     import pyarrow.parquet as pq
 
     path = tmp_path / "many.parquet"
-    pq.write_table(pa.table({"text": documents() * 300}), path)  # some seconds of tokenising on two cores
+    pq.write_table(pa.table({"text": documents() * 120}), path)  # a few seconds of tokenising on two cores
     out = tmp_path / "out"
     env = dict(os.environ, HF_DATASETS_CACHE=str(tmp_path / "hf_cache"))
     command = [sys.executable, "data/fineweb/prepare.py", f"--input={path}", f"--out_dir={out}", "--num_proc=2"]
@@ -209,5 +209,3 @@ def test_ctrl_c_ends_openwebtext_prepare_and_its_workers_in_one_line(tmp_path):
         process.wait(timeout=30)  # no hang
     said = stderr_text(subprocess.CompletedProcess([], 130, "", log.read_text()))
     assert process.returncode == 130 and "Traceback" not in said and said.splitlines()[-1] == "interrupted", said
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT)
-    assert again.returncode == 0, again.stderr
