@@ -71,21 +71,22 @@ def token_dtype(vocab_size):
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
-def write_dataset(out_dir, train_ids, val_ids, meta, tokenizer_json=None):
-    """Write train.bin, val.bin, meta.json (and a bpe dataset's tokenizer.json), all or none; meta
-    gets the id dtype added."""
+def write_dataset(out_dir, train_ids, val_ids, meta, tokenizer_json=None, arrays=None):
+    """Write train.bin, val.bin, meta.json (and a bpe dataset's tokenizer.json, and any further arrays, file
+    name -> numpy array: a chat dataset's masks and starts), all or none; meta gets the id dtype added."""
     out_dir = Path(out_dir)
     hold_folder(out_dir, "out_dir")  # one writer at a time
     meta = dict(meta, dtype=token_dtype(meta["vocab_size"]))
-    train, val = (np.asarray(ids, dtype=meta["dtype"]) for ids in (train_ids, val_ids))
-    files = {
-        out_dir / "train.bin": train.tofile,
-        out_dir / "val.bin": val.tofile,
-        out_dir / "meta.json": lambda f: f.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode()),
+    stored = {
+        "train.bin": np.asarray(train_ids, dtype=meta["dtype"]),
+        "val.bin": np.asarray(val_ids, dtype=meta["dtype"]),
     }
+    stored.update(arrays or {})
+    files = {out_dir / name: array.tofile for name, array in stored.items()}
+    files[out_dir / "meta.json"] = lambda f: f.write((json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode())
     if tokenizer_json is not None:
         files[out_dir / BPE_FILE] = lambda f: f.write(tokenizer_json.encode())
-    write_atomically(files, train.nbytes + val.nbytes + len(tokenizer_json or ""))
+    write_atomically(files, sum(a.nbytes for a in stored.values()) + len(tokenizer_json or ""))
     return meta
 
 
@@ -273,6 +274,9 @@ class Dataset:
                 )
         for split in ("train", "val"):  # the start of each split now (a few ms), every batch later (get_batch)
             self.check_ids(self.tokens(split)[:SCANNED_TOKENS], self.files[split][0])
+        self.chat = (self.dir / "train_mask.bin").is_file()  # conversations (data/chat/prepare.py)
+        if self.chat:
+            self.check_chat_files(name)
 
     def check_ids(self, ids, where):
         """Refuse ids at or past the vocabulary meta.json gives: a file written with another tokenizer."""
@@ -284,6 +288,26 @@ class Dataset:
                 " it was written with another tokenizer, or is damaged; prepare it again "
                 f"({prepare_command(self.dir.name)})"
             )
+
+    def check_chat_files(self, name):
+        """A chat dataset's masks (one byte a token) and starts (where each conversation begins) must fit
+        its tokens: else it was written by another prepare, or only in part."""
+        for split in ("train", "val"):
+            n = len(self.tokens(split))
+            mask, starts = self.dir / f"{split}_mask.bin", self.dir / f"{split}_starts.bin"
+            if not (mask.is_file() and starts.is_file()) or mask.stat().st_size != n or not starts.stat().st_size:
+                raise DataError(
+                    f"{self.dir} holds conversations whose {split} mask or starts do not fit its {n:,} tokens: it"
+                    f" is damaged; prepare it again ({prepare_command(name)})"
+                )
+
+    def chat_windows(self, split, offsets, block_size):
+        """Where each window of a chat batch begins: at the start of the conversation each offset falls in
+        (packed after it come the next ones), no later than the last full window."""
+        starts = np.fromfile(self.dir / f"{split}_starts.bin", dtype=np.int64)
+        last = len(self.tokens(split)) - block_size - 1
+        picked = starts[np.searchsorted(starts, np.asarray(offsets), side="right") - 1]
+        return np.minimum(picked, last).tolist()
 
     def tokens(self, split):
         paths = self.files[split]
@@ -313,17 +337,25 @@ class Dataset:
             offsets = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
             if r == rank:
                 starts = offsets.tolist()
+        if self.chat:
+            starts = self.chat_windows(split, starts, block_size)
         # one copy of block_size + 1 tokens per row; x and y are views into it
         rows = np.stack([data[i : i + block_size + 1] for i in starts])
         # on a GPU an id past the table is an opaque device assert
         self.check_ids(rows, f"the {split} split of {self.dir}")
-        rows = torch.from_numpy(rows.astype(np.int64))
+        rows = rows.astype(np.int64)
+        if self.chat:  # the loss counts only what the model should say: other targets are -1, not counted
+            mask = np.memmap(self.dir / f"{split}_mask.bin", dtype=np.uint8, mode="r")
+            said = np.stack([mask[i : i + block_size + 1] for i in starts]).astype(bool)
+            said[:, 0] = True  # the first id is only an input
+            rows = np.where(said, rows, -1)
+        rows = torch.from_numpy(rows)
         if device.startswith("cuda"):
             # pinned memory lets the copy run asynchronously while the GPU is busy
             rows = rows.pin_memory().to(device, non_blocking=True)
         elif device != "cpu":
             rows = rows.to(device)
-        return rows[:, :-1], rows[:, 1:]
+        return rows[:, :-1].clamp_min(0), rows[:, 1:]
 
 
 class TrainBatches:

@@ -138,6 +138,7 @@ def model_with_adapters(checkpoint, merge=True, base_dtype=torch.float32, **over
     model_args = checkpoint["model_args"]
     if model_args["block_size"] < model.config.block_size:
         model.crop_block_size(model_args["block_size"])
+    model.grow_vocabulary(model_args["vocab_size"])  # a chat run's turn markers, the same rows as in training
     add_adapters(model, lora, base_dtype)
     missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
     if unexpected or any(".lora_" in k for k in missing):

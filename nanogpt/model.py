@@ -305,6 +305,24 @@ class GPT(nn.Module):
             wpe = self.transformer.wpe.weight
             self.transformer.wpe.weight = nn.Parameter(wpe[:block_size], requires_grad=wpe.requires_grad)
 
+    def grow_vocabulary(self, vocab_size):
+        """Add token rows (a chat dataset's turn markers) to a trained model. Each starts as a typical
+        embedding, the old rows' mean plus noise at their spread (all at the mean, the markers would be
+        one token), from a fixed seed: a LoRA checkpoint, which keeps only its adapters, grows its base again
+        to the same rows."""
+        old = self.transformer.wte.weight
+        if vocab_size <= len(old):
+            return
+        noise = torch.randn(vocab_size - len(old), old.size(1), generator=torch.Generator().manual_seed(0))
+        rows = old.detach().mean(0) + noise.to(old) * old.detach().std(0)
+        wte, head = self.transformer.wte, self.lm_head
+        wte.weight = nn.Parameter(torch.cat([old.detach(), rows]), requires_grad=old.requires_grad)
+        if self.config.tie_embeddings:
+            head.weight = wte.weight
+        else:
+            head.weight = nn.Parameter(torch.cat([head.weight.detach(), rows]), requires_grad=head.weight.requires_grad)
+        wte.num_embeddings = head.out_features = self.config.vocab_size = vocab_size
+
     def estimate_flops_per_token(self):
         """Training FLOPs per token (forward + backward), following the PaLM paper, appendix B."""
         cfg = self.config

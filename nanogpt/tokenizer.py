@@ -5,7 +5,9 @@
     bpe   a byte-level BPE trained on the user's text with Hugging Face tokenizers (tokenizer.json)
 
 A dataset's meta.json names its kind; checkpoints keep that metadata (with a bpe tokenizer's whole
-tokenizer.json), so a model still samples after its data folder is gone.
+tokenizer.json), so a model still samples after its data folder is gone. A chat dataset's meta.json also
+lists `chat_tokens` (nanogpt/chat.py): every kind gives them the ids right after its own vocabulary, and
+vocab_size counts them. Text never encodes to them: they mark turns, and only the chat template writes them.
 """
 
 import contextlib
@@ -25,9 +27,10 @@ PREPARE_AGAIN = "prepare the dataset again with python data/custom/prepare.py --
 
 
 class CharTokenizer:
-    def __init__(self, chars):
-        self.chars = list(chars)
-        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+    def __init__(self, chars, chat_tokens=()):
+        self.stoi = {ch: i for i, ch in enumerate(chars)}
+        self.chars = list(chars) + list(chat_tokens)  # id -> its text (a chat token's, its name)
+        self.chat_ids = {token: len(chars) + i for i, token in enumerate(chat_tokens)}
         self.vocab_size = len(self.chars)
 
     def encode(self, text, ordinary=False):
@@ -44,12 +47,12 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def token_byte_lengths(self):
-        """Each id's length in UTF-8 bytes (what bits per byte divides by)."""
-        return [len(ch.encode("utf-8")) for ch in self.chars]
+        """Each id's length in UTF-8 bytes (what bits per byte divides by); a chat token stands for no text."""
+        return [0 if ch in self.chat_ids else len(ch.encode("utf-8")) for ch in self.chars]
 
 
 class GPT2Tokenizer:
-    def __init__(self):
+    def __init__(self, chat_tokens=()):
         import tiktoken
 
         try:
@@ -61,6 +64,14 @@ class GPT2Tokenizer:
                 "to a cache"
             ) from None
         self.eot_token = self.enc.eot_token
+        self.chat_ids = {token: self.enc.n_vocab + i for i, token in enumerate(chat_tokens)}
+        if chat_tokens:  # tiktoken's way to extend an encoding: the same merges, more special tokens
+            self.enc = tiktoken.Encoding(
+                "gpt2-chat",
+                pat_str=self.enc._pat_str,
+                mergeable_ranks=self.enc._mergeable_ranks,
+                special_tokens={**self.enc._special_tokens, **self.chat_ids},
+            )
         self.vocab_size = self.enc.n_vocab
 
     def encode(self, text, ordinary=False):
@@ -75,7 +86,8 @@ class GPT2Tokenizer:
     def token_byte_lengths(self):
         """Each id's length in bytes; <|endoftext|> marks a boundary and stands for no text, so 0."""
         lengths = [len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
-        lengths[self.eot_token] = 0
+        for special in (self.eot_token, *self.chat_ids.values()):
+            lengths[special] = 0
         return lengths
 
 
@@ -98,7 +110,7 @@ class BPETokenizer:
     """A byte-level BPE from a tokenizer.json: every text encodes (any byte has a token), and decoding
     gives the text back exactly."""
 
-    def __init__(self, tokenizer_json, source="the tokenizer", remedy=PREPARE_AGAIN):
+    def __init__(self, tokenizer_json, source="the tokenizer", remedy=PREPARE_AGAIN, chat_tokens=()):
         from tokenizers import Tokenizer
 
         try:
@@ -106,14 +118,21 @@ class BPETokenizer:
         except Exception as e:  # tokenizers raises plain Exceptions for malformed files
             raise DataError(f"{source} cannot be read as a tokenizer.json ({first_line(e)}); {remedy}") from None
         self.eot_token = self.tok.token_to_id(EOT)
-        self.vocab_size = self.tok.get_vocab_size()
         if self.eot_token is None:
             raise DataError(f"{source} has no {EOT} token; {remedy}")
+        base = self.tok.get_vocab_size()
+        self.tok.add_special_tokens(list(chat_tokens))  # appended: ids base, base + 1, ...
+        self.chat_ids = {token: base + i for i, token in enumerate(chat_tokens)}
+        self.vocab_size = self.tok.get_vocab_size()
 
     def encode(self, text, ordinary=False):
-        """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data)."""
-        self.tok.encode_special_tokens = ordinary
-        return self.tok.encode(text, add_special_tokens=False).ids
+        """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data); chat
+        tokens always are."""
+        self.tok.encode_special_tokens = True  # every special token's text is characters; EOT is put back below
+        pieces = [
+            self.tok.encode(piece, add_special_tokens=False).ids for piece in ([text] if ordinary else text.split(EOT))
+        ]
+        return [i for k, piece in enumerate(pieces) for i in ([self.eot_token] if k else []) + piece]
 
     def decode(self, ids):
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -146,17 +165,19 @@ def train_bpe(documents, vocab_size):
 
 def tokenizer_from_meta(meta, checkpoint_path=None):
     """The tokenizer a dataset's (or, from checkpoint_path, a checkpoint's) metadata describes."""
+    chat_tokens = meta.get("chat_tokens", ())
     if meta["tokenizer"] == "char":
-        return CharTokenizer(meta["chars"])
+        return CharTokenizer(meta["chars"], chat_tokens)
     if meta["tokenizer"] == "bpe":
         if checkpoint_path is None:
-            return BPETokenizer(meta["tokenizer_json"])
+            return BPETokenizer(meta["tokenizer_json"], chat_tokens=chat_tokens)
         return BPETokenizer(
             meta.get("tokenizer_json", ""),
             f"the tokenizer saved in {checkpoint_path}",
             "the checkpoint is damaged: use another one or train again",
+            chat_tokens,
         )
-    return GPT2Tokenizer()
+    return GPT2Tokenizer(chat_tokens)
 
 
 def check_meta(meta, path):
@@ -166,17 +187,20 @@ def check_meta(meta, path):
         raise DataError(
             f"{path} must give 'tokenizer' ({', '.join(KINDS)}) and an integer 'vocab_size'; prepare the dataset again"
         )
-    if meta["tokenizer"] == "char" and len(meta.get("chars", [])) != meta["vocab_size"]:
+    chat_tokens = meta.get("chat_tokens", [])
+    if not isinstance(chat_tokens, list) or not all(isinstance(t, str) and t for t in chat_tokens):
+        raise DataError(f"{path} gives chat_tokens that are not a list of names; prepare the dataset again")
+    if meta["tokenizer"] == "char" and len(meta.get("chars", [])) + len(chat_tokens) != meta["vocab_size"]:
         raise DataError(
-            f"{path} lists {len(meta.get('chars', []))} characters but vocab_size {meta['vocab_size']}; "
-            "prepare the dataset again"
+            f"{path} lists {len(meta.get('chars', []))} characters and {len(chat_tokens)} chat tokens but "
+            f"vocab_size {meta['vocab_size']}; prepare the dataset again"
         )
     if meta["tokenizer"] == "bpe" and "tokenizer_json" not in meta:
         bpe_file = Path(path).parent / BPE_FILE
         if not bpe_file.is_file():
             raise DataError(f"{bpe_file} is missing; {PREPARE_AGAIN}")
         meta["tokenizer_json"] = bpe_file.read_text(encoding="utf-8")
-        if BPETokenizer(meta["tokenizer_json"], str(bpe_file)).vocab_size != meta["vocab_size"]:
+        if BPETokenizer(meta["tokenizer_json"], str(bpe_file)).vocab_size + len(chat_tokens) != meta["vocab_size"]:
             raise DataError(f"{bpe_file} does not match the vocab_size in {path}; {PREPARE_AGAIN}")
     return meta
 
@@ -197,14 +221,22 @@ def end_of_text_id(meta):
 
 def same_vocabulary(a, b):
     """Whether two datasets' (or a checkpoint's and a dataset's) metadata map text to the same ids."""
-    return all(a.get(key) == b.get(key) for key in ("tokenizer", "vocab_size", "chars", "tokenizer_json"))
+    keys = ("tokenizer", "vocab_size", "chars", "tokenizer_json", "chat_tokens")
+    return all(a.get(key) == b.get(key) for key in keys)
+
+
+def without_chat_tokens(meta):
+    """The vocabulary a chat dataset's is built on: the same ids, less the chat tokens after them."""
+    meta = dict(meta)
+    return dict(meta, vocab_size=meta["vocab_size"] - len(meta.pop("chat_tokens", [])))
 
 
 def describe_vocabulary(meta):
     kind = {"char": "characters", "gpt2": "GPT-2 BPE tokens", "bpe": "BPE tokens trained on its text"}[
         meta["tokenizer"]
     ]
-    return f"a vocabulary of {meta['vocab_size']} {kind}"
+    chat = f" (with {len(meta['chat_tokens'])} chat tokens)" if meta.get("chat_tokens") else ""
+    return f"a vocabulary of {meta['vocab_size']} {kind}{chat}"
 
 
 def meta_from_hf_folder(name_or_dir):

@@ -32,6 +32,7 @@ def estimate_loss(model, data, ctx, token_bytes, cfg, device, stop_requested, an
     for i, split in enumerate(("train", "val")):
         generator = torch.Generator().manual_seed(cfg.seed + 1)
         losses, text_bytes = torch.zeros(cfg.eval_iters), torch.zeros((), dtype=torch.long, device=device)
+        nats = torch.zeros((), device=device)
         for k in range(cfg.eval_iters):
             if stop_requested():
                 model.train()
@@ -40,14 +41,16 @@ def estimate_loss(model, data, ctx, token_bytes, cfg, device, stop_requested, an
             with ctx:
                 _, loss = model(X, Y)
             losses[k] = loss.item()
-            if split == "val":
-                text_bytes += token_bytes[Y].sum()
+            if split == "val":  # a target of -1 (a chat dataset's prompt) is neither loss nor text
+                counted = Y >= 0
+                nats += loss.float() * counted.sum()
+                text_bytes += (token_bytes[Y.clamp_min(0)] * counted).sum()
             if announce and i == k == 0:
                 report_eval_time(time.time() - t0, cfg.eval_iters)
         results[i] = losses.mean()
         if split == "val":
             # nats over every target token / the UTF-8 bytes of their text / ln 2: comparable across tokenizers
-            results[2] = losses.sum() * Y.numel() / max(text_bytes.item(), 1) / math.log(2)
+            results[2] = nats.item() / max(text_bytes.item(), 1) / math.log(2)
     model.train()
     return results
 

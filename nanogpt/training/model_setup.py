@@ -13,7 +13,13 @@ from nanogpt.hf import gpt_from_pretrained, pretrained_config
 from nanogpt.lora import adapters_note, add_adapters, lora_record
 from nanogpt.model import GPT, GPTConfig, architecture_switches
 from nanogpt.system import float8_training
-from nanogpt.tokenizer import describe_vocabulary, meta_from_hf_folder, model_vocab_size, same_vocabulary
+from nanogpt.tokenizer import (
+    describe_vocabulary,
+    meta_from_hf_folder,
+    model_vocab_size,
+    same_vocabulary,
+    without_chat_tokens,
+)
 from nanogpt.training.memory_plan import check_memory
 
 
@@ -74,7 +80,9 @@ def pretrained_model(cfg, data, dtype):
             "trained without them"
         )
     pretrained_meta = meta_from_hf_folder(cfg.init_from)
-    if not same_vocabulary(pretrained_meta, data.meta):
+    # a chat dataset (data/chat/prepare.py) may add turn markers after the model's vocabulary: they grow it
+    chat_on_top = data.meta.get("chat_tokens") and same_vocabulary(pretrained_meta, without_chat_tokens(data.meta))
+    if not chat_on_top and not same_vocabulary(pretrained_meta, data.meta):
         hint = (
             (
                 " use --dataset=shakespeare (python data/shakespeare/prepare.py) or python "
@@ -90,4 +98,5 @@ def pretrained_model(cfg, data, dtype):
     model = gpt_from_pretrained(
         cfg.init_from, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing
     )
+    model.grow_vocabulary(model_vocab_size(data.meta))
     return add_adapters(model, lora_record(cfg, cfg.init_from), getattr(torch, dtype)) if cfg.lora_rank else model
