@@ -343,19 +343,18 @@ class Dataset:
         rows = np.stack([data[i : i + block_size + 1] for i in starts])
         # on a GPU an id past the table is an opaque device assert
         self.check_ids(rows, f"the {split} split of {self.dir}")
-        rows = rows.astype(np.int64)
-        if self.chat:  # the loss counts only what the model should say: other targets are -1, not counted
-            mask = np.memmap(self.dir / f"{split}_mask.bin", dtype=np.uint8, mode="r")
-            said = np.stack([mask[i : i + block_size + 1] for i in starts]).astype(bool)
-            said[:, 0] = True  # the first id is only an input
-            rows = np.where(said, rows, -1)
-        rows = torch.from_numpy(rows)
+        rows = torch.from_numpy(rows.astype(np.int64))
         if device.startswith("cuda"):
             # pinned memory lets the copy run asynchronously while the GPU is busy
             rows = rows.pin_memory().to(device, non_blocking=True)
         elif device != "cpu":
             rows = rows.to(device)
-        return rows[:, :-1].clamp_min(0), rows[:, 1:]
+        if not self.chat:
+            return rows[:, :-1], rows[:, 1:]
+        # the loss counts only what the model should say: every other target is -1, which it skips
+        mask = np.memmap(self.dir / f"{split}_mask.bin", dtype=np.uint8, mode="r")
+        said = torch.from_numpy(np.stack([mask[i + 1 : i + block_size + 1] for i in starts]).astype(bool))
+        return rows[:, :-1], rows[:, 1:].masked_fill(~said.to(rows.device), -1)
 
 
 class TrainBatches:

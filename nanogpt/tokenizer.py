@@ -78,7 +78,7 @@ class GPT2Tokenizer:
         """ordinary=True reads '<|endoftext|>' in the text as plain characters (for training data)."""
         if ordinary:
             return self.enc.encode_ordinary(text)
-        return self.enc.encode(text, allowed_special={EOT})
+        return self.enc.encode(text, allowed_special={EOT}, disallowed_special=())  # a chat token typed is text
 
     def decode(self, ids):
         return self.enc.decode(ids)

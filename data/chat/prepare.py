@@ -51,8 +51,12 @@ class ChatSettings:
     out_dir: str = setting("", "where to write the dataset; empty: data/chat/")
 
 
+def read_settings(argv):
+    return load_config(ChatSettings, argv, script="data/chat/prepare.py")
+
+
 def main():
-    cfg = load_config(ChatSettings, sys.argv[1:], script="data/chat/prepare.py")
+    cfg = read_settings(sys.argv[1:])
     if not cfg.input:
         raise SettingError('give the conversations: --input=FILE.jsonl (one {"messages": [...]} a line)')
     out_dir = cfg.out_dir or HERE

@@ -98,5 +98,6 @@ def pretrained_model(cfg, data, dtype):
     model = gpt_from_pretrained(
         cfg.init_from, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing
     )
-    model.grow_vocabulary(model_vocab_size(data.meta))
+    if chat_on_top:
+        model.grow_vocabulary(model_vocab_size(data.meta))
     return add_adapters(model, lora_record(cfg, cfg.init_from), getattr(torch, dtype)) if cfg.lora_rank else model
