@@ -5,17 +5,21 @@
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --temperature=0.7 --top_k=50
     echo "JULIET:" | python sample.py --out_dir=out-shakespeare-char --start=- --num_samples=1
     python sample.py --out_dir=out-shakespeare-char --prompts=prompts.txt --output=completions.jsonl --stop="\n\n"
+    python sample.py --out_dir=out-chat --chat                     # talk to a chat fine-tuned model
+    python sample.py --out_dir=out-chat --chat --prompts=conversations.jsonl --output=answers.jsonl
 
 python sample.py --help lists every setting.
 """
 
 import json
 import sys
+from itertools import count
 from pathlib import Path
 
 import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
+from nanogpt.chat import has_template, no_template, prompt_room, prompt_within, read_conversations
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.generation.completion import Endings
 from nanogpt.config import SampleSettings, load_config
@@ -33,6 +37,8 @@ def read_settings(argv):
     if cfg.prompts and cfg.stream:
         raise SettingError("--stream=True prints one sample as it is made; it cannot be used with --prompts")
     check_model_source(cfg.init_from)
+    if cfg.system and not cfg.chat:
+        raise SettingError("--system is the system message of a chat; use it with --chat")
     if cfg.output and not cfg.prompts:
         raise SettingError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
@@ -114,12 +120,49 @@ def main():
         f"out of memory for {cfg.num_samples:,} sample(s) of {cfg.max_new_tokens:,} new tokens; lower --num_samples"
         f" or --max_new_tokens (with --prompts, --batch_size)"
     )
+    if cfg.chat and not has_template(tokenizer):
+        raise SettingError(no_template(cfg.init_from, cfg.out_dir))
     with out_of_memory_as_error(oom):
-        generate_and_print(cfg, model, tokenizer)
+        if cfg.chat and not cfg.prompts:
+            talk(cfg, model, tokenizer)
+        else:
+            generate_and_print(cfg, model, tokenizer)
+
+
+def row_sampling(cfg, vocab_size, rows):
+    """How each of `rows` samples: the settings' options, and its own random stream (seed + its place),
+    so that a sample does not depend on the batch."""
+    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
+    top_k_given = cfg.top_k != SampleSettings().top_k
+    if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
+        raise SettingError(
+            f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all"
+        )
+    options = {f.name: getattr(cfg, f.name) for f in sampling_options()}
+    return [Sampling(**options, seed=cfg.seed + i) for i in rows]
+
+
+def chat_prompts(cfg, tokenizer, block_size):
+    """(messages, ids) of each conversation of a --chat --prompts file: the ids that ask for its next
+    answer, from as many of its latest turns as fit (prompt_within)."""
+    prompts = []
+    for number, turns in enumerate(read_conversations(cfg.prompts, need_answer=False), start=1):
+        where = f"conversation {number} of {cfg.prompts}"
+        try:
+            ids = prompt_within(tokenizer, turns, prompt_room(block_size, cfg.max_new_tokens))
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+        if ids is None:
+            raise DataError(f"{where}: its last turn does not fit the model's context of {block_size} tokens")
+        prompts.append(([{"role": role, "content": content} for role, content in turns], ids))
+    return prompts
 
 
 def read_all_prompts(cfg, tokenizer, block_size):
-    """(text, ids) of every sample to generate: each line of --prompts, or --start num_samples times."""
+    """(text, ids) of every sample to generate: each line of --prompts, or --start num_samples times;
+    with --chat, (messages, ids) of each conversation."""
+    if cfg.chat:
+        return chat_prompts(cfg, tokenizer, block_size)
     if cfg.prompts:
         prompts = read_prompts_file(cfg.prompts, tokenizer)
     else:
@@ -143,21 +186,13 @@ def read_all_prompts(cfg, tokenizer, block_size):
 def generate_and_print(cfg, model, tokenizer):
     """The prompts (--start, or --prompts), generated batch by batch, printed or written to --output."""
     vocab_size = tokenizer.vocab_size
-    # the default top_k (200) is meant for GPT-2's 50k tokens; with a small vocabulary it keeps them all
-    top_k_given = cfg.top_k != SampleSettings().top_k
-    if top_k_given and cfg.top_k is not None and cfg.top_k > vocab_size:
-        raise SettingError(
-            f"top_k must be between 1 and the vocabulary size {vocab_size}, got {cfg.top_k}; use --top_k=None for all"
-        )
     prompts = read_all_prompts(cfg, tokenizer, model.config.block_size)
     stream = (len(prompts) == 1 and not cfg.prompts) if cfg.stream is None else cfg.stream
     if stream and len(prompts) > 1:
         raise SettingError("--stream=True needs --num_samples=1 (samples are generated together, as one batch)")
-    endings = Endings(tokenizer, [cfg.stop])
+    endings = Endings(tokenizer, [cfg.stop], chat=cfg.chat)
     engine = Engine(model, use_cache=cfg.use_cache)
-    # each row has its own random stream (seed + its place), so a sample does not depend on the batch
-    options = {f.name: getattr(cfg, f.name) for f in sampling_options()}
-    sampling = [Sampling(**options, seed=cfg.seed + i) for i in range(len(prompts))]
+    sampling = row_sampling(cfg, vocab_size, range(len(prompts)))
     batch_size = cfg.batch_size or len(prompts)
     try:
         output = open(cfg.output, "w", encoding="utf-8") if cfg.output else None
@@ -184,15 +219,71 @@ def generate_and_print(cfg, model, tokenizer):
                 continue
             for (text, _), ids in zip(batch, completions):
                 if output is not None:
-                    output.write(json.dumps({"prompt": text, "completion": endings.text(ids)}) + "\n")
+                    output.write(json.dumps(output_record(text, endings.text(ids))) + "\n")
                 else:
-                    print(text + endings.text(ids))
+                    print(shown_completion(text, endings.text(ids)))
                     print("---------------")
     finally:
         if output is not None:
             output.close()
     if output is not None:
-        print(f"wrote {len(prompts)} completions to {cfg.output}")
+        print(f"wrote {len(prompts)} {'answers' if cfg.chat else 'completions'} to {cfg.output}")
+
+
+def output_record(prompt, completion):
+    """A line of --output: the prompt and its completion, or a conversation (a list of messages) with its
+    answer as the last message."""
+    if isinstance(prompt, list):
+        return {"messages": [*prompt, {"role": "assistant", "content": completion}]}
+    return {"prompt": prompt, "completion": completion}
+
+
+def shown_completion(prompt, completion):
+    if isinstance(prompt, list):
+        return "\n".join(f"{m['role']}: {m['content']}" for m in output_record(prompt, completion)["messages"])
+    return prompt + completion
+
+
+def talk(cfg, model, tokenizer):
+    """The chat REPL: each line typed is a user turn, answered as it is generated; the history is kept
+    within the context (the oldest turns dropped first, the system message never). /reset starts over,
+    /exit or the end of input ends."""
+    engine, endings = Engine(model, use_cache=cfg.use_cache), Endings(tokenizer, [cfg.stop], chat=True)
+    opening = [("system", cfg.system)] if cfg.system else []
+    turns, room = list(opening), prompt_room(model.config.block_size, cfg.max_new_tokens)
+    print("chat: type a message; /reset starts a new conversation, /exit ends", file=sys.stderr)
+    for number in count():
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip() == "/exit":
+            break
+        if line.strip() == "/reset":
+            turns = list(opening)
+            print("(a new conversation)")
+            continue
+        if not line.strip():
+            continue
+        try:
+            ids = prompt_within(tokenizer, turns + [("user", line)], room)
+        except DataError as e:  # a character the model's vocabulary lacks
+            print(f"note: {e}")
+            continue
+        if ids is None:
+            print(f"note: the message is longer than the model's context allows ({room} tokens); type a shorter one")
+            continue
+        printer = StreamPrinter("", endings)
+        (answer,) = engine.generate(
+            [ids],
+            cfg.max_new_tokens,
+            row_sampling(cfg, tokenizer.vocab_size, [number]),
+            vocab_size=tokenizer.vocab_size,
+            on_token=printer,
+            stop=endings,
+        )
+        printer.finish()
+        turns += [("user", line), ("assistant", endings.text(answer))]
 
 
 if __name__ == "__main__":

@@ -71,6 +71,20 @@ def render(tokenizer, turns, add_generation_prompt=False):
     return ids, mask
 
 
+def no_template(init_from, out_dir):
+    """The sentence for a model without the chat tokens."""
+    model = out_dir if init_from == "resume" else init_from
+    return (
+        f"{model} has no chat template: it was not fine-tuned on conversations; fine-tune it first (python "
+        "data/chat/prepare.py --input=FILE.jsonl, then python train.py config/finetune_chat.py)"
+    )
+
+
+def prompt_room(block_size, max_new_tokens):
+    """How many tokens of the context a chat prompt may fill: all but the room to answer, at most half."""
+    return block_size - min(max_new_tokens, block_size // 2)
+
+
 def prompt_within(tokenizer, turns, room):
     """The ids asking for the next answer, from as many of the latest turns as fit in `room` tokens:
     the oldest turns go first, a system message never. None if even the last turn does not fit."""

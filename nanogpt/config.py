@@ -251,11 +251,19 @@ class SampleSettings:
         "a file of prompts, one a line (or .jsonl with a 'prompt' field a line): one completion each, "
         "instead of --start",
     )
+    chat: bool = setting(
+        False,
+        "talk to a chat fine-tuned model (config/finetune_chat.py) turn by turn; with --prompts, a .jsonl of "
+        '{"messages": [...]} conversations to answer',
+    )
+    system: str = setting("", "with --chat, a system message that opens the conversation")
     batch_size: int = setting(
         0, "with --prompts, how many prompts are generated together; 0 for all", within="[0, inf)"
     )
     output: str = setting(
-        "", 'with --prompts, write one {"prompt": ..., "completion": ...} a line to this .jsonl file, in input order'
+        "",
+        'with --prompts, write one {"prompt": ..., "completion": ...} a line to this .jsonl file, in input order '
+        '(with --chat, each conversation with its answer: {"messages": [...]})',
     )
     stop: str = setting(
         "",
@@ -390,6 +398,8 @@ def load_config(config_cls, argv, script="train.py", ignore_train_keys=False):
                     raise _unknown_key(key, config_cls, arg)
                 values[key] = check_value(key, value, hints[key], arg)
             continue
+        if "=" not in arg and hints.get(arg[2:]) is bool:
+            arg += "=True"  # a switch on its own turns it on: --chat
         if "=" not in arg:
             raise SettingError(f"override {arg} needs a value: write it as {arg}=VALUE")
         key, text = arg[2:].split("=", 1)

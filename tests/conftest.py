@@ -11,7 +11,17 @@ import sys
 import pytest
 import torch
 
-from helpers import FUZZ_COUNTS, OFFLINE, SCRIPT_OUTCOMES, TINY_TRAIN, run_script, skip_when_offline
+from helpers import (
+    FUZZ_COUNTS,
+    OFFLINE,
+    SCRIPT_OUTCOMES,
+    TINY_MODEL,
+    TINY_TRAIN,
+    reversal_words,
+    run_script,
+    skip_when_offline,
+    write_conversations,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -122,3 +132,59 @@ def trained_run(data_dir, tmp_path_factory):
     )
     assert result.returncode == 0, result.stderr
     return out_dir, result.stdout
+
+
+# the chat fine-tune: the tiny Shakespeare model, exported, then taught to answer a word with it reversed
+CHAT_TUNE = TINY_MODEL + [
+    "--batch_size=32",
+    "--max_iters=200",
+    "--lr_decay_iters=200",
+    "--warmup_iters=20",
+    "--learning_rate=3e-3",
+    "--min_lr=3e-4",
+    "--eval_interval=100",
+    "--eval_iters=10",
+    "--log_interval=10",
+]
+
+
+@pytest.fixture(scope="session")
+def chat_task(trained_run, tmp_path_factory):
+    """The reversal task, prepared on the tiny model's vocabulary: a folder with hf/ (the base model
+    exported), chat/ (3,000 training conversations prepared) and held_out.jsonl (200 questions on
+    words no training conversation has)."""
+    root = tmp_path_factory.mktemp("chat_task")
+    words = reversal_words(3200)
+    result = run_script("export.py", f"--out_dir={trained_run[0]}", f"--to={root / 'hf'}")
+    assert result.returncode == 0, result.stderr
+    train = write_conversations(root / "train.jsonl", words[:3000])
+    write_conversations(root / "held_out.jsonl", words[3000:], answered=False)
+    result = run_script(
+        "data/chat/prepare.py",
+        f"--input={train}",
+        f"--vocab_from={root / 'hf'}",
+        "--block_size=32",
+        f"--out_dir={root / 'chat'}",
+    )
+    assert result.returncode == 0, result.stderr
+    return root, result.stdout
+
+
+def fine_tune_chat(task, out_dir, *extra):
+    result = run_script(
+        "train.py",
+        "config/finetune_chat.py",
+        *CHAT_TUNE,
+        f"--init_from={task / 'hf'}",
+        f"--data_dir={task}",
+        f"--out_dir={out_dir}",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return out_dir, result.stdout
+
+
+@pytest.fixture(scope="session")
+def chat_run(chat_task, tmp_path_factory):
+    """out_dir of the tiny model fine-tuned on the reversal task (full fine-tuning), with its stdout."""
+    return fine_tune_chat(chat_task[0], tmp_path_factory.mktemp("chat_run"))

@@ -4,6 +4,7 @@ two runs that trained alike."""
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -260,3 +261,45 @@ def skip_when_offline(result):
     ):
         pytest.skip(f"{OFFLINE}: {result.stderr.strip()}")
     return result
+
+
+# -- the chat task: a short word from the user, the assistant's answer is the word reversed ---------------
+
+
+def reversal_words(n, seed=0):
+    """n distinct random three-letter lowercase words, in random order (a base model has no reason to
+    reverse them)."""
+    rng, words = random.Random(seed), set()
+    while len(words) < n:
+        words.add("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3)))
+    return rng.sample(sorted(words), n)
+
+
+def write_conversations(path, words, answered=True):
+    """One conversation a line per word: the user's word, and (answered) the assistant's reversal."""
+    with open(path, "w", encoding="utf-8") as f:
+        for word in words:
+            messages = [{"role": "user", "content": word}]
+            if answered:
+                messages.append({"role": "assistant", "content": word[::-1]})
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def held_out_accuracy(out_dir, questions, answers_file, *extra):
+    """The share of --chat --prompts answers (greedy) that are the user's word reversed."""
+    result = run_script(
+        "sample.py",
+        f"--out_dir={out_dir}",
+        "--chat",
+        f"--prompts={questions}",
+        f"--output={answers_file}",
+        "--device=cpu",
+        "--temperature=0",
+        "--max_new_tokens=8",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    conversations = [json.loads(line)["messages"] for line in open(answers_file, encoding="utf-8")]
+    right = sum(m[-1]["content"] == m[0]["content"][::-1] for m in conversations)
+    return right / len(conversations)

@@ -99,7 +99,8 @@ def test_broken_config_file(tmp_path):
 
 def test_override_without_value():
     with pytest.raises(SettingError, match="needs a value"):
-        load_config(TrainSettings, ["--compile"])
+        load_config(TrainSettings, ["--batch_size"])
+    assert load_config(TrainSettings, ["--compile=False", "--compile"]).compile is True  # a switch alone is on
 
 
 def test_help_lists_every_key_with_default_and_meaning(capsys):

@@ -3,23 +3,27 @@
 
 
 class Endings:
-    """Where a completion ends: at the first of the stop strings, and for GPT-2 BPE at <|endoftext|>."""
+    """Where a completion ends: at the first of the stop strings, for a BPE at <|endoftext|>, and for a
+    chat answer (chat=True) also at any turn marker, <|end|> first of all (nanogpt/chat.py)."""
 
-    def __init__(self, tokenizer, stops=()):
+    def __init__(self, tokenizer, stops=(), chat=False):
         self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
-        self.end_token = getattr(tokenizer, "eot_token", None)
-        self.possible = bool(self.stops) or self.end_token is not None  # else no completion ends early
+        eot = getattr(tokenizer, "eot_token", None)
+        self.end_tokens = {eot} - {None} | (set(tokenizer.chat_ids.values()) if chat else set())
+        self.possible = bool(self.stops or self.end_tokens)  # else no completion ends early
+
+    def end(self, ids):
+        """How many of the ids come before the first end token (all of them if none)."""
+        return next((i for i, token in enumerate(ids) if token in self.end_tokens), len(ids))
 
     def text(self, ids):
         """The completion's text: the ids decoded, cut where it ends."""
-        if self.end_token in ids:
-            ids = ids[: ids.index(self.end_token)]
-        text = self.tokenizer.decode(ids)
+        text = self.tokenizer.decode(ids[: self.end(ids)])
         cuts = [text.index(stop) for stop in self.stops if stop in text]
         return text[: min(cuts)] if cuts else text
 
     def ended(self, ids):
-        return self.end_token in ids or any(stop in self.tokenizer.decode(ids) for stop in self.stops)
+        return self.end(ids) < len(ids) or any(stop in self.tokenizer.decode(ids) for stop in self.stops)
 
     def __call__(self, row, ids):
         """For Engine.generate: keep every id of a row that has ended (text() cuts it), None to go on."""

@@ -421,7 +421,7 @@ class Answer:
         end-of-text token), that one included when it begins before the cut."""
         kept = []
         for token in ids:
-            if token == self.endings.end_token or len(self.tokenizer.decode(kept)) >= len(text):
+            if token in self.endings.end_tokens or len(self.tokenizer.decode(kept)) >= len(text):
                 break
             kept.append(token)
         return kept
