@@ -2,9 +2,11 @@
 "nodes", serve.py in the background), the tiny model's settings, and the checks of a clean failure and of
 two runs that trained alike."""
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -214,6 +216,36 @@ def stop_server(process, log):
     process.terminate()
     process.wait(timeout=30)
     log.close()
+
+
+@contextlib.contextmanager
+def browser():
+    """Debian's chromium, headless, driven by Selenium (the test is skipped where it is not installed)."""
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not shutil.which("chromedriver") or not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no chromium/chromedriver here: scripts/test.sh installs them with apt-get where it can")
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
+        options.add_argument(argument)
+    options.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_until(condition, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
 
 
 # public data the tests read, where it is published: fetched once when ../shared/data has no copy

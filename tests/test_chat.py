@@ -12,7 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fine_tune_chat
-from helpers import REPO, assert_user_error, held_out_accuracy, run_script, write_conversations
+from helpers import (
+    REPO,
+    assert_user_error,
+    held_out_accuracy,
+    run_script,
+    browser,
+    start_server,
+    stop_server,
+    wait_until,
+    write_conversations,
+)
 from nanogpt.chat import CHAT_TOKENS, END, prepare_chat, prompt_within, read_conversations, render
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError
@@ -213,3 +223,91 @@ def test_a_lora_chat_fine_tune_lowers_the_assistant_loss_and_answers(chat_task, 
     assert last < 0.5 * first, (first, last)
     accuracy = held_out_accuracy(out_dir, chat_task[0] / "held_out.jsonl", tmp_path / "answers.jsonl")
     print(f"LoRA fine-tune: val loss {first:.3f} -> {last:.3f}, held-out reversals right {accuracy:.1%}")
+
+
+# -- the server: /v1/chat/completions through the openai client, and the page's chat mode ---------------
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_run, tmp_path_factory):
+    process, base, log = start_server(chat_run[0], tmp_path_factory, "--max_rows=8")
+    yield base
+    stop_server(process, log)
+
+
+@pytest.mark.slow
+def test_the_openai_client_chats_plainly_and_streaming(chat_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=chat_server + "/v1", api_key="unused", max_retries=0, timeout=60)
+    asked = [{"role": "user", "content": "dog"}]
+    plain = client.chat.completions.create(model="m", messages=asked, temperature=0, logprobs=True, top_logprobs=2)
+    choice = plain.choices[0]
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", "god", "stop")
+    assert plain.object == "chat.completion" and plain.usage.completion_tokens == 4  # g, o, d, <|end|>
+    assert [t.token for t in choice.logprobs.content] == list("god") and len(
+        choice.logprobs.content[0].top_logprobs
+    ) == 2
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=asked, temperature=0, n=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    for index in (0, 1):
+        deltas = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert deltas[0].delta.role == "assistant" and "".join(d.delta.content or "" for d in deltas) == "god"
+        assert deltas[-1].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == 8
+    limited = client.chat.completions.create(model="m", messages=asked, temperature=0, max_completion_tokens=2)
+    assert (limited.choices[0].message.content, limited.choices[0].finish_reason) == ("go", "length")
+
+
+BAD_CHATS = {
+    "no messages": ({"model": "m"}, "messages is missing"),
+    "empty messages": ({"messages": []}, "non-empty list"),
+    "unknown role": ({"messages": [{"role": "bot", "content": "abc"}]}, 'role "bot"'),
+    "content a list": ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}, "not text"),
+    "content a number": ({"messages": [{"role": "user", "content": 7}]}, "content is 7, not text"),
+    "longer than the context": ({"messages": [{"role": "user", "content": "abc" * 20}]}, "longer than the model's"),
+    "top_logprobs alone": ({"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}, "needs logprobs"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_CHATS)
+def test_a_bad_chat_request_gets_one_sentence(chat_server, case):
+    httpx = pytest.importorskip("httpx")
+    body, fragment = BAD_CHATS[case]
+    response = httpx.post(chat_server + "/v1/chat/completions", json=body)
+    message = response.json()["error"]["message"]
+    assert response.status_code == 400 and fragment in message and "\n" not in message, message
+
+
+@pytest.mark.slow
+def test_the_pages_chat_mode_in_a_real_browser(chat_server, tmp_path):
+    """Two turns in Chromium: each answer streams in, the second request carries the first turn, and a
+    new conversation starts empty."""
+    openai = pytest.importorskip("openai")
+    from selenium.webdriver.common.by import By
+
+    with browser() as driver:
+        driver.get(chat_server + "/")
+        wait_until(lambda: driver.find_element(By.ID, "chat").is_selected())
+        temperature = driver.find_element(By.ID, "temperature")
+        temperature.clear()
+        temperature.send_keys("0")
+        for word in ("abc", "dog"):
+            driver.find_element(By.ID, "prompt").send_keys(word)
+            driver.find_element(By.ID, "generate").click()
+            wait_until(lambda: driver.find_element(By.ID, "generate").is_enabled())
+        turns = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#conversation .turn")]
+        assert turns == ["abc", "cba", "dog", "god"], turns
+        sent = driver.execute_script("return messages")
+        assert [m["content"] for m in sent] == turns and driver.find_element(By.ID, "error").text == ""
+        client = openai.OpenAI(base_url=chat_server + "/v1", api_key="unused", max_retries=0)
+        again = client.chat.completions.create(model="m", messages=sent[:3], temperature=0)
+        assert again.choices[0].message.content == "god"  # the second answer, given the first turn
+        driver.save_screenshot(str(tmp_path / "chat.png"))
+        driver.find_element(By.ID, "new_conversation").click()
+        assert driver.find_elements(By.CSS_SELECTOR, "#conversation .turn") == []
+        assert driver.execute_script("return messages") == []

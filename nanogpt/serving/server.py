@@ -1,6 +1,8 @@
-"""The HTTP side of serve.py: OpenAI's completions API (so its client, and lm-evaluation-harness, work
-unchanged), a page to try the model, a health check and Prometheus metrics. Generation is the
-batcher's: continuous batching on the engine.
+"""The HTTP side of serve.py: OpenAI's completions and chat completions APIs (so its client, and
+lm-evaluation-harness, work unchanged), a page to try the model, a health check and Prometheus metrics.
+Generation is the batcher's: continuous batching on the engine, one running batch for both APIs. A chat
+request is a completion whose prompt is the conversation rendered with the chat template (nanogpt/chat.py)
+and whose answer ends at the end of the assistant's turn; only the shape of its answer differs.
 """
 
 import asyncio
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from nanogpt.chat import JINJA_TEMPLATE, check_messages, has_template, render
 from nanogpt.generation.completion import Endings
 from nanogpt.config import describe_interval, in_interval, unwrap_optional
 from nanogpt.generation.sampling import Sampling, sampling_options
@@ -54,8 +57,9 @@ class Completion:
     seed: int
     stream: bool
     echo: bool
-    logprobs: int | None
+    logprobs: int | None  # the top alternatives per token; None: no logprobs
     include_usage: bool  # a stream's last chunk carries the usage
+    chat: bool = False  # /v1/chat/completions: the answer ends at the end of the turn, in the chat shape
 
 
 def number(body, key, default, kind, within):
@@ -112,22 +116,65 @@ def parse_prompts(body, tokenizer, block_size):
 
 
 def parse_completion(body, tokenizer, limits):
-    """The Completion a body asks for, within the server's limits (create_app's)."""
+    """The Completion a /v1/completions body asks for, within the server's limits (create_app's)."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with at least a prompt")
     prompts = parse_prompts(body, tokenizer, limits["block_size"])
+    if not isinstance(body.get("echo", False), bool):
+        raise BadRequest("echo must be true or false", param="echo")
+    echo = body.get("echo", False)
+    # with echo, 0 scores the prompt alone (lm-evaluation-harness's older loglikelihood request)
+    max_tokens = number(body, "max_tokens", 16, int, f"[{0 if echo else 1}, {limits['max_tokens_limit']}]")
+    logprobs = number(body, "logprobs", None, int, "[0, 20]")  # lm-evaluation-harness asks for up to 10
+    return generation_request(body, limits, prompts, max_tokens, logprobs, echo=echo)
+
+
+def parse_chat(body, tokenizer, limits):
+    """The Completion a /v1/chat/completions body asks for: its messages, rendered with the chat
+    template and ending where the assistant's answer begins, as the one prompt."""
+    if not has_template(tokenizer):
+        raise BadRequest(
+            "this model has no chat template: it was not fine-tuned on conversations (config/finetune_chat.py);"
+            " use /v1/completions with a prompt"
+        )
+    if not isinstance(body, dict) or "messages" not in body:
+        raise BadRequest('messages is missing: send the conversation as {"messages": [...]}', param="messages")
+    try:
+        ids, _ = render(tokenizer, check_messages(body["messages"]), add_generation_prompt=True)
+    except DataError as e:
+        raise BadRequest(str(e), param="messages") from None
+    block_size = limits["block_size"]
+    if len(ids) > block_size:
+        raise BadRequest(
+            f"the conversation is {len(ids)} tokens, longer than the model's context of {block_size}; send fewer"
+            " or shorter messages",
+            param="messages",
+        )
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = number(
+        body, key, min(block_size, limits["max_tokens_limit"]), int, f"[1, {limits['max_tokens_limit']}]"
+    )
+    if not isinstance(body.get("logprobs", False), bool):
+        raise BadRequest("logprobs must be true or false", param="logprobs")
+    top = number(body, "top_logprobs", None, int, "[0, 20]")
+    if top is not None and not body.get("logprobs"):
+        raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    logprobs = (top or 0) if body.get("logprobs") else None
+    return generation_request(body, limits, [(tokenizer.decode(ids), ids)], max_tokens, logprobs, chat=True)
+
+
+def generation_request(body, limits, prompts, max_tokens, logprobs, echo=False, chat=False):
+    """The Completion of either API: what both take alike (stop, stream, sampling, n, seed) read from
+    the body, with the prompts and the options each reads its own way."""
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else [] if stop is None else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
         raise BadRequest("stop must be a string or a list of up to 4 strings", param="stop")
-    for key in ("stream", "echo"):
-        if not isinstance(body.get(key, False), bool):
-            raise BadRequest(f"{key} must be true or false", param=key)
-    echo = body.get("echo", False)
+    if not isinstance(body.get("stream", False), bool):
+        raise BadRequest("stream must be true or false", param="stream")
     request = Completion(
         prompts=prompts,
-        # with echo, 0 scores the prompt alone (lm-evaluation-harness's older loglikelihood request)
-        max_tokens=number(body, "max_tokens", 16, int, f"[{0 if echo else 1}, {limits['max_tokens_limit']}]"),
+        max_tokens=max_tokens,
         sampling={
             f.name: number(body, f.name, f.default, unwrap_optional(f.type)[0], f.metadata["within"])
             for f in sampling_options()
@@ -137,8 +184,9 @@ def parse_completion(body, tokenizer, limits):
         seed=number(body, "seed", None, int, f"[{-(2**62)}, {2**62 - 1}]"),
         stream=body.get("stream", False),
         echo=echo,
-        logprobs=number(body, "logprobs", None, int, "[0, 20]"),  # lm-evaluation-harness asks for up to 10
+        logprobs=logprobs,
         include_usage=stream_usage(body),
+        chat=chat,
     )
     if request.seed is None:
         request.seed = random.randrange(2**31)
@@ -162,6 +210,20 @@ def stream_usage(body):
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise BadRequest('stream_options must be an object such as {"include_usage": true}', param="stream_options")
     return options.get("include_usage", False)
+
+
+def chat_logprobs(tokens, chosen, tops):
+    """The chat API's logprobs: for each generated token its text, log-probability and UTF-8 bytes, and
+    (tops given) its most likely alternatives the same way."""
+
+    def entry(token, logprob):
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = []
+    for k, (token, logprob) in enumerate(zip(tokens, chosen)):
+        alternatives = [entry(t, v) for t, v in tops[k].items()] if tops else []
+        content.append(dict(entry(token, logprob), top_logprobs=alternatives))
+    return {"content": content, "refusal": None}
 
 
 def make_metrics():
@@ -222,14 +284,6 @@ def create_app(
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
-    @app.post("/v1/chat/completions")
-    async def chat():
-        return error(
-            "this server has no chat endpoint: these are base models without a chat template; use "
-            "/v1/completions with a prompt",
-            404,
-        )
-
     limits = dict(
         block_size=config.block_size,
         max_tokens_limit=max_tokens_limit,
@@ -237,7 +291,8 @@ def create_app(
         max_choices=max_rows + max_queue,
         max_body_bytes=max_body_bytes,
     )
-    app.post("/v1/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits))
+    app.post("/v1/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits, parse_completion))
+    app.post("/v1/chat/completions")(completions_endpoint(batcher, tokenizer, name, metrics, limits, parse_chat))
     add_tokenizer_endpoints(app, tokenizer, config.block_size, max_body_bytes)
     return app
 
@@ -254,7 +309,7 @@ def add_tokenizer_endpoints(app, tokenizer, block_size, max_body_bytes):
             "eos_token": end_text,
             "bos_token": end_text,
             "pad_token": None,
-            "chat_template": None,
+            "chat_template": JINJA_TEMPLATE if has_template(tokenizer) else None,
             "model_max_length": block_size,
             "vocab_size": tokenizer.vocab_size,
         }
@@ -338,13 +393,14 @@ def guard(api_key, metrics, max_body_bytes):
     return check
 
 
-def completions_endpoint(batcher, tokenizer, name, metrics, limits):
-    """POST /v1/completions: the body checked, its jobs queued, the answer whole or streamed."""
+def completions_endpoint(batcher, tokenizer, name, metrics, limits, parse):
+    """POST /v1/completions or /v1/chat/completions (parse: the one's parser): the body checked, its jobs
+    queued, the answer whole or streamed."""
 
     async def completions(request: Request):
         try:
             body = parse_json(await read_body(request, limits["max_body_bytes"]))
-            completion = parse_completion(body, tokenizer, limits)
+            completion = parse(body, tokenizer, limits)
             answer = Answer(completion, tokenizer, batcher, tokenizer.vocab_size, name)
             if completion.max_tokens:
                 batcher.submit(answer.jobs)
@@ -380,8 +436,11 @@ class Answer:
     def __init__(self, completion, tokenizer, batcher, vocab_size, model_name):
         self.completion, self.tokenizer, self.batcher, self.vocab_size = completion, tokenizer, batcher, vocab_size
         self.engine = batcher.engine
-        self.id, self.created, self.model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), model_name
-        self.endings = Endings(tokenizer, completion.stop)
+        self.id = f"{'chatcmpl' if completion.chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created, self.model = int(time.time()), model_name
+        self.object = "chat.completion" if completion.chat else "text_completion"
+        self.endings = Endings(tokenizer, completion.stop, chat=completion.chat)
+        self.opened = set()  # the choices whose first chunk was sent (a chat stream's first delta names the role)
         self.loop = asyncio.get_running_loop()
         self.inbox = asyncio.Queue()  # (job index, event), put there from the batcher's thread
         self.jobs = []
@@ -406,15 +465,12 @@ class Answer:
         completion = self.completion
         prompt_text, prompt_ids = completion.prompts[index // completion.n]
         text = self.endings.text(ids)
-        choice = {
-            "text": (prompt_text if completion.echo else "") + text,
-            "index": index,
-            "logprobs": None,
-            "finish_reason": reason,
-        }
-        if completion.logprobs is not None:
-            choice["logprobs"] = await self._logprobs(prompt_ids, ids, text)
-        return choice
+        logprobs = None if completion.logprobs is None else await self._logprobs(prompt_ids, ids, text)
+        if completion.chat:
+            message = {"role": "assistant", "content": text}
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": reason}
+        text = (prompt_text if completion.echo else "") + text
+        return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
 
     def _kept_ids(self, ids, text):
         """The generated ids that make up the text: up to the one where it was cut (a stop string, the
@@ -449,6 +505,8 @@ class Answer:
             offsets.append(position)
             position += len(token)
         top = [None if t is None else {decode([k]): v for k, v in t.items()} for t in tops[first:]]
+        if self.completion.chat:
+            return chat_logprobs(tokens, chosen[first:], top if self.completion.logprobs else None)
         return {
             "tokens": tokens,
             "token_logprobs": chosen[first:],
@@ -477,7 +535,7 @@ class Answer:
                 raise BadRequest(event[1], status=500)
         return {
             "id": self.id,
-            "object": "text_completion",
+            "object": self.object,
             "created": self.created,
             "model": self.model,
             "choices": choices,
@@ -486,9 +544,13 @@ class Answer:
 
     def chunk(self, index, text, reason=None, logprobs=None):
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
+        if self.completion.chat:
+            delta = {"content": text} if index in self.opened else {"role": "assistant", "content": text}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+        self.opened.add(index)
         body = {
             "id": self.id,
-            "object": "text_completion",
+            "object": self.object + (".chunk" if self.completion.chat else ""),
             "created": self.created,
             "model": self.model,
             "choices": [choice],
@@ -535,7 +597,7 @@ class Answer:
             if completion.include_usage and not failed:
                 usage = {
                     "id": self.id,
-                    "object": "text_completion",
+                    "object": self.object + (".chunk" if completion.chat else ""),
                     "created": self.created,
                     "model": self.model,
                     "choices": [],
