@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from nanogpt.chat import END
 from nanogpt.errors import CheckpointError, SettingError, UnavailableError, first_line
 from nanogpt.tokenizer import end_of_text_id, write_hf_tokenizer
 
@@ -174,6 +175,9 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
         for key in ("transformer.wte.weight", "lm_head.weight"):
             state[key] = state[key][:vocab_size]
     eot = end_of_text_id(tokenizer_meta)
+    # a chat model's answer ends at the end of its turn: transformers' generate stops there too
+    chat_tokens = tokenizer_meta.get("chat_tokens", [])
+    end = tokenizer_meta["vocab_size"] - len(chat_tokens) + chat_tokens.index(END) if chat_tokens else eot
     hf_config = GPT2Config(
         vocab_size=vocab_size,
         n_positions=cfg.block_size,
@@ -187,7 +191,7 @@ def export_hf_gpt2(model, out_dir, tokenizer_meta):
         layer_norm_epsilon=1e-5,
         tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=eot,
-        eos_token_id=eot,
+        eos_token_id=end,
     )
     state = {k: (v.t().contiguous() if k.endswith(CONV1D_WEIGHTS) else v) for k, v in state.items()}
     if not cfg.bias:

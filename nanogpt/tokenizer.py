@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from nanogpt.chat import CHAT_TOKENS, JINJA_TEMPLATE
 from nanogpt.errors import DataError, first_line
 from nanogpt.files import shared_data_dir
 
@@ -120,9 +121,8 @@ class BPETokenizer:
         self.eot_token = self.tok.token_to_id(EOT)
         if self.eot_token is None:
             raise DataError(f"{source} has no {EOT} token; {remedy}")
-        base = self.tok.get_vocab_size()
-        self.tok.add_special_tokens(list(chat_tokens))  # appended: ids base, base + 1, ...
-        self.chat_ids = {token: base + i for i, token in enumerate(chat_tokens)}
+        self.tok.add_special_tokens(list(chat_tokens))  # appended after the vocabulary
+        self.chat_ids = {token: self.tok.token_to_id(token) for token in chat_tokens}
         self.vocab_size = self.tok.get_vocab_size()
 
     def encode(self, text, ordinary=False):
@@ -248,15 +248,33 @@ def meta_from_hf_folder(name_or_dir):
     if (folder / CHAR_VOCAB_NAME).is_file():
         stoi = json.loads((folder / CHAR_VOCAB_NAME).read_text(encoding="utf-8"))
         chars = sorted(stoi, key=stoi.get)
-        return {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
-    if (folder / BPE_FILE).is_file() and not (folder / "vocab.json").is_file():
-        tokenizer_json = (folder / BPE_FILE).read_text(encoding="utf-8")
-        return {
+        meta = {"tokenizer": "char", "vocab_size": len(chars), "chars": chars}
+    elif (folder / BPE_FILE).is_file() and not (folder / "vocab.json").is_file():
+        # the chat tokens are in the file's added tokens too: the vocabulary under them is the file without them
+        tokenizer = json.loads((folder / BPE_FILE).read_text(encoding="utf-8"))
+        tokenizer["added_tokens"] = [t for t in tokenizer.get("added_tokens", []) if t["content"] not in CHAT_TOKENS]
+        tokenizer_json = json.dumps(tokenizer, ensure_ascii=False)
+        meta = {
             "tokenizer": "bpe",
             "vocab_size": BPETokenizer(tokenizer_json, str(folder / BPE_FILE)).vocab_size,
             "tokenizer_json": tokenizer_json,
         }
-    return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
+    else:
+        meta = {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB_SIZE}
+    if exported_chat_tokens(folder, meta["vocab_size"]):
+        meta.update(chat_tokens=CHAT_TOKENS, vocab_size=meta["vocab_size"] + len(CHAT_TOKENS))
+    return meta
+
+
+def exported_chat_tokens(folder, base_size):
+    """Whether an exported model's tokenizer has the chat tokens right after its vocabulary (export.py
+    writes them as special tokens, which tokenizer.json lists among its added tokens)."""
+    path = Path(folder) / BPE_FILE
+    if not path.is_file():
+        return False
+    added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])
+    by_id = {token.get("id"): token.get("content") for token in added}
+    return [by_id.get(base_size + k) for k in range(len(CHAT_TOKENS))] == CHAT_TOKENS
 
 
 def write_hf_tokenizer(meta, out_dir):
@@ -281,6 +299,23 @@ def write_hf_tokenizer(meta, out_dir):
         ).save_pretrained(out_dir)
     else:
         write_gpt2_tokenizer_files(out_dir)
+    if meta.get("chat_tokens"):
+        add_chat_template(meta["chat_tokens"], out_dir)
+
+
+def add_chat_template(chat_tokens, out_dir):
+    """The chat tokens, as special tokens after the vocabulary, and the chat template (nanogpt/chat.py) in
+    an exported tokenizer's files: AutoTokenizer's apply_chat_template then gives the ids we train on."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    except (OSError, ValueError):  # GPT-2's files could not be written offline (see write_gpt2_tokenizer_files)
+        print("note: the chat template is not written: the folder holds no tokenizer to add it to")
+        return
+    tokenizer.add_special_tokens({"additional_special_tokens": list(chat_tokens)})
+    tokenizer.chat_template = JINJA_TEMPLATE
+    tokenizer.save_pretrained(out_dir)
 
 
 def write_char_tokenizer(vocab, out_dir):

@@ -27,7 +27,15 @@ from nanogpt.chat import CHAT_TOKENS, END, prepare_chat, prompt_within, read_con
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.tokenizer import GPT2_VOCAB_SIZE, CharTokenizer, GPT2Tokenizer
+from nanogpt.tokenizer import (
+    GPT2_VOCAB_SIZE,
+    CharTokenizer,
+    GPT2Tokenizer,
+    meta_from_hf_folder,
+    tokenizer_from_meta,
+    train_bpe,
+    write_hf_tokenizer,
+)
 
 USER, ASSISTANT = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
 
@@ -311,3 +319,71 @@ def test_the_pages_chat_mode_in_a_real_browser(chat_server, tmp_path):
         driver.find_element(By.ID, "new_conversation").click()
         assert driver.find_elements(By.CSS_SELECTOR, "#conversation .turn") == []
         assert driver.execute_script("return messages") == []
+
+
+# -- export: transformers chats with the exported folder --------------------------------------------------
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer briefly."},
+    # (no typed turn marker: a Jinja template renders text, and transformers' tokenizer then reads a
+    # typed "<|end|>" as the marker, where ours keeps it as characters)
+    {"role": "user", "content": "What is a  word, reversed? Say |end| too."},
+    {"role": "assistant", "content": "drow a\nend"},
+    {"role": "user", "content": "And 'naïve'?"},
+]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bpe", "char"])
+def test_apply_chat_template_of_the_exported_tokenizer_gives_our_ids(tmp_path, kind):
+    transformers = pytest.importorskip("transformers")
+    texts = [m["content"] for m in CONVERSATION]
+    meta = {
+        "gpt2": {"tokenizer": "gpt2"},
+        "bpe": {"tokenizer": "bpe", "tokenizer_json": train_bpe(texts * 20, 300)},
+        "char": {"tokenizer": "char", "chars": sorted(set("".join(texts)))},
+    }[kind]
+    meta["chat_tokens"] = CHAT_TOKENS
+    ours = tokenizer_from_meta(meta)
+    meta["vocab_size"] = ours.vocab_size
+    transformers.GPT2Config(vocab_size=ours.vocab_size).save_pretrained(tmp_path)  # the folder's model type
+    write_hf_tokenizer(meta, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ids = theirs.apply_chat_template(CONVERSATION, add_generation_prompt=True)
+    ids = ids if isinstance(ids, list) else ids["input_ids"]
+    turns = [(m["role"], m["content"]) for m in CONVERSATION]
+    assert ids == render(ours, turns, add_generation_prompt=True)[0]
+    back = tokenizer_from_meta(meta_from_hf_folder(tmp_path))  # the folder's vocabulary, read back
+    assert back.chat_ids == ours.chat_ids and back.vocab_size == ours.vocab_size
+    assert back.encode(texts[1]) == ours.encode(texts[1])
+
+
+@pytest.mark.slow
+def test_transformers_greedy_answers_equal_ours_on_the_exported_folder(chat_task, chat_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "hf"
+    result = run_script("export.py", f"--out_dir={chat_run[0]}", f"--to={folder}")
+    assert result.returncode == 0, result.stderr
+    questions = [json.loads(q) for q in open(chat_task[0] / "held_out.jsonl")][:30]
+    write = tmp_path / "questions.jsonl"
+    write.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    held_out_accuracy(chat_run[0], write, tmp_path / "ours.jsonl")
+    ours = [json.loads(a)["messages"][-1]["content"] for a in open(tmp_path / "ours.jsonl")]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder)
+    theirs = []
+    for question in questions:
+        ids = tokenizer.apply_chat_template(question["messages"], add_generation_prompt=True, return_tensors="pt")
+        ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)  # ends at <|end|>: the config's eos
+        theirs.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+    assert theirs == ours
+    # and the folder chats in sample.py as the checkpoint does
+    typed = subprocess.run(
+        [sys.executable, "sample.py", f"--init_from={folder}", "--chat", "--device=cpu", "--temperature=0"],
+        cwd=REPO,
+        input=questions[0]["messages"][0]["content"] + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert typed.stdout.split("> ")[1].strip() == ours[0], typed.stderr
