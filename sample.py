@@ -19,7 +19,8 @@ from pathlib import Path
 import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
-from nanogpt.chat import has_template, no_template, prompt_room, prompt_within, read_conversations
+from nanogpt.chat import has_template, no_template, prompt_room, prompt_within
+from nanogpt.chat_data import read_conversations
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.generation.completion import Endings
 from nanogpt.config import SampleSettings, load_config

@@ -398,7 +398,7 @@ def load_config(config_cls, argv, script="train.py", ignore_train_keys=False):
                     raise _unknown_key(key, config_cls, arg)
                 values[key] = check_value(key, value, hints[key], arg)
             continue
-        if "=" not in arg and hints.get(arg[2:]) is bool:
+        if "=" not in arg and arg[2:] in hints and unwrap_optional(hints[arg[2:]])[0] is bool:
             arg += "=True"  # a switch on its own turns it on: --chat
         if "=" not in arg:
             raise SettingError(f"override {arg} needs a value: write it as {arg}=VALUE")

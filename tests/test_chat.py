@@ -23,7 +23,8 @@ from helpers import (
     wait_until,
     write_conversations,
 )
-from nanogpt.chat import CHAT_TOKENS, END, prepare_chat, prompt_within, read_conversations, render
+from nanogpt.chat import CHAT_TOKENS, END, prompt_within, render
+from nanogpt.chat_data import prepare_chat, read_conversations
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError
 from nanogpt.model import GPT, GPTConfig
