@@ -40,6 +40,10 @@ def read_settings(argv):
     check_model_source(cfg.init_from)
     if cfg.system and not cfg.chat:
         raise SettingError("--system is the system message of a chat; use it with --chat")
+    if cfg.chat and cfg.start != SampleSettings().start:
+        raise SettingError(
+            "--start is a completion's prompt; with --chat type the messages, or give --prompts=FILE.jsonl"
+        )
     if cfg.output and not cfg.prompts:
         raise SettingError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
@@ -49,7 +53,7 @@ def read_settings(argv):
 def read_prompt(start):
     """The start text itself, the contents of the file named after FILE:, or stdin for -."""
     if start == "-":
-        return sys.stdin.read()
+        return read_stdin("--start=-")
     if not start.startswith("FILE:"):
         return start
     path = Path(start[len("FILE:") :])
@@ -59,6 +63,18 @@ def read_prompt(start):
         return read_utf8(path, "prompt file")
     except DataError as e:
         raise DataError(f"--start: {e}") from None
+
+
+def read_stdin(what, line=False):
+    """All of stdin (or one line of it, None at its end) as text, or one sentence if it is not UTF-8."""
+    try:
+        if not line:
+            return sys.stdin.read()
+        return input("> ")
+    except EOFError:
+        return None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what}: the input is not UTF-8 text (byte {e.start}); type or pipe UTF-8 text") from None
 
 
 def read_prompts_file(path, tokenizer):
@@ -254,11 +270,8 @@ def talk(cfg, model, tokenizer):
     turns, room = list(opening), prompt_room(model.config.block_size, cfg.max_new_tokens)
     print("chat: type a message; /reset starts a new conversation, /exit ends", file=sys.stderr)
     for number in count():
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if line.strip() == "/exit":
+        line = read_stdin("--chat", line=True)
+        if line is None or line.strip() == "/exit":
             break
         if line.strip() == "/reset":
             turns = list(opening)

@@ -13,11 +13,14 @@ import torch.nn.functional as F
 
 from conftest import fine_tune_chat
 from helpers import (
+    DDP_RUN,
     REPO,
+    assert_same_training,
     assert_user_error,
+    browser,
     held_out_accuracy,
     run_script,
-    browser,
+    run_torchrun,
     start_server,
     stop_server,
     wait_until,
@@ -388,3 +391,27 @@ def test_transformers_greedy_answers_equal_ours_on_the_exported_folder(chat_task
         timeout=120,
     )
     assert typed.stdout.split("> ")[1].strip() == ours[0], typed.stderr
+
+
+@pytest.mark.slow
+def test_a_chat_run_resumes_exactly_matches_under_ddp_and_compares(chat_task, tmp_path):
+    """What the loop does for any run holds for a chat run: 10 steps and a resume to 20 equal 20 at once;
+    2 processes equal 1 with twice the accumulation (each draws its windows from conversation starts);
+    compare.py draws them."""
+    task = chat_task[0]
+    args = [
+        "train.py", "config/finetune_chat.py", *DDP_RUN, "--gradient_accumulation_steps=2",
+        f"--init_from={task / 'hf'}", f"--data_dir={task}", "--dataset=chat",
+    ]  # fmt: skip
+    whole, resumed, ddp = tmp_path / "whole", tmp_path / "resumed", tmp_path / "ddp"
+    assert run_script(*args, f"--out_dir={whole}").returncode == 0
+    first = run_script(*args, f"--out_dir={resumed}", "--max_iters=10")
+    assert first.returncode == 0, first.stderr
+    second = run_script(*args, f"--out_dir={resumed}", "--init_from=resume")
+    assert second.returncode == 0, second.stderr
+    assert_same_training(whole, resumed)
+    parallel = run_torchrun(*args, f"--out_dir={ddp}")
+    assert parallel.returncode == 0, parallel.stderr
+    assert_same_training(ddp, whole)
+    drawn = run_script("compare.py", whole, ddp, f"--to={tmp_path / 'compare.png'}")
+    assert drawn.returncode == 0 and (tmp_path / "compare.png").stat().st_size > 10_000, drawn.stderr
