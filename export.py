@@ -21,6 +21,7 @@ from nanogpt.errors import SettingError, UnavailableError, run_main
 from nanogpt.files import check_writable_folder
 from nanogpt.hf import export_hf_gpt2
 from nanogpt.lora import check_peft, export_adapters
+from nanogpt.tokenizer import meta_from_hf_folder
 
 
 @dataclass
@@ -70,6 +71,12 @@ def main():
             raise SettingError(
                 f"{checkpoint['path']} is a full model, not a LoRA run: it has no adapters; export it without "
                 "--adapters_only"
+            )
+        base = checkpoint["lora"]["base"]
+        if checkpoint["tokenizer"].get("chat_tokens") and not meta_from_hf_folder(base).get("chat_tokens"):
+            raise SettingError(
+                f"{checkpoint['path']} was fine-tuned on conversations: its turn markers are embedding rows that its"
+                f" base {base} lacks, so its adapters alone cannot chat; export it without --adapters_only"
             )
         check_peft()
         export_adapters(checkpoint, target)

@@ -233,8 +233,15 @@ def test_a_lora_chat_fine_tune_lowers_the_assistant_loss_and_answers(chat_task, 
     evals = [json.loads(r) for r in open(out_dir / "metrics.jsonl") if json.loads(r)["kind"] == "eval"]
     first, last = evals[0]["val_loss"], evals[-1]["val_loss"]
     assert last < 0.5 * first, (first, last)
-    accuracy = held_out_accuracy(out_dir, chat_task[0] / "held_out.jsonl", tmp_path / "answers.jsonl")
+    questions = chat_task[0] / "held_out.jsonl"
+    accuracy = held_out_accuracy(out_dir, questions, tmp_path / "answers.jsonl")
     print(f"LoRA fine-tune: val loss {first:.3f} -> {last:.3f}, held-out reversals right {accuracy:.1%}")
+    # its adapters alone lack the turn markers' rows; merged, it exports and chats as the checkpoint does
+    alone = run_script("export.py", f"--out_dir={out_dir}", f"--to={tmp_path / 'adapters'}", "--adapters_only=True")
+    assert_user_error(alone, "fine-tuned on conversations", "without --adapters_only")
+    assert run_script("export.py", f"--out_dir={out_dir}", f"--to={tmp_path / 'merged'}").returncode == 0
+    held_out_accuracy(out_dir, questions, tmp_path / "merged.jsonl", f"--init_from={tmp_path / 'merged'}")
+    assert (tmp_path / "merged.jsonl").read_text() == (tmp_path / "answers.jsonl").read_text()
 
 
 # -- the server: /v1/chat/completions through the openai client, and the page's chat mode ---------------
