@@ -160,10 +160,12 @@ def row_sampling(cfg, vocab_size, rows):
 
 
 def chat_prompts(cfg, tokenizer, block_size):
-    """(messages, ids) of each conversation of a --chat --prompts file: the ids that ask for its next
-    answer, from as many of its latest turns as fit (prompt_within)."""
+    """(messages, ids) of each conversation of a --chat --prompts file (opened by --system where it has no
+    system message): the ids that ask for its next answer, from as many of its latest turns as fit."""
     prompts = []
     for number, turns in enumerate(read_conversations(cfg.prompts, need_answer=False), start=1):
+        if cfg.system and turns[0][0] != "system":
+            turns = [("system", cfg.system), *turns]
         where = f"conversation {number} of {cfg.prompts}"
         try:
             ids = prompt_within(tokenizer, turns, prompt_room(block_size, cfg.max_new_tokens))
