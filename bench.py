@@ -17,15 +17,8 @@ from typing import Optional
 import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line (nanogpt/__init__.py)
 import torch
 
-from nanogpt.config import (
-    DTYPES,
-    as_train_settings,
-    gpt_config,
-    load_config,
-    setting,
-    train_setting,
-    with_model_switches,
-)
+from nanogpt.command_line import load_config, setting
+from nanogpt.config import DTYPES, TRAIN_KEYS, as_train_settings, gpt_config, train_setting, with_model_switches
 from nanogpt.data import Dataset
 from nanogpt.errors import DataError, run_main
 from nanogpt.lora import add_adapters, adapters_note, check_peft, lora_record
@@ -93,7 +86,7 @@ class BenchSettings:
 
 def read_settings(argv):
     """The settings, refused in one sentence if they cannot work, before any data or model loads."""
-    cfg = load_config(BenchSettings, argv, script="bench.py", ignore_train_keys=True)
+    cfg = load_config(BenchSettings, argv, script="bench.py", ignored_keys=TRAIN_KEYS)
     gpt_config(cfg, vocab_size=50304)  # the model's own shape checks, without building it
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanogpt.config import load_config, setting
+from nanogpt.command_line import load_config, setting
 from nanogpt.errors import DataError, SettingError, WriteError, run_main
 from nanogpt.training.train_log import METRICS_NAME, read_records
 

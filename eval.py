@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from nanogpt.checkpoint import check_model_source, load_checkpoint, load_model_and_tokenizer, model_from_checkpoint
-from nanogpt.config import CHECKPOINTS, DTYPES, load_config, setting
+from nanogpt.command_line import load_config, setting
+from nanogpt.config import CHECKPOINTS, DTYPES
 from nanogpt.data import Dataset, read_text
 from nanogpt.generation.engine import inference_model
 from nanogpt.errors import DataError, SettingError, run_main

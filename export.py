@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
-from nanogpt.config import CHECKPOINTS, load_config, setting
+from nanogpt.command_line import load_config, setting
+from nanogpt.config import CHECKPOINTS
 from nanogpt.errors import SettingError, UnavailableError, run_main
 from nanogpt.files import check_writable_folder
 from nanogpt.hf import export_hf_gpt2

@@ -23,7 +23,8 @@ from nanogpt.chat import has_template, no_template, prompt_room, prompt_within
 from nanogpt.chat_data import read_conversations
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.generation.completion import Endings
-from nanogpt.config import SampleSettings, load_config
+from nanogpt.command_line import load_config
+from nanogpt.config import SampleSettings
 from nanogpt.generation.engine import Engine, context_start, inference_model
 from nanogpt.generation.sampling import Sampling, sampling_options
 from nanogpt.errors import DataError, SettingError, WriteError, out_of_memory_as_error, run_main

@@ -14,7 +14,8 @@ import sys
 from dataclasses import dataclass
 
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
-from nanogpt.config import CHECKPOINTS, DTYPES, load_config, setting
+from nanogpt.command_line import load_config, setting
+from nanogpt.config import CHECKPOINTS, DTYPES
 from nanogpt.errors import SettingError, UnavailableError, run_main
 from nanogpt.system import resolve_device, resolve_dtype
 

@@ -18,7 +18,8 @@ import nanogpt  # noqa: F401  first: a Ctrl-C while torch loads ends in one line
 import torch
 
 from nanogpt.checkpoint import CHECKPOINT_NAME, capture_rng_state
-from nanogpt.config import TrainSettings, gpt_config, load_config
+from nanogpt.command_line import load_config
+from nanogpt.config import TrainSettings, gpt_config
 from nanogpt.data import Dataset, TrainBatches
 from nanogpt.errors import RunError, SettingError, out_of_memory_as_error, run_main
 from nanogpt.files import check_writable_folder

@@ -60,7 +60,8 @@ def measure(args, extra):
 def gpt2_xl_plans():
     """train.py's plan for config/finetune_shakespeare.py's step (gpt2-xl, 1 x 1024 tokens, bf16) and
     the switches that shrink it, on a GPU with 24 GiB free."""
-    from nanogpt.config import TrainSettings, load_config
+    from nanogpt.command_line import load_config
+    from nanogpt.config import TrainSettings
     from nanogpt.hf import pretrained_config
     from nanogpt.training.memory_plan import gib, plan_memory
 

@@ -6,7 +6,8 @@ A prepared dataset is a folder with
                          as one stream: data/fineweb/prepare.py writes them as they fill)
     meta.json            the tokenizer ("char" with its characters, "gpt2", or "bpe" with its
                          tokenizer.json beside) and the id dtype
-Training reads the .bin files through np.memmap, so a dataset larger than memory works.
+Training reads the .bin files through np.memmap, so a dataset larger than memory works. Only drawing
+batches needs torch, which is imported there: the prepare scripts use this module and start without it.
 """
 
 import json
@@ -18,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from nanogpt.config import setting
+from nanogpt.command_line import setting
 from nanogpt.errors import DataError, SettingError
-from nanogpt.from_nanogpt import META_PKL, read_meta_pkl
 from nanogpt.files import REPO_ROOT, check_writable_folder, hold_folder, read_utf8, shared_data_dir, write_atomically
 from nanogpt.tokenizer import (
     BPE_FILE,
@@ -195,6 +194,8 @@ def prepare_command(dataset):
 def load_meta(dataset_dir):
     """Read and check meta.json. A folder without one is nanoGPT's: characters where its meta.pkl says
     so (nanoGPT's shakespeare_char), else GPT-2 token ids (its openwebtext, its shakespeare)."""
+    from nanogpt.from_nanogpt import META_PKL, read_meta_pkl  # it imports torch, needed only for nanoGPT's folders
+
     path = Path(dataset_dir) / "meta.json"
     if not path.is_file() and (Path(dataset_dir) / META_PKL).is_file():
         return dict(read_meta_pkl(Path(dataset_dir) / META_PKL), dtype="uint16")  # nanoGPT writes uint16
@@ -332,6 +333,8 @@ class Dataset:
         micro-batches, keeping its own: the processes see different data, and together exactly the
         batches one process with world_size times the accumulation steps would see.
         """
+        import torch
+
         data = self.tokens(split)
         for r in range(world_size):
             offsets = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
@@ -370,6 +373,8 @@ class TrainBatches:
             rank,
             world_size,
         )
+        import torch
+
         self.generator = torch.Generator().manual_seed(seed)
         self.position = self.generator.get_state()
 

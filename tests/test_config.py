@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from helpers import REPO
-from nanogpt.config import SampleSettings, TrainSettings, help_text, load_config
+from nanogpt.command_line import help_text, load_config
+from nanogpt.config import TRAIN_KEYS, SampleSettings, TrainSettings
 from nanogpt.errors import SettingError, run_main
 
 
@@ -146,11 +147,15 @@ def test_a_training_config_serves_a_script_that_ignores_train_keys(tmp_path):
     cfg = load_config(
         bench.BenchSettings,
         [write(tmp_path, "out_dir = 'x'\nlearning_rate = 1e-3\nn_layer = 3\nrotary = True\n")],
-        ignore_train_keys=True,
+        ignored_keys=TRAIN_KEYS,
     )
     assert cfg.n_layer == 3 and cfg.rotary is True and not hasattr(cfg, "out_dir")
     with pytest.raises(SettingError, match="unknown config key 'n_layrs'"):  # a key of neither is still refused
-        load_config(bench.BenchSettings, [write(tmp_path, "out_dir = 'x'\nn_layrs = 3\n")], ignore_train_keys=True)
+        load_config(
+            bench.BenchSettings,
+            [write(tmp_path, "out_dir = 'x'\nn_layrs = 3\n")],
+            ignored_keys=TRAIN_KEYS,
+        )
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_one(tmp_path):

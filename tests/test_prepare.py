@@ -196,3 +196,13 @@ def test_a_token_file_of_odd_length_is_one_sentence(data_dir, tmp_path):
         "train.py", f"--data_dir={tmp_path / 'data'}", "--dataset=odd", f"--out_dir={tmp_path / 'out'}", "--device=cpu"
     )
     assert_user_error(result, "train.bin has 2,007,709 bytes, not a whole number of uint16 tokens: it is damaged")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["shakespeare_char", "shakespeare", "custom", "openwebtext", "fineweb", "chat"])
+def test_a_prepare_script_starts_without_torch(dataset):
+    """Preparing data needs numpy and a tokenizer, not torch's second of imports and its memory, which
+    the tokenising workers would each inherit."""
+    check = f"import sys; sys.path.insert(0, 'data/{dataset}'); import prepare; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stdout + result.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
-from nanogpt.config import load_config, setting  # noqa: E402
+from nanogpt.command_line import load_config, setting  # noqa: E402
 from nanogpt.data import prepare_bpe, prepare_text, read_documents  # noqa: E402
 from nanogpt.errors import run_main  # noqa: E402
 from nanogpt.files import check_writable_folder  # noqa: E402

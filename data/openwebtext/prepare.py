@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
-from nanogpt.config import load_config, setting  # noqa: E402
+from nanogpt.command_line import load_config, setting  # noqa: E402
 from nanogpt.data import shown_path, token_dtype  # noqa: E402
 from nanogpt.errors import DataError, run_main  # noqa: E402
 from nanogpt.files import check_writable_folder, hold_folder, write_atomically  # noqa: E402

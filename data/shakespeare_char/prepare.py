@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
-from nanogpt.config import load_config  # noqa: E402
+from nanogpt.command_line import load_config  # noqa: E402
 from nanogpt.data import ShakespeareSettings, prepare_tiny_shakespeare  # noqa: E402
 from nanogpt.errors import run_main  # noqa: E402
 

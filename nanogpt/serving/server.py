@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from nanogpt.chat import JINJA_TEMPLATE, check_messages, has_template, render
 from nanogpt.generation.completion import Endings
-from nanogpt.config import describe_interval, in_interval, unwrap_optional
+from nanogpt.command_line import describe_interval, in_interval, unwrap_optional
 from nanogpt.generation.sampling import Sampling, sampling_options
 from nanogpt.errors import DataError
 from nanogpt.serving.batching import Busy, Job, Batcher
