@@ -1,20 +1,20 @@
-"""Preparing web text: data/fineweb/prepare.py against build-nanogpt's fineweb.py on the same local parquet file.
+"""Preparing web text: our two prepare scripts against build-nanogpt's fineweb.py on the same parquet file.
 
     python bench/prepare_speed.py --build_nanogpt=PATH [--sizes=20,80] [--pairs=2] [--num_proc=2]
     python bench/prepare_speed.py --sizes=1 --pairs=1          # ours alone, on a tiny file
 
 Makes a parquet file of documents for each size (MB of text: the WikiText-2 sample of ../shared/data in
-documents of about 4,000 characters, repeated until the size is reached) and tokenises it with both, one
-after the other, --pairs times: ours with --num_proc processes, and build-nanogpt's fineweb.py (its
-multiprocessing pool over the rows, tiktoken's encode_ordinary, uint16 shards) with its `load_dataset`
-call pointed at the same file and os.cpu_count() set so that its cpu_count() // 2 processes are --num_proc
-too. Each run is a whole process, its Hugging Face datasets cache empty (both convert the parquet file to
-Arrow alike). Prints, per size and project, the median wall time, tokens/s (every token written, the
-<|endoftext|> of each document included, over the whole process), and the peak memory of the process and
-its workers together (the sum of their proportional set sizes, sampled every 20 ms: pages the workers
-share with their parent count once; and its anonymous part, without the mapped Arrow files); last, ours
-over theirs in tokens/s, per size. PATH is a build-nanogpt checkout (or any folder holding its
-fineweb.py).
+documents of about 4,000 characters, repeated until the size is reached) and tokenises it with each, one
+after the other, --pairs times: data/fineweb/prepare.py and data/openwebtext/prepare.py with --num_proc
+processes, and build-nanogpt's fineweb.py (its multiprocessing pool over the rows, tiktoken's
+encode_ordinary, uint16 shards) with its `load_dataset` call pointed at the same file and os.cpu_count()
+set so that its cpu_count() // 2 processes are --num_proc too. Each run is a whole process, its Hugging
+Face datasets cache empty (all convert the parquet file to Arrow alike). Prints, per size and project, the
+median wall time, tokens/s (every token written, the <|endoftext|> of each document included, over the
+whole process), and the peak memory of the process and its workers together (the sum of their proportional
+set sizes, sampled every 20 ms: pages the workers share with their parent count once; and its anonymous
+part, without the mapped Arrow files); last, each of ours over theirs in tokens/s, per size. PATH is a
+build-nanogpt checkout (or any folder holding its fineweb.py).
 """
 
 import argparse
@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from nanogpt.files import shared_data_dir  # noqa: E402
 
+OURS = ["data/fineweb/prepare.py", "data/openwebtext/prepare.py"]
 # build-nanogpt's fineweb.py reads the hub; this runs it unchanged on a local parquet file instead
 THEIR_RUNNER = """
 import os, runpy, sys
@@ -123,10 +124,13 @@ def timed(command, cwd, env):
     return seconds, peak[0]
 
 
-def run_ours(parquet, work, env, num_proc, val_tokens):
+def run_ours(script, parquet, work, env, num_proc, val_tokens):
+    """One of our prepare scripts on the file: fineweb's with a tenth of the tokens for val.bin,
+    openwebtext's with its own val fraction."""
     out = work / "ours"
-    command = [sys.executable, str(REPO / "data/fineweb/prepare.py"), f"--input={parquet}", f"--out_dir={out}"]
-    command += [f"--num_proc={num_proc}", f"--val_tokens={val_tokens}"]
+    command = [sys.executable, str(REPO / script), f"--input={parquet}", f"--out_dir={out}", f"--num_proc={num_proc}"]
+    if "fineweb" in script:
+        command.append(f"--val_tokens={val_tokens}")
     seconds, peak = timed(command, REPO, env)
     tokens = sum(p.stat().st_size for p in out.glob("*.bin")) // 2
     return seconds, peak, tokens
@@ -150,7 +154,7 @@ def main():
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--num_proc", type=int, default=2)
     args = parser.parse_args()
-    projects = ["ours"] + (["build-nanogpt"] if args.build_nanogpt else [])
+    projects = OURS + (["build-nanogpt"] if args.build_nanogpt else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for megabytes in (float(s) for s in args.sizes.split(",")):
@@ -159,12 +163,12 @@ def main():
             results = {p: [] for p in projects}
             for pair in range(args.pairs):
                 for project in projects:
-                    work = Path(tmp) / f"{project}-{megabytes:g}-{pair}"
+                    work = Path(tmp) / f"{project.replace('/', '_')}-{megabytes:g}-{pair}"
                     work.mkdir()
                     env = dict(os.environ, HF_DATASETS_CACHE=str(work / "hf-cache"))
-                    if project == "ours":
+                    if project in OURS:
                         # a tenth of the tokens (about 4.5 bytes each) to val.bin, the rest to a train shard
-                        result = run_ours(parquet, work, env, args.num_proc, int(size / 45))
+                        result = run_ours(project, parquet, work, env, args.num_proc, int(size / 45))
                     else:
                         result = run_theirs(parquet, work, env, args.num_proc, args.build_nanogpt)
                     results[project].append(result)
@@ -188,8 +192,9 @@ def main():
     if args.build_nanogpt:
         print()
         for size, _, _ in rows:
-            ratio = speed[size, "ours"] / speed[size, "build-nanogpt"]
-            print(f"{size / 1e6:.0f} MB: ours / build-nanogpt tokens/s = {ratio:.2f}")
+            for ours in OURS:
+                ratio = speed[size, ours] / speed[size, "build-nanogpt"]
+                print(f"{size / 1e6:.0f} MB: {ours} / build-nanogpt tokens/s = {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """Large document collections (OpenWebText, FineWeb) through Hugging Face `datasets`: from the hub, or
-from local .txt (a document a line), .jsonl or .parquet files for offline use."""
+from local .txt (a document a line), .jsonl or .parquet files for offline use; and their documents in
+GPT-2 tokens, tokenised by a pool of worker processes as they stream past."""
 
+import functools
+import multiprocessing
+import signal
 from pathlib import Path
 
+import numpy as np
+
 from nanogpt.errors import DataError, SettingError, UnavailableError, first_line
+from nanogpt.tokenizer import GPT2Tokenizer
 
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -61,3 +68,36 @@ def load_documents(input, hf_dataset, max_docs, num_proc, name=None, revision=No
     if max_docs:
         dataset = dataset.select(range(min(max_docs, len(dataset))))
     return dataset
+
+
+def texts(documents, batch_size=1000):
+    """The 'text' of each document of a datasets.Dataset, read a batch of rows at a time (much faster than
+    row by row)."""
+    return (text for batch in documents.iter(batch_size=batch_size) for text in batch["text"])
+
+
+def document_ids(text, end_of_text_first):
+    """A document's GPT-2 ids as uint16, with <|endoftext|> before it (build-nanogpt's FineWeb) or after it
+    (nanoGPT's OpenWebText); none for an empty document, or one whose text is not a string."""
+    if not is_text(text):
+        return np.zeros(0, dtype=np.uint16)
+    tokenizer = GPT2Tokenizer()  # tiktoken keeps the encoding loaded: cheap after a process's first call
+    ids = tokenizer.encode(text, ordinary=True)
+    return np.array([tokenizer.eot_token, *ids] if end_of_text_first else [*ids, tokenizer.eot_token], dtype=np.uint16)
+
+
+def ignore_interrupts():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def tokenized_documents(texts, num_proc, end_of_text_first):
+    """Each text's ids (document_ids), in order, from num_proc worker processes fed 16 documents at a time.
+    The workers ignore Ctrl-C (a terminal sends it to all of them): the main process alone stops, in one
+    line, and closing this generator (contextlib.closing) ends them."""
+    GPT2Tokenizer()  # loaded before the workers fork: they share its tables instead of each loading them
+    tokenize = functools.partial(document_ids, end_of_text_first=end_of_text_first)
+    if num_proc == 1:
+        yield from map(tokenize, texts)
+        return
+    with multiprocessing.Pool(num_proc, ignore_interrupts) as pool:
+        yield from pool.imap(tokenize, texts, chunksize=16)

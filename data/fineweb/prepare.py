@@ -16,8 +16,6 @@ stream (nanogpt/data.py).
 
 import contextlib
 import json
-import multiprocessing
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,8 +29,8 @@ from nanogpt.command_line import load_config, setting  # noqa: E402
 from nanogpt.data import UNFINISHED, shown_path, split_files  # noqa: E402
 from nanogpt.errors import DataError, SettingError, run_main  # noqa: E402
 from nanogpt.files import check_writable_folder, hold_folder, write_atomically  # noqa: E402
-from nanogpt.tokenizer import GPT2_VOCAB_SIZE, GPT2Tokenizer  # noqa: E402
-from nanogpt.web_documents import check_input_apart, is_text, load_documents  # noqa: E402
+from nanogpt.tokenizer import GPT2_VOCAB_SIZE  # noqa: E402
+from nanogpt.web_documents import check_input_apart, load_documents, texts, tokenized_documents  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STATE_NAME = UNFINISHED  # present while the dataset is unfinished
@@ -83,19 +81,6 @@ def read_state(out_dir, cfg):
     return state
 
 
-def tokenize(text):
-    """A document's ids: <|endoftext|> first (it separates documents, as build-nanogpt writes them),
-    then its text; none for an empty document, or one whose text is not a string."""
-    if not is_text(text):
-        return np.zeros(0, dtype=np.uint16)
-    tokenizer = GPT2Tokenizer()  # tiktoken keeps the encoding loaded: cheap after a worker's first call
-    return np.array([tokenizer.eot_token] + tokenizer.encode(text, ordinary=True), dtype=np.uint16)
-
-
-def ignore_interrupts():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def write_file(out_dir, state, buffer, n_tokens, n_documents):
     """The next file (val.bin first, then a train shard) and the state that counts it, together: a crash
     leaves both or neither. Returns the new state and the file's name."""
@@ -121,13 +106,13 @@ def write_shards(documents, out_dir, state, cfg):
     capacity = cfg.val_tokens if state["documents"] == 0 else cfg.shard_tokens
     # the buffer grows as it fills (doubling, up to the file's size): a huge --val_tokens reserves nothing
     buffer, filled, in_buffer = np.empty(min(capacity, 1 << 24), dtype=np.uint16), 0, 0
-    texts = (row["text"] for row in documents.select(range(min(state["documents"], len(documents)), len(documents))))
+    todo = texts(documents.select(range(min(state["documents"], len(documents)), len(documents))))
     t0, tokens_done, skipped = time.time(), 0, 0
     with contextlib.ExitStack() as stack:  # the bar closes before an error is said, so the error is the last line
-        # the workers ignore Ctrl-C (a terminal sends it to all of them): the main process alone stops, in one
-        # line, and leaving this block terminates them
-        pool = stack.enter_context(multiprocessing.Pool(cfg.num_proc, ignore_interrupts)) if cfg.num_proc > 1 else None
-        tokenized = pool.imap(tokenize, texts, chunksize=16) if pool else map(tokenize, texts)
+        # <|endoftext|> before each document, as build-nanogpt writes them; leaving this block ends the workers
+        tokenized = stack.enter_context(
+            contextlib.closing(tokenized_documents(todo, cfg.num_proc, end_of_text_first=True))
+        )
         bar = stack.enter_context(
             tqdm(total=max(len(documents) - state["documents"], 0), unit="doc", desc="tokenizing")
         )
