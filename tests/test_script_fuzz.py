@@ -48,6 +48,7 @@ EXAMPLES = {
     "data/custom/prepare.py": 8,
     "data/openwebtext/prepare.py": 6,
     "data/fineweb/prepare.py": 6,
+    "data/chat/prepare.py": 6,
 }
 HUGE = [2**31, 2**32 + 1, 2**61, 2**63 - 1, 2**63]
 
@@ -75,8 +76,11 @@ def places(tmp_path_factory, trained_run):
     (root / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 20)
     (root / "text.txt").write_text("ROMEO: the text of a small run, said twice.\n" * 40)
     (root / "nontext.jsonl").write_text('{"text": null}\n{"text": 7}\n{"text": "ROMEO: a document."}\n' * 20)
+    chat = '{"messages": [{"role": "user", "content": "ROMEO?"}, {"role": "assistant", "content": "JULIET."}]}\n'
+    (root / "chats.jsonl").write_text(chat * 20)
     (root / "folder").mkdir()
     return {
+        "chats": str(root / "chats.jsonl"),
         "folder": str(root / "folder"),
         "latin1": str(root / "latin1.txt"),
         "text": str(root / "text.txt"),
@@ -154,6 +158,12 @@ def base_args(script, run, places, case_dir):
             "--num_proc=1",
             "--val_tokens=10",
             "--shard_tokens=100",
+        ],
+        "data/chat/prepare.py": [
+            f"--input={places['chats']}",
+            f"--out_dir={case_dir / 'data'}",
+            "--tokenizer=char",
+            "--block_size=32",
         ],
     }[script]
 
