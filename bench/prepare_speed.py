@@ -71,7 +71,7 @@ def write_parquet(path, megabytes):
     while size < megabytes * 1e6:
         documents.append(docs[len(documents) % len(docs)])
         size += len(documents[-1].encode("utf-8"))
-    pq.write_table(pa.table({"text": documents}), path)
+    pq.write_table(pa.table({"text": documents}), path, row_group_size=1000)  # ~4 MB groups, as web dumps have
     return len(documents), size
 
 

@@ -2,7 +2,8 @@
 from local .txt (a document a line), .jsonl or .parquet files for offline use; and their documents in
 GPT-2 tokens, tokenised by a pool of worker processes as they stream past."""
 
-import functools
+import collections
+import itertools
 import multiprocessing
 import signal
 from pathlib import Path
@@ -90,14 +91,28 @@ def ignore_interrupts():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def tokenized_documents(texts, num_proc, end_of_text_first):
-    """Each text's ids (document_ids), in order, from num_proc worker processes fed 16 documents at a time.
-    The workers ignore Ctrl-C (a terminal sends it to all of them): the main process alone stops, in one
-    line, and closing this generator (contextlib.closing) ends them."""
-    GPT2Tokenizer()  # loaded before the workers fork: they share its tables instead of each loading them
-    tokenize = functools.partial(document_ids, end_of_text_first=end_of_text_first)
+def documents_ids(texts, end_of_text_first):
+    """document_ids of each text: one task of a worker."""
+    return [document_ids(text, end_of_text_first) for text in texts]
+
+
+def tokenized_documents(texts, num_proc, end_of_text_first, chunk=16):
+    """Each text's ids (document_ids), in order, from num_proc worker processes, `chunk` documents a task.
+    At most 4 tasks a worker are in flight: memory stays the same however many documents there are (Pool.imap
+    would read the whole input into its queue while the workers fall behind). The workers ignore Ctrl-C (a
+    terminal sends it to all of them): the main process alone stops, in one line, and closing this
+    generator (contextlib.closing) ends them."""
     if num_proc == 1:
-        yield from map(tokenize, texts)
+        yield from (document_ids(text, end_of_text_first) for text in texts)
         return
+    GPT2Tokenizer()  # loaded before the workers fork: they share its tables instead of each loading them
+    texts, pending = iter(texts), collections.deque()
     with multiprocessing.Pool(num_proc, ignore_interrupts) as pool:
-        yield from pool.imap(tokenize, texts, chunksize=16)
+        while True:
+            tasks = list(itertools.islice(texts, chunk))
+            if tasks:
+                pending.append(pool.apply_async(documents_ids, (tasks, end_of_text_first)))
+            if pending and (len(pending) >= 4 * num_proc or not tasks):
+                yield from pending.popleft().get()
+            elif not tasks:
+                return

@@ -21,8 +21,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, installed or not
 
 from nanogpt.command_line import load_config, setting  # noqa: E402
@@ -81,63 +79,87 @@ def read_state(out_dir, cfg):
     return state
 
 
-def write_file(out_dir, state, buffer, n_tokens, n_documents):
-    """The next file (val.bin first, then a train shard) and the state that counts it, together: a crash
-    leaves both or neither. Returns the new state and the file's name."""
+class Documents:
+    """The tokenised documents with one of look-ahead (a document that would overfill a file starts the next),
+    on a progress bar. Empty ones (no text) are counted and passed over."""
+
+    def __init__(self, tokenized, bar, first):
+        """first: how many documents of the input come before these (a resumed run's), which `done` counts."""
+        self.tokenized, self.bar, self.read, self.skipped, self.tokens = tokenized, bar, first, 0, 0
+        self.t0 = time.time()
+        self.ahead = self._next()
+
+    def _next(self):
+        for ids in self.tokenized:
+            self.read += 1
+            self.bar.update()
+            if len(ids):
+                return ids
+            self.skipped += 1
+        return None
+
+    @property
+    def done(self):
+        """How many documents of the input were taken or passed over."""
+        return self.read - (self.ahead is not None)
+
+    def take(self):
+        ids, self.ahead = self.ahead, self._next()
+        self.tokens += len(ids)
+        self.bar.set_postfix_str(f"{self.tokens / max(time.time() - self.t0, 1e-9):,.0f} tokens/s", refresh=False)
+        return ids
+
+
+def write_file(out_dir, state, documents, capacity, val_tokens):
+    """Stream the next file (val.bin first, then a train shard) to disk from `documents` until the next one
+    would pass `capacity` tokens (a document is never split; the first always goes in), and the state that
+    counts it: the two are written together, so a crash leaves both or neither. Returns the new state, the
+    file's name and its tokens."""
     name = "val.bin" if state["documents"] == 0 else f"train_{state['train_shards']:06d}.bin"
-    shards = state["train_shards"] + (name != "val.bin")
-    state = dict(
-        state, documents=state["documents"] + n_documents, train_shards=shards, tokens=state["tokens"] + n_tokens
-    )
-    write_atomically(
-        {
-            out_dir / name: lambda f: f.write(buffer[:n_tokens].tobytes()),
-            out_dir / STATE_NAME: lambda f: f.write((json.dumps(state, indent=1) + "\n").encode()),
-        },
-        n_tokens * 2,
-    )
-    return state, name
+    tokens, new_state = [0], {}
+
+    def fill(f):
+        while documents.ahead is not None and not (tokens[0] and tokens[0] + len(documents.ahead) > capacity):
+            ids = documents.take()
+            f.write(ids.tobytes())
+            tokens[0] += len(ids)
+        if documents.ahead is None and name == "val.bin":  # nothing would be left for train
+            raise DataError(
+                f"the documents hold {tokens[0]:,} tokens, not more than --val_tokens={val_tokens:,}: none would "
+                "be left to train on; lower --val_tokens"
+            )
+
+    def record(f):  # written after the file: the counts are complete
+        shards = state["train_shards"] + (name != "val.bin")
+        new_state.update(state, documents=documents.done, train_shards=shards, tokens=state["tokens"] + tokens[0])
+        f.write((json.dumps(new_state, indent=1) + "\n").encode())
+
+    write_atomically({out_dir / name: fill, out_dir / STATE_NAME: record}, capacity * 2)
+    return new_state, name, tokens[0]
 
 
 def write_shards(documents, out_dir, state, cfg):
-    """Tokenise the documents not yet written and write each file as it fills; returns the final state."""
+    """Tokenise the documents not yet written, each file streamed to disk as it fills (memory does not grow
+    with the input, nor with the size of a file); returns the final state."""
     from tqdm import tqdm
 
-    capacity = cfg.val_tokens if state["documents"] == 0 else cfg.shard_tokens
-    # the buffer grows as it fills (doubling, up to the file's size): a huge --val_tokens reserves nothing
-    buffer, filled, in_buffer = np.empty(min(capacity, 1 << 24), dtype=np.uint16), 0, 0
-    todo = texts(documents.select(range(min(state["documents"], len(documents)), len(documents))))
-    t0, tokens_done, skipped = time.time(), 0, 0
+    first = min(state["documents"], len(documents))
+    todo = texts(documents.select(range(first, len(documents))))
     with contextlib.ExitStack() as stack:  # the bar closes before an error is said, so the error is the last line
         # <|endoftext|> before each document, as build-nanogpt writes them; leaving this block ends the workers
         tokenized = stack.enter_context(
             contextlib.closing(tokenized_documents(todo, cfg.num_proc, end_of_text_first=True))
         )
-        bar = stack.enter_context(
-            tqdm(total=max(len(documents) - state["documents"], 0), unit="doc", desc="tokenizing")
-        )
-        for ids in tokenized:
-            if filled and filled + len(ids) > capacity:  # the file is full: a document is never split
-                state, name = write_file(out_dir, state, buffer, filled, in_buffer)
-                tqdm.write(f"wrote {name}: {filled:,} tokens ({state['tokens']:,} so far)")
-                capacity, filled, in_buffer = cfg.shard_tokens, 0, 0
-            if len(ids) > len(buffer) - filled:
-                buffer = np.concatenate([buffer[:filled], np.empty(max(len(ids), len(buffer)), dtype=np.uint16)])
-            buffer[filled : filled + len(ids)] = ids
-            filled, in_buffer, tokens_done = filled + len(ids), in_buffer + 1, tokens_done + len(ids)
-            skipped += not len(ids)
-            bar.update()
-            bar.set_postfix_str(f"{tokens_done / max(time.time() - t0, 1e-9):,.0f} tokens/s", refresh=False)
-    if skipped:
-        print(f"note: {skipped:,} documents skipped: empty, or their text is not a string")
-    if state["documents"] == 0:  # nothing written yet, and nothing will be
-        raise DataError(
-            f"the documents hold {filled:,} tokens, not more than --val_tokens={cfg.val_tokens:,}: none would "
-            "be left to train on; lower --val_tokens"
-        )
-    if filled:
-        state, name = write_file(out_dir, state, buffer, filled, in_buffer)
-        print(f"wrote {name}: {filled:,} tokens")
+        bar = stack.enter_context(tqdm(total=len(documents) - first, unit="doc", desc="tokenizing"))
+        stream = Documents(tokenized, bar, first)
+        while stream.ahead is not None:
+            capacity = cfg.val_tokens if state["documents"] == 0 else cfg.shard_tokens
+            state, name, tokens = write_file(out_dir, state, stream, capacity, cfg.val_tokens)
+            tqdm.write(f"wrote {name}: {tokens:,} tokens ({state['tokens']:,} so far)")
+    if stream.skipped:
+        print(f"note: {stream.skipped:,} documents skipped: empty, or their text is not a string")
+    if state["documents"] == 0:  # no document had any text
+        raise DataError("the documents hold no text: nothing to prepare")
     return state
 
 
