@@ -173,7 +173,7 @@ def main():
                         result = run_theirs(parquet, work, env, args.num_proc, args.build_nanogpt)
                     results[project].append(result)
                     seconds, peak, tokens = result
-                    print(f"{size / 1e6:.0f} MB, {project}: {seconds:.1f} s, {tokens:,} tokens, peak {peak[0]:.0f} MB")
+                    print(f"{size / 1e6:.3g} MB, {project}: {seconds:.1f} s, {tokens:,} tokens, peak {peak[0]:.0f} MB")
             rows.append((size, n_docs, results))
     print(f"\n{args.num_proc} processes each; medians of {args.pairs} run(s)\n")
     print("| text | documents | project | wall | tokens | tokens/s | peak PSS, all processes | of it anonymous |")
@@ -186,7 +186,7 @@ def main():
             speed[size, project] = tokens / seconds
             pss, anon = (statistics.median(r[1][k] for r in runs) for k in (0, 1))
             print(
-                f"| {size / 1e6:.0f} MB | {n_docs:,} | {project} | {seconds:.1f} s | {tokens:,} | "
+                f"| {size / 1e6:.3g} MB | {n_docs:,} | {project} | {seconds:.1f} s | {tokens:,} | "
                 f"{tokens / seconds:,.0f} | {pss:.0f} MB | {anon:.0f} MB |"
             )
     if args.build_nanogpt:
@@ -194,7 +194,7 @@ def main():
         for size, _, _ in rows:
             for ours in OURS:
                 ratio = speed[size, ours] / speed[size, "build-nanogpt"]
-                print(f"{size / 1e6:.0f} MB: {ours} / build-nanogpt tokens/s = {ratio:.2f}")
+                print(f"{size / 1e6:.3g} MB: {ours} / build-nanogpt tokens/s = {ratio:.2f}")
 
 
 if __name__ == "__main__":

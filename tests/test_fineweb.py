@@ -209,3 +209,12 @@ def test_ctrl_c_ends_openwebtext_prepare_and_its_workers_in_one_line(tmp_path):
         process.wait(timeout=30)  # no hang
     said = stderr_text(subprocess.CompletedProcess([], 130, "", log.read_text()))
     assert process.returncode == 130 and "Traceback" not in said and said.splitlines()[-1] == "interrupted", said
+
+
+def test_the_prepare_benchmark_runs_on_a_tiny_file():
+    """bench/prepare_speed.py, ours alone (build-nanogpt is not here): both scripts, the same tokens."""
+    result = run_script("bench/prepare_speed.py", "--sizes=0.3", "--pairs=1")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| 0.3 MB")]
+    assert [row[2] for row in rows] == ["data/fineweb/prepare.py", "data/openwebtext/prepare.py"]
+    assert rows[0][4] == rows[1][4] and int(rows[0][4].replace(",", "")) > 50_000  # tokens
