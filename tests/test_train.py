@@ -227,3 +227,17 @@ def test_inputs_that_once_ended_in_a_traceback_are_one_line(data_dir, tmp_path):
     assert_user_error(
         run_script("bench.py", "--device=cpu", "--real_data=False", "--batch_size=2305843009213693952"), "out of memory"
     )
+
+
+def test_the_time_to_loss_benchmark_runs_on_a_tiny_case(data_dir, tmp_path):
+    """bench/time_to_loss.py, ours alone on a tiny config, with a target the first evaluation meets."""
+    config = tmp_path / "tiny.py"
+    config.write_text(
+        "n_layer = 2\nn_head = 2\nn_embd = 64\nblock_size = 32\nbatch_size = 16\ndropout = 0.0\ndevice = 'cpu'\n"
+        "compile = False\ngradient_accumulation_steps = 1\nmax_iters = 20\neval_iters = 2\n"
+        f"data_dir = {str(data_dir)!r}\ndataset = 'shakespeare_char'\n"
+    )
+    result = run_script("bench/time_to_loss.py", f"--configs={config}", "--pairs=1", "--target=4.6")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith(f"| {config} |"))
+    assert row.split(" | ")[3] == "0" and float(row.split(" | ")[2]) > 0  # step 0's evaluation, its seconds
