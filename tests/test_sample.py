@@ -125,3 +125,14 @@ def test_a_run_without_best_pt_is_read_from_ckpt_pt_and_says_so(trained_run, tmp
     (tmp_path / "ckpt.pt").write_bytes((trained_run[0] / "ckpt.pt").read_bytes())
     assert load_checkpoint(tmp_path, "best")["path"] == str(tmp_path / "ckpt.pt")
     assert f"note: {tmp_path} holds no best.pt" in capsys.readouterr().err
+
+
+def test_the_cpu_generation_benchmark_runs_on_a_tiny_model():
+    """bench/cpu_generate.py on a 2-layer GPT-2: both decoders, the same tokens, the bound and the peak."""
+    pytest.importorskip("transformers")
+    result = run_script(
+        "bench/cpu_generate.py", "--n_layer=2", "--n_embd=64", "--n_head=2", "--tokens=12", "--rounds=1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "same tokens: True" in result.stdout and "tokens/s" in result.stdout
+    assert "sample.py peak resident memory:" in result.stdout
