@@ -127,6 +127,7 @@ def test_a_run_without_best_pt_is_read_from_ckpt_pt_and_says_so(trained_run, tmp
     assert f"note: {tmp_path} holds no best.pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_cpu_generation_benchmark_runs_on_a_tiny_model():
     """bench/cpu_generate.py on a 2-layer GPT-2: both decoders, the same tokens, the bound and the peak."""
     pytest.importorskip("transformers")
