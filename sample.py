@@ -139,7 +139,7 @@ def main():
         f" or --max_new_tokens (with --prompts, --batch_size)"
     )
     if cfg.chat and not has_template(tokenizer):
-        raise SettingError(no_template(cfg.init_from, cfg.out_dir))
+        raise SettingError(no_template(cfg.out_dir if cfg.init_from == "resume" else cfg.init_from))
     with out_of_memory_as_error(oom):
         if cfg.chat and not cfg.prompts:
             talk(cfg, model, tokenizer)

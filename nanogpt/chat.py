@@ -70,9 +70,8 @@ def render(tokenizer, turns, add_generation_prompt=False):
     return ids, mask
 
 
-def no_template(init_from, out_dir):
-    """The sentence for a model without the chat tokens."""
-    model = out_dir if init_from == "resume" else init_from
+def no_template(model):
+    """What to say of a model without the chat tokens (sample.py --chat, serve.py's chat endpoint)."""
     return (
         f"{model} has no chat template: it was not fine-tuned on conversations; fine-tune it first (python "
         "data/chat/prepare.py --input=FILE.jsonl, then python train.py config/finetune_chat.py)"

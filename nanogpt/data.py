@@ -305,7 +305,7 @@ class Dataset:
     def chat_windows(self, split, offsets, block_size):
         """Where each window of a chat batch begins: at the start of the conversation each offset falls in
         (packed after it come the next ones), no later than the last full window."""
-        starts = np.fromfile(self.dir / f"{split}_starts.bin", dtype=np.int64)
+        starts = np.memmap(self.dir / f"{split}_starts.bin", dtype=np.int64, mode="r")  # not read whole every batch
         last = len(self.tokens(split)) - block_size - 1
         picked = starts[np.searchsorted(starts, np.asarray(offsets), side="right") - 1]
         return np.minimum(picked, last).tolist()

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from nanogpt.chat import JINJA_TEMPLATE, check_messages, has_template, render
+from nanogpt.chat import JINJA_TEMPLATE, check_messages, has_template, no_template, render
 from nanogpt.generation.completion import Endings
 from nanogpt.command_line import describe_interval, in_interval, unwrap_optional
 from nanogpt.generation.sampling import Sampling, sampling_options
@@ -133,10 +133,7 @@ def parse_chat(body, tokenizer, limits):
     """The Completion a /v1/chat/completions body asks for: its messages, rendered with the chat
     template and ending where the assistant's answer begins, as the one prompt."""
     if not has_template(tokenizer):
-        raise BadRequest(
-            "this model has no chat template: it was not fine-tuned on conversations (config/finetune_chat.py);"
-            " use /v1/completions with a prompt"
-        )
+        raise BadRequest(f"{no_template('this model')}, or use /v1/completions with a prompt")
     if not isinstance(body, dict) or "messages" not in body:
         raise BadRequest('messages is missing: send the conversation as {"messages": [...]}', param="messages")
     try:
@@ -438,7 +435,9 @@ class Answer:
         self.engine = batcher.engine
         self.id = f"{'chatcmpl' if completion.chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created, self.model = int(time.time()), model_name
+        # a stream's chunks are chat.completion.chunk in the chat API, text_completion as the whole in the other
         self.object = "chat.completion" if completion.chat else "text_completion"
+        self.chunk_object = "chat.completion.chunk" if completion.chat else "text_completion"
         self.endings = Endings(tokenizer, completion.stop, chat=completion.chat)
         self.opened = set()  # the choices whose first chunk was sent (a chat stream's first delta names the role)
         self.loop = asyncio.get_running_loop()
@@ -550,7 +549,7 @@ class Answer:
         self.opened.add(index)
         body = {
             "id": self.id,
-            "object": self.object + (".chunk" if self.completion.chat else ""),
+            "object": self.chunk_object,
             "created": self.created,
             "model": self.model,
             "choices": [choice],
@@ -597,7 +596,7 @@ class Answer:
             if completion.include_usage and not failed:
                 usage = {
                     "id": self.id,
-                    "object": self.object + (".chunk" if completion.chat else ""),
+                    "object": self.chunk_object,
                     "created": self.created,
                     "model": self.model,
                     "choices": [],
