@@ -29,7 +29,7 @@ import torch
 
 from nanogpt.checkpoint import check_model_source, load_checkpoint, load_model_and_tokenizer, model_from_checkpoint
 from nanogpt.command_line import load_config, setting
-from nanogpt.config import CHECKPOINTS, DTYPES
+from nanogpt.config import CHECKPOINTS, DTYPES, quantize_setting
 from nanogpt.data import Dataset, read_text
 from nanogpt.generation.engine import inference_model
 from nanogpt.errors import DataError, SettingError, run_main
@@ -61,6 +61,7 @@ class EvalSettings:
     batch_size: int = setting(8, "windows (with --task, choices) per forward pass", within="[1, inf)")
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("float32", "'float32', 'bfloat16', 'float16' or 'auto'", choices=DTYPES)
+    quantize: str = quantize_setting()
 
 
 def read_settings(argv):
@@ -73,14 +74,14 @@ def read_settings(argv):
     if cfg.input and not Path(cfg.input).is_file():
         shown = cfg.input if cfg.input.isprintable() else repr(cfg.input)  # a message stays one line
         raise SettingError(f"--input={shown} is not a file; give a UTF-8 text file")
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device), cfg.quantize)
     return cfg
 
 
-def model_tokenizer_and_ids(cfg):
+def model_tokenizer_and_ids(cfg, dtype):
     """The model, its tokenizer, the token ids to score and where they came from."""
     if cfg.input:
-        model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
+        model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint, dtype)
         return model, tokenizer, tokenizer.encode(read_text(cfg.input), ordinary=True), cfg.input
     checkpoint = load_checkpoint(cfg.out_dir, cfg.checkpoint)
     data = Dataset(checkpoint["config"]["data_dir"], checkpoint["config"]["dataset"])
@@ -131,12 +132,12 @@ def score(model, ids, token_bytes, stride, batch_size, device):
     return nats, tokens, text_bytes
 
 
-def evaluate_task(cfg, device):
+def evaluate_task(cfg, device, dtype):
     """acc and acc_norm on a multiple-choice task."""
     path = task_file(cfg.task)
-    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
+    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint, dtype)
     items = read_items(path, tokenizer, model.config.block_size)
-    model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
+    model = inference_model(model, device, dtype, cfg.quantize)
     scores = accuracy(loglikelihoods(model, items, cfg.batch_size, device, tokenizer.vocab_size, progress=True), items)
     print(f"{path}: {scores.count:,} items")
     print(
@@ -148,10 +149,11 @@ def evaluate_task(cfg, device):
 def main():
     cfg = read_settings(sys.argv[1:])
     device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device, cfg.quantize)
     if cfg.task:
-        return evaluate_task(cfg, device)
-    model, tokenizer, ids, source = model_tokenizer_and_ids(cfg)
-    model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
+        return evaluate_task(cfg, device, dtype)
+    model, tokenizer, ids, source = model_tokenizer_and_ids(cfg, dtype)
+    model = inference_model(model, device, dtype, cfg.quantize)
     stride = cfg.stride or max(1, model.config.block_size // 2)
     if stride > model.config.block_size:
         raise SettingError(

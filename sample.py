@@ -47,7 +47,7 @@ def read_settings(argv):
         )
     if cfg.output and not cfg.prompts:
         raise SettingError("--output writes the completions of --prompts; give a prompts file with --prompts=FILE")
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device), cfg.quantize)
     return cfg
 
 
@@ -131,9 +131,9 @@ class StreamPrinter:
 def main():
     cfg = read_settings(sys.argv[1:])
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
-    model = inference_model(model, device, dtype)
+    dtype = resolve_dtype(cfg.dtype, device, cfg.quantize)
+    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint, dtype)
+    model = inference_model(model, device, dtype, cfg.quantize)
     oom = (
         f"out of memory for {cfg.num_samples:,} sample(s) of {cfg.max_new_tokens:,} new tokens; lower --num_samples"
         f" or --max_new_tokens (with --prompts, --batch_size)"

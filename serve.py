@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from nanogpt.checkpoint import check_model_source, load_model_and_tokenizer
 from nanogpt.command_line import load_config, setting
-from nanogpt.config import CHECKPOINTS, DTYPES
+from nanogpt.config import CHECKPOINTS, DTYPES, quantize_setting
 from nanogpt.errors import SettingError, UnavailableError, run_main
 from nanogpt.system import resolve_device, resolve_dtype
 
@@ -45,6 +45,7 @@ class ServeSettings:
     )
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
+    quantize: str = quantize_setting()
 
 
 def read_settings(argv):
@@ -52,7 +53,7 @@ def read_settings(argv):
     cfg = load_config(ServeSettings, argv, script="serve.py")
     check_model_source(cfg.init_from)
     cfg.api_key = cfg.api_key or os.environ.get("NANOGPT_API_KEY", "")
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device), cfg.quantize)
     return cfg
 
 
@@ -68,8 +69,9 @@ def main():
 
     check_port_free(cfg.host, cfg.port)
     device = resolve_device(cfg.device)
-    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint)
-    model = inference_model(model, device, resolve_dtype(cfg.dtype, device))
+    dtype = resolve_dtype(cfg.dtype, device, cfg.quantize)
+    model, tokenizer = load_model_and_tokenizer(cfg.init_from, cfg.out_dir, cfg.checkpoint, dtype)
+    model = inference_model(model, device, dtype, cfg.quantize)
     name = (
         os.path.basename(os.path.normpath(cfg.out_dir))
         if cfg.init_from == "resume"

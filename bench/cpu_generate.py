@@ -1,20 +1,24 @@
-"""GPT-2 sampling on the CPU at batch 1: ours against transformers' generate on the same folder, and the
-memory-bandwidth bound both are under.
+"""GPT-2 sampling on the CPU at batch 1: our weight formats against transformers' generate on the same
+folder, the memory-bandwidth bound each is under, eval.py's loss in each, and sample.py's peak memory.
 
     python bench/cpu_generate.py                    # GPT-2 124M's shape, random weights
+    python bench/cpu_generate.py --folder=PATH      # a Hugging Face GPT-2 folder (e.g. from export.py)
     python bench/cpu_generate.py --n_layer=2 --n_embd=64 --n_head=2 --tokens=20   # a tiny case
 
-Saves a randomly initialised transformers GPT-2 (save_pretrained; speed does not depend on the weights)
-and generates --tokens greedy tokens from a 16-token prompt, batch 1, float32: with our engine (the model
-as sample.py loads it from the folder, KV cache), and with transformers' GPT2LMHeadModel.generate
-(do_sample=False, its KV cache), --rounds times each, alternating, after a warm-up; tokens/s is the
-median. Both must give the same tokens. The bound: decoding a token reads every weight once, so no
-batch-1 decoder goes faster than (memory bandwidth) / (bytes of weights); the bandwidth is measured here
-by copying a 1 GiB tensor (read + write bytes per second, the best of 5). Last, the peak resident memory
-of `sample.py --init_from=FOLDER` generating the same tokens, a whole process, against the weights' bytes.
+Without --folder it saves a randomly initialised transformers GPT-2 (save_pretrained; speed does not
+depend on the weights). Each decoder generates --tokens greedy tokens from a 16-token prompt at batch 1,
+--rounds times, alternating, after a warm-up; tokens/s is the median. Ours runs as sample.py loads the
+folder, in each of its weight formats (--dtype, --quantize); transformers' GPT2LMHeadModel.generate
+(do_sample=False, its KV cache) runs in float32, and where torchao imports, its Int8WeightOnlyConfig
+(run eagerly, as sample.py would) on our model too. The bound: decoding a token reads every weight it
+multiplies by once, so no batch-1 decoder goes faster than (memory bandwidth) / (those bytes); the
+bandwidth is measured by summing a 1 GiB tensor (bytes read per second, the best of 5). Last, for each
+of our formats, eval.py's loss on --text (its first --eval_chars characters) and the peak resident
+memory of a whole `sample.py --init_from=FOLDER` process, against the float32 weights' bytes.
 """
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -31,31 +35,57 @@ from nanogpt.checkpoint import load_model_and_tokenizer  # noqa: E402
 from nanogpt.generation.engine import Engine, inference_model  # noqa: E402
 from nanogpt.generation.sampling import Sampling  # noqa: E402
 
+# our weight formats: (--dtype, --quantize) as sample.py and eval.py take them
+FORMATS = {"float32": ("float32", "none"), "bfloat16": ("bfloat16", "none"), "int8": ("bfloat16", "int8")}
 
-def memory_bandwidth(gib=1, tries=5):
-    """Bytes per second a tensor copy moves (it reads and writes each byte once), the best of `tries`."""
-    source = torch.ones(gib * 2**30 // 4)
-    target = torch.empty_like(source)
+
+def read_bandwidth(gib=1, tries=5):
+    """Bytes per second that summing a tensor reads, the best of `tries`."""
+    tensor = torch.ones(gib * 2**30 // 4)
     best = float("inf")
     for _ in range(tries):
         t0 = time.perf_counter()
-        target.copy_(source)
+        tensor.sum()
         best = min(best, time.perf_counter() - t0)
-    return 2 * source.numel() * 4 / best
+    return tensor.numel() * 4 / best
 
 
-def ours(folder, prompt, tokens):
-    model, _ = load_model_and_tokenizer(str(folder), out_dir="")
-    engine = Engine(inference_model(model, "cpu", "float32"))
-    greedy = Sampling(temperature=0.0)
+def bytes_read_per_token(model):
+    """Bytes of the tensors a batch-1 decode step reads whole: every module's own weights except the
+    embeddings' (a lookup reads one row), each tensor once (a tied head is counted as the head)."""
+    seen = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            continue
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    return sum(seen.values())
 
-    def run(n):
-        return engine.generate([prompt], n, greedy)[0]
 
-    return run
+def our_decoder(model, prompt):
+    engine, greedy = Engine(model), Sampling(temperature=0.0)
+    return lambda n: engine.generate([prompt], n, greedy)[0]
 
 
-def theirs(folder, prompt, tokens):
+def ours(folder, prompt, dtype, quantize):
+    model, _ = load_model_and_tokenizer(str(folder), "", "best", dtype)
+    model = inference_model(model, "cpu", dtype, quantize)
+    return our_decoder(model, prompt), bytes_read_per_token(model)
+
+
+def torchao_int8(folder, prompt):
+    """Our bfloat16 model with torchao's int8 weight-only Linear layers, run eagerly; None without torchao."""
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        return None
+    model, _ = load_model_and_tokenizer(str(folder), "", "best", "bfloat16")
+    model = inference_model(model, "cpu", "bfloat16")
+    quantize_(model, Int8WeightOnlyConfig())  # int8 with a scale per row: the bytes of our int8
+    return our_decoder(model, prompt)
+
+
+def theirs(folder, prompt):
     import transformers
 
     model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
@@ -73,7 +103,8 @@ def theirs(folder, prompt, tokens):
             )
         return out[0, len(prompt) :].tolist()
 
-    return run
+    float32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    return run, bytes_read_per_token(model), float32_bytes
 
 
 # sample.py run as itself, saying at exit its process's peak resident memory (VmHWM, which starts afresh at
@@ -85,56 +116,103 @@ PEAK_WRAPPER = (
 )
 
 
-def sample_py_peak_mb(folder, tokens):
+def sample_py_peak_mb(folder, tokens, dtype, quantize):
     """Peak resident memory (MB) of a whole sample.py process generating `tokens` greedy tokens."""
     command = [sys.executable, "-c", PEAK_WRAPPER, "sample.py", f"--init_from={folder}", "--start=Hello, I am"]
-    command += ["--num_samples=1", f"--max_new_tokens={tokens}", "--temperature=0", "--device=cpu", "--dtype=float32"]
+    command += ["--num_samples=1", f"--max_new_tokens={tokens}", "--temperature=0", "--device=cpu"]
+    command += [f"--dtype={dtype}", f"--quantize={quantize}"]
     result = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
     return int(result.stderr.split("peak ")[-1].split()[0]) / 1024  # kB
 
 
+def eval_loss(folder, text_file, dtype, quantize):
+    """eval.py's loss (nats per token) of the folder's model on text_file."""
+    command = [sys.executable, "eval.py", f"--init_from={folder}", f"--input={text_file}", "--device=cpu"]
+    command += [f"--dtype={dtype}", f"--quantize={quantize}"]
+    result = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    return float(re.search(r"loss ([0-9.]+) nats per token", result.stdout).group(1))
+
+
+def timed_rounds(runs, tokens, rounds):
+    """tokens/s of each run, each round (alternating the order), and the tokens of each run's last round."""
+    outputs, speed = {}, {name: [] for name in runs}
+    for run in runs.values():
+        run(4)  # warm-up
+    for round_ in range(rounds):
+        for name in runs if round_ % 2 == 0 else reversed(list(runs)):
+            t0 = time.perf_counter()
+            outputs[name] = runs[name](tokens)
+            speed[name].append(tokens / (time.perf_counter() - t0))
+    return speed, outputs
+
+
+def saved_gpt2(args, tmp):
+    """The folder to measure: --folder, or a random GPT-2 of the given shape saved into tmp."""
+    if args.folder:
+        return Path(args.folder)
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    folder = Path(tmp) / "gpt2"
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def print_table(args, speed, outputs, bytes_read, losses, peaks, float32_bytes):
+    bandwidth = read_bandwidth()
+    baseline = statistics.median(speed["transformers"])
+    print(f"\nbatch 1, {args.tokens} greedy tokens, {args.rounds} rounds, {bandwidth / 1e9:.1f} GB/s read\n")
+    print("| decoder | tokens/s, each round | median | x transformers | MB read a token | share of the bound |")
+    print("|---|---|---|---|---|---|")
+    for name, values in speed.items():
+        median, bound = statistics.median(values), bandwidth / bytes_read[name]
+        print(
+            f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {median:.1f} | {median / baseline:.2f}x | "
+            f"{bytes_read[name] / 1e6:.0f} | {median / bound:.0%} of {bound:.0f} |"
+        )
+    same = ", ".join(f"{name} {tokens == outputs['transformers']}" for name, tokens in outputs.items())
+    print(f"\nsame tokens as transformers: {same}")
+    print(f"\nfloat32 weights: {float32_bytes / 1e6:.0f} MB\n")
+    print("| ours, sample.py --dtype --quantize | eval.py loss | vs float32 | sample.py peak MiB | x float32 weights |")
+    print("|---|---|---|---|---|")
+    for name, (dtype, quantize) in FORMATS.items():
+        change = losses[name] / losses["float32"] - 1
+        print(
+            f"| {name} ({dtype}, {quantize}) | {losses[name]:.4f} | {change:+.2%} | {peaks[name]:,.0f} | "
+            f"{peaks[name] * 2**20 / float32_bytes:.2f}x |"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folder", default="", help="a Hugging Face GPT-2 folder; default: a random GPT-2")
     parser.add_argument("--n_layer", type=int, default=12)
     parser.add_argument("--n_head", type=int, default=12)
     parser.add_argument("--n_embd", type=int, default=768)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--text", default=str(REPO.parent / "shared/data/webtext_sample/wikitext2_valid.txt"))
+    parser.add_argument("--eval_chars", type=int, default=20_000)
     args = parser.parse_args()
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "gpt2"
-        model = transformers.GPT2LMHeadModel(config)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        model.save_pretrained(folder)
-        del model
+        folder = saved_gpt2(args, tmp)
         prompt = list(range(100, 116))
-        runs = {"ours": ours(folder, prompt, args.tokens), "transformers": theirs(folder, prompt, args.tokens)}
-        outputs, speed = {}, {name: [] for name in runs}
-        for name, run in runs.items():
-            run(4)  # warm-up
-        for round_ in range(args.rounds):
-            for name in runs if round_ % 2 == 0 else reversed(list(runs)):
-                t0 = time.perf_counter()
-                outputs[name] = runs[name](args.tokens)
-                speed[name].append(args.tokens / (time.perf_counter() - t0))
-        bandwidth = memory_bandwidth()
-        peak = sample_py_peak_mb(folder, args.tokens)
-    bound = bandwidth / weight_bytes
-    shape = f"{args.n_layer} layers x {args.n_embd}"
-    print(f"\nbatch 1, {args.tokens} greedy tokens, float32, {shape}, {args.rounds} rounds\n")
-    print("| | tokens/s, each round | median | share of the bound |\n|---|---|---|---|")
-    for name, values in speed.items():
-        median = statistics.median(values)
-        print(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {median:.1f} | {median / bound:.0%} |")
-    gigabytes = weight_bytes / 1e9
-    print(f"\nthe bound: {bandwidth / 1e9:.1f} GB/s copied / {gigabytes:.3f} GB of weights = {bound:.1f} tokens/s")
-    ratio = statistics.median(speed["ours"]) / statistics.median(speed["transformers"])
-    print(f"ours / transformers: {ratio:.2f}x; same tokens: {outputs['ours'] == outputs['transformers']}")
-    print(f"sample.py peak resident memory: {peak:,.0f} MB, {peak * 2**20 / weight_bytes:.2f}x the weights' bytes")
+        runs, bytes_read = {}, {}
+        for name, (dtype, quantize) in FORMATS.items():
+            runs[f"ours {name}"], bytes_read[f"ours {name}"] = ours(folder, prompt, dtype, quantize)
+        torchao = torchao_int8(folder, prompt)
+        if torchao is None:
+            print("torchao does not import here: its row is left out")
+        else:
+            runs["torchao int8, eager"], bytes_read["torchao int8, eager"] = torchao, bytes_read["ours int8"]
+        runs["transformers"], bytes_read["transformers"], float32_bytes = theirs(folder, prompt)
+        speed, outputs = timed_rounds(runs, args.tokens, args.rounds)
+        text_file = Path(tmp) / "text.txt"
+        text_file.write_text(Path(args.text).read_text(encoding="utf-8")[: args.eval_chars], encoding="utf-8")
+        losses = {name: eval_loss(folder, text_file, *how) for name, how in FORMATS.items()}
+        peaks = {name: sample_py_peak_mb(folder, args.tokens, *how) for name, how in FORMATS.items()}
+    print_table(args, speed, outputs, bytes_read, losses, peaks, float32_bytes)
 
 
 if __name__ == "__main__":

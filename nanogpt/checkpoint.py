@@ -174,12 +174,13 @@ def check_model_source(init_from):
     pretrained_block_size(init_from)  # checks the name or folder
 
 
-def load_model_and_tokenizer(init_from, out_dir, which="best"):
+def load_model_and_tokenizer(init_from, out_dir, which="best", dtype="float32"):
     """The model and tokenizer that sample.py and serve.py generate with: the checkpoint in out_dir
-    (init_from='resume'; which: 'best' or 'latest'), or GPT-2 weights (a name or a Hugging Face folder)."""
+    (init_from='resume'; which: 'best' or 'latest'), or GPT-2 weights (a name or a Hugging Face folder),
+    read straight into `dtype`."""
     if init_from == "resume":
         checkpoint = load_checkpoint(out_dir, which)
         return model_from_checkpoint(checkpoint, dropout=0.0), tokenizer_from_meta(
             checkpoint["tokenizer"], checkpoint["path"]
         )
-    return gpt_from_pretrained(init_from), tokenizer_from_meta(meta_from_hf_folder(init_from))
+    return gpt_from_pretrained(init_from, getattr(torch, dtype)), tokenizer_from_meta(meta_from_hf_folder(init_from))

@@ -17,6 +17,16 @@ CHECKPOINTS = ("best", "latest")
 OPTIMIZERS = ("adamw", "muon", "adafactor")
 
 
+def quantize_setting():
+    """--quantize, as sample.py, serve.py and eval.py read it (nanogpt/generation/int8_weights.py)."""
+    return setting(
+        "none",
+        "'none', or 'int8': each matrix stored as int8 with a scale per output row (a quarter of float32's "
+        "bytes to read per token), its matmuls in --dtype; auto is then bfloat16 on the CPU",
+        choices=("none", "int8"),
+    )
+
+
 def with_declared(declared, defaults=None):
     """A decorator adding fields declared in another class (`declared`, dataclass fields) to a settings
     class, before @dataclass makes it one: each with its own help and limits, and its own default unless
@@ -272,3 +282,4 @@ class SampleSettings:
     )
     device: str = setting("auto", "'auto' (cuda, then mps, then cpu), or e.g. 'cpu', 'cuda', 'mps'")
     dtype: str = setting("auto", "'auto', 'float32', 'bfloat16' or 'float16'", choices=DTYPES)
+    quantize: str = quantize_setting()

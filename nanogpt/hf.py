@@ -74,39 +74,79 @@ def pretrained_block_size(name_or_dir):
     return positions
 
 
-def load_hf_gpt2(name_or_dir):
-    """(model_args, state_dict in this project's names) of a Hugging Face GPT-2."""
+def load_hf_gpt2(name_or_dir, dtype):
+    """(model_args, state_dict in this project's names) of a Hugging Face GPT-2, its tensors in `dtype`.
+    A folder's model.safetensors is read directly, a name (or a folder in another
+    format) through transformers."""
+    pretrained_block_size(name_or_dir)  # checks the name or folder
+    print(f"loading GPT-2 weights from {name_or_dir}", file=sys.stderr)  # stderr: sample.py's stdout is the text
+    weights_file = Path(name_or_dir) / "model.safetensors"
+    if weights_file.is_file():
+        hf = json.loads((Path(name_or_dir) / "config.json").read_text(encoding="utf-8"))
+        tensors = read_safetensors(weights_file, dtype)
+    else:
+        hf, tensors = transformers_gpt2(name_or_dir, dtype)
+    model_args = dict(gpt2_args(hf, name_or_dir), dropout=0.0)
+    state = {}
+    for key, value in tensors.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers of older transformers versions, not weights
+        # OpenAI's own files hold GPT2Model's names (h.0..., wte.weight), without the "transformer." prefix
+        state[key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"] = value
+    if model_args["tie_embeddings"]:
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # a tied head is not stored
+    return model_args, state
+
+
+def read_safetensors(path, dtype):
+    """A safetensors file's tensors in `dtype`, the Conv1D matrices transposed. Each is read through a
+    mapping of the file of its own: one that needs no change stays the file's pages (no copy), and one
+    converted frees its mapping, so loading never holds the weights twice."""
+    from safetensors import SafetensorError, safe_open
+
+    def opened():
+        return safe_open(path, framework="pt")
+
+    try:
+        with opened() as f:
+            names = list(f.keys())
+        tensors = {}
+        for name in names:
+            with opened() as f:
+                tensor = f.get_tensor(name)
+            if name.endswith(CONV1D_WEIGHTS):
+                tensor = tensor.t()
+            tensors[name] = contiguous_in(tensor, dtype)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"could not read {path} ({first_line(e)}); save the model again") from None
+    return tensors
+
+
+def contiguous_in(tensor, dtype):
+    """tensor in dtype and in contiguous memory, in one copy at most (to() alone keeps a transposed view
+    as it is when the dtype does not change)."""
+    return tensor.to(dtype, memory_format=torch.contiguous_format).contiguous()
+
+
+def transformers_gpt2(name_or_dir, dtype):
+    """(config.json's settings, state_dict with the Conv1D matrices transposed) of a GPT-2 that
+    transformers loads: a name (from the hub, or its cache) or a folder in its other formats."""
     try:
         from transformers import GPT2LMHeadModel
     except ImportError:
         raise UnavailableError(
             "loading GPT-2 weights needs transformers: pip install -e '.[hf]' (or pip install transformers)"
         ) from None
-    pretrained_block_size(name_or_dir)
-    local = Path(name_or_dir).is_dir()
-    print(f"loading GPT-2 weights from {name_or_dir}", file=sys.stderr)  # stderr: sample.py's stdout is the text
     try:
         hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
     except (OSError, ValueError, KeyError) as e:
-        where = "the folder" if local else "the Hugging Face hub (is this machine online?)"
+        where = "the folder" if Path(name_or_dir).is_dir() else "the Hugging Face hub (is this machine online?)"
         raise CheckpointError(f"could not load a GPT-2 from {name_or_dir} through {where}: {first_line(e)}") from None
-    hf = hf_model.config
-    model_args = dict(
-        n_layer=hf.n_layer,
-        n_head=hf.n_head,
-        n_embd=hf.n_embd,
-        block_size=hf.n_positions,
-        vocab_size=hf.vocab_size,
-        bias=True,
-        dropout=0.0,
-        exact_gelu=exact_gelu(hf.activation_function, name_or_dir),
-    )
-    state = {}
-    for key, value in hf_model.state_dict().items():
-        if key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers of older transformers versions, not weights
-        state[key] = value.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else value
-    return model_args, state
+    state = {
+        key: contiguous_in(value.t() if key.endswith(CONV1D_WEIGHTS) else value, dtype)
+        for key, value in hf_model.state_dict().items()
+    }
+    return hf_model.config.to_dict(), state
 
 
 def exact_gelu(activation_function, name_or_dir):
@@ -125,28 +165,40 @@ def pretrained_config(name_or_dir):
 
     positions = pretrained_block_size(name_or_dir)  # also checks the name or folder
     if not Path(name_or_dir).is_dir():
-        return GPTConfig(block_size=positions, vocab_size=50257, bias=True, **GPT2_SIZES[name_or_dir])
-    hf = json.loads((Path(name_or_dir) / "config.json").read_text(encoding="utf-8"))
-    shape = {
-        key: hf.get(key, GPTConfig.__dataclass_fields__[key].default)
-        for key in ("n_layer", "n_head", "n_embd", "vocab_size")
-    }
-    return GPTConfig(
-        block_size=positions,
+        return GPTConfig(**gpt2_args(dict(GPT2_SIZES[name_or_dir], n_positions=positions), name_or_dir))
+    return GPTConfig(**gpt2_args(json.loads((Path(name_or_dir) / "config.json").read_text("utf-8")), name_or_dir))
+
+
+def gpt2_args(hf, name_or_dir):
+    """GPTConfig's arguments for a transformers GPT-2's settings (its config.json), with its defaults."""
+    return dict(
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=hf.get("n_embd", 768),
+        block_size=hf.get("n_positions", 1024),
+        vocab_size=hf.get("vocab_size", 50257),
         bias=True,
         exact_gelu=exact_gelu(hf.get("activation_function", "gelu_new"), name_or_dir),
-        **shape,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
     )
 
 
-def gpt_from_pretrained(name_or_dir, **overrides):
-    """A GPT holding the weights of a Hugging Face GPT-2 (a name such as gpt2-medium, or a folder);
-    overrides may change e.g. dropout."""
+def gpt_from_pretrained(name_or_dir, dtype=torch.float32, **overrides):
+    """A GPT holding the weights of a Hugging Face GPT-2 (a name such as gpt2-medium, or a folder), in
+    `dtype` (generation loads them straight into its own); overrides may change e.g. dropout."""
     from nanogpt.model import GPT, GPTConfig
 
-    model_args, state = load_hf_gpt2(name_or_dir)
-    model = GPT(GPTConfig(**dict(model_args, **overrides)))
-    model.load_state_dict(state)
+    model_args, state = load_hf_gpt2(name_or_dir, dtype)
+    # built without weights, then given the loaded tensors themselves: no random initialisation to make and
+    # throw away, and no second copy
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**dict(model_args, **overrides)))
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{name_or_dir} does not hold a GPT-2's weights ({first_line(e)})") from None
+    if model.config.tie_embeddings:
+        model.transformer.wte.weight = model.lm_head.weight  # one Parameter, as GPT() ties them
     return model
 
 

@@ -37,15 +37,17 @@ def resolve_device(name):
     return name
 
 
-def resolve_dtype(name, device):
+def resolve_dtype(name, device, quantize="none"):
     """'auto' -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 elsewhere.
 
-    Half precision on the CPU is slower than float32 on most processors, so 'auto' keeps float32 there.
+    Half precision on the CPU is slower than float32 on most processors, so 'auto' keeps float32 there,
+    except under int8 weights (--quantize=int8): PyTorch's CPU int8 kernel is fast with bfloat16
+    inputs and slower than float32's matmul with float32 ones (bench/cpu_generate.py).
     """
     if name == "auto":
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "float32"
+        return "bfloat16" if quantize == "int8" else "float32"
     if name not in ("float32", "bfloat16", "float16"):
         raise SettingError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return name

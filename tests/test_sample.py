@@ -1,4 +1,5 @@
 import random
+import re
 import subprocess
 import sys
 
@@ -129,11 +130,14 @@ def test_a_run_without_best_pt_is_read_from_ckpt_pt_and_says_so(trained_run, tmp
 
 @pytest.mark.slow
 def test_the_cpu_generation_benchmark_runs_on_a_tiny_model():
-    """bench/cpu_generate.py on a 2-layer GPT-2: both decoders, the same tokens, the bound and the peak."""
+    """bench/cpu_generate.py on a 2-layer GPT-2: every decoder, the same tokens, the bound, the loss and
+    the peak of each of our weight formats."""
     pytest.importorskip("transformers")
     result = run_script(
         "bench/cpu_generate.py", "--n_layer=2", "--n_embd=64", "--n_head=2", "--tokens=12", "--rounds=1"
     )
     assert result.returncode == 0, result.stderr
-    assert "same tokens: True" in result.stdout and "tokens/s" in result.stdout
-    assert "sample.py peak resident memory:" in result.stdout
+    for name in ("float32", "bfloat16", "int8"):
+        assert f"ours {name} True" in result.stdout  # greedy tokens equal to transformers'
+        assert re.search(rf"\| {name} \(\w+, \w+\) \| [0-9.]+ \| [-+][0-9.]+% \| [0-9,]+ \| [0-9.]+x \|", result.stdout)
+    assert "| transformers | " in result.stdout and "of the bound" in result.stdout

@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanogpt.generation.kv_cache import Decode, KVCache, Prefill
 from nanogpt.generation.sampling import Sampling, row_values, sample_tokens
+from nanogpt.generation.int8_weights import quantize_linears
 
 
 def context_start(length, block_size):
@@ -35,14 +36,17 @@ def context_start(length, block_size):
     return length - keep - steps_since_cut
 
 
-def inference_model(model, device, dtype):
-    """The model on `device` in eval mode, its weights in `dtype` ('float32', 'bfloat16', 'float16').
+def inference_model(model, device, dtype, quantize="none"):
+    """The model on `device` in eval mode, its weights in `dtype` ('float32', 'bfloat16', 'float16'),
+    and with quantize='int8' its matrices in int8 (nanogpt/generation/int8_weights.py).
 
     Generation casts the weights once rather than running under autocast, which would cast every
     weight matrix again at every token. The rotary tables stay float32: angles need the precision."""
     model = model.eval().to(device=device, dtype=getattr(torch, dtype))
     if model.config.rotary:
         model.rotary_cos, model.rotary_sin = model.rotary_cos.float(), model.rotary_sin.float()
+    if quantize == "int8":
+        quantize_linears(model)
     return model
 
 
