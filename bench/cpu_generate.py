@@ -18,6 +18,7 @@ memory of a whole `sample.py --init_from=FOLDER` process, against the float32 we
 """
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -197,7 +198,8 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = saved_gpt2(args, tmp)
-        prompt = list(range(100, 116))
+        vocab_size = json.loads((folder / "config.json").read_text())["vocab_size"]
+        prompt = [(100 + i) % vocab_size for i in range(16)]  # 100..115 for GPT-2
         runs, bytes_read = {}, {}
         for name, (dtype, quantize) in FORMATS.items():
             runs[f"ours {name}"], bytes_read[f"ours {name}"] = ours(folder, prompt, dtype, quantize)

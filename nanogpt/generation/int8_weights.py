@@ -25,13 +25,15 @@ class Int8Linear(nn.Module):
     def __init__(self, linear):
         super().__init__()
         weight = linear.weight.detach()
-        # symmetric: the row's largest magnitude maps to 127, so 0 stays exactly 0; the levels are those of
-        # the scale as stored (in the weights' dtype), so each is the nearest to its weight
-        scale = (weight.abs().amax(dim=1).float().clamp(min=1e-12) / 127).to(weight.dtype)
         rows = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scale = torch.empty(len(weight), dtype=weight.dtype, device=weight.device)
         for first in range(0, len(weight), ROWS_AT_ONCE):  # in slices: the float32 temporaries stay small
-            part = slice(first, first + ROWS_AT_ONCE)
-            rows[part] = torch.round(weight[part].float() / scale[part, None].float()).clamp(-127, 127)
+            part = weight[first : first + ROWS_AT_ONCE].float()
+            # symmetric: the row's largest magnitude maps to 127, so 0 stays exactly 0; the levels are those
+            # of the scale as stored (in the weights' dtype), so each is the nearest to its weight
+            part_scale = (part.abs().amax(dim=1).clamp(min=1e-12) / 127).to(weight.dtype)
+            rows[first : first + ROWS_AT_ONCE] = torch.round(part / part_scale[:, None].float()).clamp(-127, 127)
+            scale[first : first + ROWS_AT_ONCE] = part_scale
         self.register_buffer("weight", rows)
         self.register_buffer("scale", scale)
         self.bias = linear.bias
