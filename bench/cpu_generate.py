@@ -13,7 +13,8 @@ folder, in each of its weight formats (--dtype, --quantize); transformers' GPT2L
 (run eagerly, as sample.py would) on our model too. The bound: decoding a token reads every weight it
 multiplies by once, so no batch-1 decoder goes faster than (memory bandwidth) / (those bytes); the
 bandwidth is measured by summing a 1 GiB tensor (bytes read per second, the best of 5). Last, for each
-of our formats, eval.py's loss on --text (its first --eval_chars characters) and the peak resident
+of our formats, eval.py's loss on --text (its last --eval_chars characters: for tiny Shakespeare, in
+the val split that data/shakespeare_char/prepare.py takes) and the peak resident
 memory of a whole `sample.py --init_from=FOLDER` process, against the float32 weights' bytes.
 """
 
@@ -211,7 +212,7 @@ def main():
         runs["transformers"], bytes_read["transformers"], float32_bytes = theirs(folder, prompt)
         speed, outputs = timed_rounds(runs, args.tokens, args.rounds)
         text_file = Path(tmp) / "text.txt"
-        text_file.write_text(Path(args.text).read_text(encoding="utf-8")[: args.eval_chars], encoding="utf-8")
+        text_file.write_text(Path(args.text).read_text(encoding="utf-8")[-args.eval_chars :], encoding="utf-8")
         losses = {name: eval_loss(folder, text_file, *how) for name, how in FORMATS.items()}
         peaks = {name: sample_py_peak_mb(folder, args.tokens, *how) for name, how in FORMATS.items()}
     print_table(args, speed, outputs, bytes_read, losses, peaks, float32_bytes)
