@@ -57,6 +57,5 @@ def quantize_linears(model):
     a lookup reads only a row of it."""
     names = [name for name, module in model.named_modules() if type(module) is nn.Linear]
     for name in names:  # one at a time, each float weight freed as its int8 one replaces it
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, Int8Linear(model.get_submodule(name)))
+        model.set_submodule(name, Int8Linear(model.get_submodule(name)))
     return len(names)
